@@ -1,0 +1,108 @@
+"""The recipe engine's promises: what each stage trains, and what it must leave bit-identical."""
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from tlkit.bases import load_base
+from tlkit.engine import BASE_LAYER, RunContext, configure, load_data, run_recipe
+from tlkit.recipe import Recipe, Stage
+
+
+def snapshot(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
+    """Every variable of every layer (moving statistics included), copied, by layer name."""
+    return {layer.name: {v.path: np.array(v.numpy()) for v in layer.weights} for layer in model.layers if layer.weights}
+
+
+def run(tiny_images, tmp_path, base_name: str, stages: list[Stage]) -> tuple[RunContext, dict, dict]:
+    recipe = Recipe(stages=stages, base=base_name, weights="none", data=str(tiny_images), image_size=32,
+                    batch_size=8, seed=1, dropout=0.0)
+    configure(recipe)
+    base = load_base(base_name, "none", (32, 32))
+    before = snapshot(base.model)
+    ctx = run_recipe(recipe, base, tmp_path / "run", verbose=0)
+    return ctx, before, snapshot(ctx.classifier.get_layer(BASE_LAYER))
+
+
+BASES = ["vgg16", "resnet50", "mobilenet_v2"]
+
+
+@pytest.mark.parametrize("base_name", BASES)
+def test_head_leaves_every_base_weight_bit_identical(tiny_images, tmp_path, base_name):
+    ctx, before, after = run(tiny_images, tmp_path, base_name, [Stage("head", epochs=1, learning_rate=1e-2)])
+    assert before.keys() == after.keys()
+    for layer, variables in before.items():
+        for path, value in variables.items():
+            assert np.array_equal(value, after[layer][path]), f"{path} changed in the head stage"
+    head = ctx.classifier.get_layer("head_dense")
+    assert not np.allclose(head.kernel.numpy(), 0)
+    assert ctx.results[0].history["loss"], "the head stage trained"
+
+
+@pytest.mark.parametrize("base_name,unfreeze", [("vgg16", 2), ("resnet50", 1), ("mobilenet_v2", 3)])
+def test_finetune_changes_only_the_top_blocks(tiny_images, tmp_path, base_name, unfreeze):
+    stages = [Stage("head", epochs=1, learning_rate=1e-3), Stage("finetune", epochs=1, learning_rate=1e-3, unfreeze=unfreeze)]
+    ctx, before, after = run(tiny_images, tmp_path, base_name, stages)
+    top = {name for block in ctx.base.blocks[-unfreeze:] for name in block.layers}
+    base = ctx.classifier.get_layer(BASE_LAYER)
+    changed_layers = 0
+    for layer in base.layers:
+        if layer.name not in before:
+            continue
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        for path, value in before[layer.name].items():
+            same = np.array_equal(value, after[layer.name][path])
+            if layer.name in top and not is_bn:
+                assert not same, f"{path} is in an unfrozen block but did not change"
+                changed_layers += 1
+            else:
+                assert same, f"{path} is frozen (or BatchNorm) but changed"
+    assert changed_layers > 0
+
+
+def test_each_stage_compiles_a_fresh_optimizer_at_its_own_rate(tiny_images, tmp_path):
+    stages = [Stage("head", epochs=1, learning_rate=3e-3), Stage("finetune", epochs=1, learning_rate=2e-5, unfreeze=1)]
+    ctx, _, _ = run(tiny_images, tmp_path, "vgg16", stages)
+    first, second = (r.optimizer for r in ctx.results)
+    assert first is not second
+    assert float(first.learning_rate) == pytest.approx(3e-3)
+    assert float(second.learning_rate) == pytest.approx(2e-5)
+    # a fresh optimizer has only taken the finetune stage's steps
+    steps_per_epoch = int(np.ceil(len(ctx.train) / ctx.recipe.batch_size))
+    assert int(second.iterations.numpy()) == steps_per_epoch
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [s["learning_rate"] for s in metrics["stages"]] == [3e-3, 2e-5]
+
+
+def test_run_directory_holds_everything_to_repeat_the_run(tiny_images, tmp_path):
+    stages = [Stage("head", epochs=2, learning_rate=1e-3), Stage("finetune", epochs=1, learning_rate=1e-4, unfreeze=1)]
+    ctx, _, _ = run(tiny_images, tmp_path, "mobilenet_v2", stages)
+    out = tmp_path / "run"
+    for name in ["model.keras", "labels.txt", "recipe.toml", "history.json", "metrics.json", "checkpoints/best.keras"]:
+        assert (out / name).is_file(), name
+    assert (out / "logs").is_dir() and any((out / "logs").rglob("events.out.tfevents*"))
+    assert (out / "labels.txt").read_text().split() == ctx.classes
+    resolved = Recipe.load(out / "recipe.toml")
+    assert resolved.base == "mobilenet_v2" and resolved.data == str(tiny_images) and resolved.image_size == 32
+    assert resolved.stages == stages
+    history = json.loads((out / "history.json").read_text())
+    assert [len(h["loss"]) for h in history] == [2, 1]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [s["kind"] for s in metrics["stages"]] == ["head", "finetune"]
+    assert all(0.0 <= s["val_accuracy"] <= 1.0 for s in metrics["stages"])
+    reloaded = keras.models.load_model(out / "model.keras", safe_mode=True)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), ctx.classifier.predict(x, verbose=0), atol=1e-6)
+
+
+def test_data_is_validated_before_any_training(tiny_images_with_bad_files):
+    from tlkit.errors import TlkitError
+
+    folder, bad = tiny_images_with_bad_files
+    with pytest.raises(TlkitError) as err:
+        load_data(Recipe(data=str(folder)))
+    for path in bad:
+        assert str(path) in str(err.value)

@@ -1,0 +1,143 @@
+"""The `tlkit` command line: thin click commands over the library's functions."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from tlkit.errors import TlkitError
+
+
+def _quiet_tensorflow() -> None:
+    # TF's C++ start-up chatter (CUDA probing, oneDNN notices) is noise to a user.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def training_options(command):
+    """Options every training command shares; they override the recipe's settings."""
+    options = [
+        click.option("--data", type=click.Path(), help="Folder with one sub-folder of images per class."),
+        click.option("--recipe", help="A built-in recipe name (see `tlkit recipes`) or a .toml file."),
+        click.option("--out", type=click.Path(), help="Run directory (default runs/<name>-<time>)."),
+        click.option("--val-split", type=float, help="Fraction of each class held out for validation."),
+        click.option("--val-data", type=click.Path(), help="A separate validation folder instead of a split."),
+        click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them."),
+        click.option("--augment/--no-augment", default=None, help="Random flips, crops and brightness in training."),
+        click.option("--batch-size", type=int),
+        click.option("--image-size", type=int, help="Square input side in pixels (default: the base's)."),
+        click.option("--seed", type=int),
+        click.option("--early-stopping", type=int, metavar="PATIENCE", help="Stop a stage after PATIENCE epochs without a better val_loss."),
+        click.option("--mixed-precision", is_flag=True, default=None, help="mixed_float16 compute, float32 output (GPU)."),
+        click.option("--dropout", type=float, help="Dropout before the new head's dense layer."),
+    ]
+    return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the full stack trace of an error.")
+@click.pass_context
+def cli(ctx, debug):
+    """Transfer learning on a folder of images: fine-tune, extract, pretrain, evaluate, export."""
+    ctx.obj = {"debug": debug}
+    _quiet_tensorflow()
+
+
+@cli.command()
+@click.option("--base", help="A base name (see `tlkit bases`), hub:HANDLE, a .keras file or a run directory.")
+@click.option("--weights", help="imagenet (default), none, or a weights file.")
+@training_options
+@click.option("--epochs-head", type=int, help="Epochs of the head stage(s).")
+@click.option("--epochs-finetune", type=int, help="Epochs of the finetune stage(s).")
+@click.option("--unfreeze", type=int, metavar="N", help="Blocks of the base to unfreeze in finetune stages.")
+@click.option("--lr-head", type=float)
+@click.option("--lr-finetune", type=float)
+def finetune(**options):
+    """Fine-tune a pretrained base: train a new head, then unfreeze the top blocks."""
+    from tlkit.engine import finetune as run
+
+    run(**_given(options))
+
+
+def _given(options: dict) -> dict:
+    """The library's keyword arguments from click's, dropping options the user did not give."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+@cli.command()
+@click.argument("what", required=False, type=click.Choice(["list"]), default="list")
+def recipes(what):
+    """List the built-in recipes."""
+    from tlkit.recipe import builtin_recipes
+
+    for name, recipe in builtin_recipes().items():
+        stages = " -> ".join(
+            f"{s.kind}({s.epochs} ep, lr {s.learning_rate:g}{f', top {s.unfreeze}' if s.unfreeze else ''})"
+            for s in recipe.stages
+        )
+        click.echo(f"{name:12s} {stages}")
+        click.echo(f"{'':12s} {recipe.description}")
+
+
+@cli.command()
+@click.option("--model", required=True, type=click.Path(), help="A run directory.")
+@click.option("--top", default=3, show_default=True, help="How many classes to show per image.")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+def predict(model, top, images):
+    """Print the most probable classes of each IMAGE."""
+    from tlkit.predict import predict as run
+
+    for result in run(model, list(images), top=top):
+        ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top)
+        click.echo(f"{result.path}: {ranked}")
+
+
+@cli.command()
+@click.option("--model", required=True, type=click.Path(), help="A run directory.")
+@click.option("--data", required=True, type=click.Path(), help="A labelled folder (one sub-folder per class).")
+@click.option("--out", type=click.Path(), help="Metrics file (default RUN/evaluation.json).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--skip-bad", is_flag=True)
+def evaluate(model, data, out, batch_size, skip_bad):
+    """Accuracy of a run on a labelled folder; writes a metrics file."""
+    from tlkit.predict import evaluate as run
+
+    metrics = run(model, data, out, batch_size=batch_size, skip_bad=skip_bad)
+    click.echo(f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  on {metrics['images']} images")
+    for label, accuracy in metrics["per_class_accuracy"].items():
+        click.echo(f"  {label:20s} {accuracy:.4f}")
+
+
+@cli.command()
+@click.option("--model", required=True, type=click.Path(), help="A run directory.")
+@click.option("--out", required=True, type=click.Path(), help="Export folder.")
+@click.option("--format", "fmt", default="savedmodel", show_default=True,
+              type=click.Choice(["savedmodel", "tflite", "onnx"]))
+@click.option("--version", default=1, show_default=True, help="SavedModel version folder (TF Serving).")
+def export(model, out, fmt, version):
+    """Export a run as a SavedModel for TF Serving, TFLite or ONNX."""
+    from tlkit.export import export as run
+
+    click.echo(f"wrote {run(model, out, fmt, version)}")
+
+
+def main(argv=None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="tlkit", standalone_mode=False)
+    except TlkitError as err:
+        if debug:
+            raise
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""Imports every module that registers Keras-serializable objects, so `.keras` files reload."""
+import tlkit.bases  # noqa: F401
+import tlkit.bases.preprocessing  # noqa: F401

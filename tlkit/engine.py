@@ -1,0 +1,261 @@
+"""The recipe engine: runs the stages of a recipe on a base and a folder of images."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tlkit import data as tldata
+from tlkit.bases import Base, load_base
+from tlkit.blocks import set_trainable_top
+from tlkit.errors import TlkitError
+from tlkit.recipe import Recipe, Stage
+from tlkit.registry import Registry
+from tlkit.rundir import save_model_atomic, write_json_atomic, write_labels
+
+BASE_LAYER = "base"
+
+
+def configure(recipe: Recipe) -> None:
+    """Seeds, determinism and precision, before anything is built."""
+    keras.utils.set_random_seed(recipe.seed)
+    # Deterministic kernels make the same seed give the same metrics on the CPU; on a GPU some
+    # ops have no deterministic kernel, so there speed wins.
+    if not tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("mixed_float16" if recipe.mixed_precision else "float32")
+
+
+def build_classifier(base: Base, num_classes: int, dropout: float) -> keras.Model:
+    """The base, called in inference mode, under a new head (pooling, dropout, softmax)."""
+    base.model.name = BASE_LAYER
+    inputs = keras.Input((*base.model.input_shape[1:3], base.channels), name="image")
+    # training=False is recorded in the graph: BatchNorm inside the base stays in inference mode
+    # in every stage, including after its layers are unfrozen.
+    x = base.model(inputs, training=False)
+    x = head_layers(x, num_classes, dropout)
+    return keras.Model(inputs, x, name=f"{base.name}_classifier")
+
+
+def head_layers(features, num_classes: int, dropout: float):
+    x = features
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    # float32 output under mixed precision, for a numerically stable softmax and loss
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="head_dense")(x)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """The model at the lowest validation loss over all stages of a run.
+
+    Our own rather than ModelCheckpoint because it writes atomically and keeps its best value
+    across the several `fit` calls of a recipe.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.best = np.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and loss < self.best:
+            self.best = loss
+            save_model_atomic(self.model, self.path)
+
+
+@dataclass
+class StageResult:
+    stage: Stage
+    history: dict[str, list[float]]
+    val_loss: float
+    val_accuracy: float
+    optimizer: keras.optimizers.Optimizer | None
+    seconds: float
+
+
+@dataclass
+class RunContext:
+    """What the stages of one run share. `model` is built on first use from `base`, so a stage
+    that replaces the base (autoencoder) can run before the head is made."""
+
+    recipe: Recipe
+    base: Base
+    classes: list[str]
+    train: tldata.ImageSet
+    val: tldata.ImageSet
+    image_size: tuple[int, int]
+    out: Path
+    verbose: str | int = "auto"
+    model: keras.Model | None = None
+    results: list[StageResult] = field(default_factory=list)
+    checkpoint: BestCheckpoint | None = None
+
+    @property
+    def classifier(self) -> keras.Model:
+        if self.model is None:
+            self.model = build_classifier(self.base, len(self.classes), self.recipe.dropout)
+        return self.model
+
+    def dataset(self, which: str, augment: bool | None = None) -> tf.data.Dataset:
+        images = self.train if which == "train" else self.val
+        r = self.recipe
+        return tldata.make_dataset(
+            images, self.image_size, r.batch_size, channels=self.base.channels,
+            shuffle=which == "train", augment=r.augment if augment is None and which == "train" else bool(augment),
+            seed=r.seed,
+        )
+
+    def callbacks(self, index: int, stage: Stage) -> list[keras.callbacks.Callback]:
+        if self.checkpoint is None:
+            self.checkpoint = BestCheckpoint(self.out / "checkpoints" / "best.keras")
+        cbs = [self.checkpoint, keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{stage.kind}"))]
+        if self.recipe.early_stopping:
+            cbs.append(keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=self.recipe.early_stopping, restore_best_weights=True))
+        return cbs
+
+    def fit(self, index: int, stage: Stage, model: keras.Model | None = None) -> StageResult:
+        """Compile `model` (the classifier by default) with a fresh optimizer at the stage's own
+        learning rate and train it; every stage gets new optimizer state."""
+        model = model or self.classifier
+        optimizer = keras.optimizers.Adam(stage.learning_rate)
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        start = time.perf_counter()
+        history = model.fit(
+            self.dataset("train"), validation_data=self.dataset("val"), epochs=stage.epochs,
+            callbacks=self.callbacks(index, stage), verbose=self.verbose,
+        ) if stage.epochs else None
+        return self.finish(stage, history.history if history else {}, optimizer, start)
+
+    def finish(self, stage: Stage, history: dict, optimizer, start: float) -> StageResult:
+        val_loss, val_accuracy = self.classifier.evaluate(self.dataset("val"), verbose=0)
+        result = StageResult(stage, history, float(val_loss), float(val_accuracy), optimizer,
+                             time.perf_counter() - start)
+        self.results.append(result)
+        print(f"stage {len(self.results)} ({stage.kind}): val_accuracy={val_accuracy:.4f} val_loss={val_loss:.4f}",
+              flush=True)
+        return result
+
+
+StageRunner = Callable[[RunContext, int, Stage], StageResult]
+STAGES: Registry[StageRunner] = Registry("stage kind")
+
+
+@STAGES.register("head")
+def run_head(ctx: RunContext, index: int, stage: Stage) -> StageResult:
+    ctx.classifier.get_layer(BASE_LAYER).trainable = False
+    return ctx.fit(index, stage)
+
+
+@STAGES.register("finetune")
+def run_finetune(ctx: RunContext, index: int, stage: Stage) -> StageResult:
+    if not stage.unfreeze:
+        raise TlkitError("a finetune stage needs unfreeze >= 1 (blocks of the base to train); use --unfreeze N")
+    set_trainable_top(ctx.classifier.get_layer(BASE_LAYER), ctx.base.blocks, stage.unfreeze)
+    return ctx.fit(index, stage)
+
+
+@STAGES.register("train")
+def run_train(ctx: RunContext, index: int, stage: Stage) -> StageResult:
+    ctx.classifier.trainable = True
+    return ctx.fit(index, stage)
+
+
+def load_data(recipe: Recipe, classes: list[str] | None = None):
+    """Scan and validate the data (every file, before any training) and split it."""
+    if not recipe.data:
+        raise TlkitError("no data: pass --data DIR (a folder with one sub-folder of images per class)")
+    images = tldata.scan(recipe.data, skip_bad=recipe.skip_bad, classes=classes)
+    if recipe.val_data:
+        val = tldata.scan(recipe.val_data, skip_bad=recipe.skip_bad, classes=images.classes)
+        train = images
+    else:
+        train, val = tldata.split(images, recipe.val_split, recipe.seed)
+    for part in (train, val):
+        for path, why in part.skipped:
+            print(f"skipped {path}: {why}", flush=True)
+    skipped = len(train.skipped) + (len(val.skipped) if recipe.val_data else 0)
+    if skipped:
+        print(f"skipped {skipped} bad file(s)", flush=True)
+    return images.classes, train, val
+
+
+def run_recipe(recipe: Recipe, base: Base, out: Path, *, verbose: str | int = "auto",
+               classes=None, train=None, val=None) -> RunContext:
+    """Run every stage of `recipe` and write the run directory. Data is loaded unless given."""
+    if classes is None:
+        classes, train, val = load_data(recipe)
+    image_size = tuple(base.model.input_shape[1:3])
+    if None in image_size:
+        image_size = base.input_size
+    resolved = dataclasses.replace(recipe, base=recipe.base or base.name, image_size=image_size[0])
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{len(train)} training and {len(val)} validation images in {len(classes)} classes; "
+          f"base {base.name} ({base.source}, weights {base.weights}); run directory {out}", flush=True)
+    ctx = RunContext(resolved, base, classes, train, val, image_size, out, verbose)
+    write_labels(out / "labels.txt", classes)
+    resolved.save(out / "recipe.toml")
+    for index, stage in enumerate(resolved.stages, start=1):
+        STAGES.get(stage.kind)(ctx, index, stage)
+    save_model_atomic(ctx.classifier, out / "model.keras")
+    write_json_atomic(out / "history.json", [{"kind": r.stage.kind, **r.history} for r in ctx.results])
+    write_json_atomic(out / "metrics.json", {
+        "stages": [
+            {"stage": i, "kind": r.stage.kind, "epochs": r.stage.epochs, "learning_rate": r.stage.learning_rate,
+             "val_accuracy": r.val_accuracy, "val_loss": r.val_loss}
+            for i, r in enumerate(ctx.results, start=1)
+        ],
+        "classes": classes,
+        "train_images": len(train),
+        "val_images": len(val),
+    })
+    return ctx
+
+
+def _size(recipe: Recipe) -> tuple[int, int] | None:
+    return (recipe.image_size, recipe.image_size) if recipe.image_size else None
+
+
+def default_out(name: str) -> Path:
+    return Path("runs") / f"{name.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def finetune(base: str | None = None, data: str | None = None, recipe=None, out: str | Path | None = None,
+             *, verbose: str | int = "auto", **overrides) -> RunContext:
+    """Fine-tune a pretrained base on a folder of images; returns the finished run.
+
+    `recipe` is a Recipe, a built-in name or a TOML path (default: classic). `overrides` set
+    recipe fields (weights, image_size, batch_size, seed, ...) and, for convenience,
+    epochs_head, epochs_finetune, lr_head, lr_finetune and unfreeze set those of its stages.
+    """
+    recipe = resolve(recipe, base=base, data=data, **overrides)
+    if not recipe.base:
+        raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
+    configure(recipe)
+    classes, train, val = load_data(recipe)
+    loaded = load_base(recipe.base, recipe.weights, _size(recipe))
+    return run_recipe(recipe, loaded, Path(out) if out else default_out(recipe.base), verbose=verbose,
+                      classes=classes, train=train, val=val)
+
+
+def resolve(recipe, *, epochs_head=None, epochs_finetune=None, lr_head=None, lr_finetune=None,
+            unfreeze=None, **fields) -> Recipe:
+    """A recipe with the command line's settings applied over it."""
+    from tlkit.recipe import get_recipe
+
+    r = get_recipe(recipe)
+    unknown = set(fields) - {f.name for f in dataclasses.fields(Recipe)}
+    if unknown:
+        raise TypeError(f"unknown recipe settings: {sorted(unknown)}")
+    r = dataclasses.replace(r, **{k: v for k, v in fields.items() if v is not None})
+    r = r.with_stages("head", epochs=epochs_head, learning_rate=lr_head)
+    return r.with_stages("finetune", epochs=epochs_finetune, learning_rate=lr_finetune, unfreeze=unfreeze)

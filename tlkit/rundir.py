@@ -1,0 +1,90 @@
+"""The run directory: everything a run produces, in one folder, each file written atomically.
+
+    model.keras        the classifier (preprocessing inside; input float32 images in [0, 255])
+    labels.txt         class names, one a line, in the order of the model's outputs
+    recipe.toml        the resolved recipe: `tlkit finetune --recipe RUN/recipe.toml` repeats the run
+    history.json       Keras' per-epoch history of every stage
+    metrics.json       validation accuracy and loss after each stage
+    checkpoints/best.keras   the model at the epoch with the lowest validation loss, over all stages
+    logs/              TensorBoard logs, one folder per stage
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from tlkit.errors import TlkitError
+from tlkit.recipe import Recipe
+
+
+def write_atomic(path: Path, write) -> None:
+    """Write through `write(tmp_path)` to a temporary name beside `path`, then rename it over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_atomic(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_model_atomic(model: keras.Model, path: str | Path) -> None:
+    write_atomic(Path(path), lambda tmp: model.save(tmp))
+
+
+def write_labels(path: str | Path, classes: list[str]) -> None:
+    write_text_atomic(path, "".join(f"{c}\n" for c in classes))
+
+
+def read_labels(path: str | Path) -> list[str]:
+    return [line for line in Path(path).read_text().splitlines() if line]
+
+
+@dataclass
+class Run:
+    """A finished run, loaded back from its directory."""
+
+    path: Path
+    model: keras.Model
+    labels: list[str]
+    recipe: Recipe
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.model.input_shape[1:3])
+
+    @property
+    def channels(self) -> int:
+        return self.model.input_shape[-1]
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a run directory (or a bare `.keras` file with a labels.txt beside it)."""
+    import tlkit.custom_objects  # noqa: F401  (registers tlkit's layers for deserialization)
+
+    path = Path(path)
+    model_file = path / "model.keras" if path.is_dir() else path
+    folder = model_file.parent
+    if not model_file.is_file():
+        raise TlkitError(f"no model at {model_file}: pass a run directory made by `tlkit finetune` or `tlkit train`")
+    if not (folder / "labels.txt").is_file():
+        raise TlkitError(f"no labels.txt beside {model_file}: a run directory holds both")
+    model = keras.models.load_model(model_file, safe_mode=True)
+    recipe_file = folder / "recipe.toml"
+    recipe = Recipe.load(recipe_file) if recipe_file.is_file() else Recipe()
+    return Run(folder, model, read_labels(folder / "labels.txt"), recipe)
