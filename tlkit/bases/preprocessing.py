@@ -8,7 +8,7 @@ from keras import ops
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
-MODES = ("caffe", "tf", "torch", "unit", "none")
+MODES = ("caffe", "tf", "torch", "lite", "unit", "none")
 
 
 @keras.saving.register_keras_serializable(package="tlkit")
@@ -17,8 +17,9 @@ class ImagePreprocessing(keras.layers.Layer):
 
     Modes, as in `keras.applications.imagenet_utils.preprocess_input`: "caffe" (BGR, ImageNet
     mean subtracted), "tf" ([-1, 1]), "torch" ([0, 1], then ImageNet mean and std), plus
-    "unit" ([0, 1]) and "none". A layer of our own rather than a Lambda, because Lambda layers
-    only reload with safe mode off.
+    "lite" ((x - 127) / 128, as TF trained EfficientNet-Lite: "tf" is 0.4% off), "unit" ([0, 1])
+    and "none". A layer of our own rather than a Lambda, because Lambda layers only reload with
+    safe mode off.
     """
 
     def __init__(self, mode: str, **kwargs):
@@ -37,6 +38,8 @@ class ImagePreprocessing(keras.layers.Layer):
             mean = ops.convert_to_tensor(_TORCH_MEAN, self.compute_dtype)
             std = ops.convert_to_tensor(_TORCH_STD, self.compute_dtype)
             return (x / 255.0 - mean) / std
+        if self.mode == "lite":
+            return (x - 127.0) / 128.0
         if self.mode == "unit":
             return x / 255.0
         return x
