@@ -98,11 +98,10 @@ def test_run_directory_holds_everything_to_repeat_the_run(tiny_images, tmp_path)
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), ctx.classifier.predict(x, verbose=0), atol=1e-6)
 
 
-def test_data_is_validated_before_any_training(tiny_images_with_bad_files):
+def test_data_is_validated_before_any_training(bad_images):
     from tlkit.errors import TlkitError
 
-    folder, bad = tiny_images_with_bad_files
     with pytest.raises(TlkitError) as err:
-        load_data(Recipe(data=str(folder)))
-    for path in bad:
+        load_data(Recipe(data=str(bad_images.root)))
+    for path in (bad_images.truncated, bad_images.empty):
         assert str(path) in str(err.value)
