@@ -32,3 +32,7 @@ def register(name: str, blocks: BlockSpec, input_shape: tuple[int, int, int]):
         return build
 
     return decorator
+
+
+# Importing a family module registers its architectures.
+from tlkit.models import alexnet, googlenet, lenet, resnet, vgg  # noqa: E402,F401
