@@ -17,11 +17,27 @@ def snapshot(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
     return {layer.name: {v.path: np.array(v.numpy()) for v in layer.weights} for layer in model.layers if layer.weights}
 
 
+def calibrate_batchnorm(model: keras.Model, images: np.ndarray) -> None:
+    """Set every BatchNorm's moving statistics to those of `images`, as a pretrained base has them.
+
+    With random weights and the initial statistics (mean 0, variance 1), the signal through a
+    deep inference-mode network like MobileNetV2 shrinks to ~1e-13, too small for any gradient
+    step to move a float32 weight; calibrated statistics keep it at unit scale.
+    """
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0
+    model(images, training=True)
+    for layer in norms:
+        layer.momentum = 0.99
+
+
 def run(tiny_images, tmp_path, base_name: str, stages: list[Stage]) -> tuple[RunContext, dict, dict]:
     recipe = Recipe(stages=stages, base=base_name, weights="none", data=str(tiny_images), image_size=32,
                     batch_size=8, seed=1, dropout=0.0)
     configure(recipe)
     base = load_base(base_name, "none", (32, 32))
+    calibrate_batchnorm(base.model, np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32"))
     before = snapshot(base.model)
     ctx = run_recipe(recipe, base, tmp_path / "run", verbose=0)
     return ctx, before, snapshot(ctx.classifier.get_layer(BASE_LAYER))
