@@ -11,8 +11,23 @@ from tlkit.errors import TlkitError
 
 
 def _quiet_tensorflow() -> None:
-    # TF's C++ start-up chatter (CUDA probing, oneDNN notices) is noise to a user.
+    """Import TensorFlow and probe for a GPU with stderr closed.
+
+    Its C++ start-up chatter (oneDNN notices, CUDA probing on a machine without a GPU) is noise
+    to a user, and part of it is printed before TF_CPP_MIN_LOG_LEVEL is read, so only closing
+    the file descriptor silences it. `--debug` keeps it.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def training_options(command):
@@ -41,7 +56,8 @@ def training_options(command):
 def cli(ctx, debug):
     """Transfer learning on a folder of images: fine-tune, extract, pretrain, evaluate, export."""
     ctx.obj = {"debug": debug}
-    _quiet_tensorflow()
+    if not debug:
+        _quiet_tensorflow()
 
 
 @cli.command()
@@ -63,6 +79,68 @@ def finetune(**options):
 def _given(options: dict) -> dict:
     """The library's keyword arguments from click's, dropping options the user did not give."""
     return {k: v for k, v in options.items() if v is not None}
+
+
+@cli.command()
+@click.option("--arch", required=True, help="A zoo architecture: lenet5, alexnet, vgg16, googlenet, resnet18, ...")
+@training_options
+@click.option("--epochs", type=int, help="Epochs of the train stage.")
+@click.option("--lr", "learning_rate", type=float, help="Learning rate of the train stage.")
+def train(arch, **options):
+    """Train a classic CNN from scratch (recipe: scratch)."""
+    from tlkit.engine import train as run
+
+    run(arch, **_given(options))
+
+
+@cli.command()
+@click.option("--arch", help="A zoo architecture or any base name.")
+@click.option("--model", type=click.Path(), help="Or a run directory / .keras file.")
+@click.option("--image-size", type=int, help="Square input side (default: the network's own).")
+@click.option("--batch-size", default=1, show_default=True, help="For the training-step memory estimate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(arch, model, image_size, batch_size, as_json):
+    """Per-layer shapes, parameters, MACs/FLOPs and memory; the memory of one training step."""
+    from tlkit.inspect import build_for_inspect, format_report, inspect_model
+
+    if bool(arch) == bool(model):
+        raise TlkitError("pass one of --arch NAME or --model RUN")
+    if arch:
+        network = build_for_inspect(arch, image_size)
+    else:
+        from tlkit.rundir import load_run
+
+        network = load_run(model).model
+    report = inspect_model(network, batch_size=batch_size)
+    click.echo(report.to_json() if as_json else format_report(report))
+
+
+@cli.group()
+def visualize():
+    """Pictures of what a model learned."""
+
+
+@visualize.command("filters")
+@click.option("--model", required=True, type=click.Path(), help="A run directory or .keras file.")
+@click.option("--out", required=True, type=click.Path(), help="The PNG to write.")
+def visualize_filters(model, out):
+    """The first convolution's kernels as an image grid."""
+    from tlkit.rundir import load_run
+    from tlkit.visualize import plot_filters
+
+    click.echo(f"wrote {plot_filters(load_run(model).model, out)}")
+
+
+@visualize.command("activations")
+@click.option("--model", required=True, type=click.Path(), help="A run directory or .keras file.")
+@click.option("--image", required=True, type=click.Path(), help="One image.")
+@click.option("--out", required=True, type=click.Path(), help="Folder for one PNG per stage.")
+def visualize_activations(model, image, out):
+    """The feature maps after each stage (block) of the network, for one image."""
+    from tlkit.visualize import plot_run_activations
+
+    for path in plot_run_activations(model, image, out):
+        click.echo(f"wrote {path}")
 
 
 @cli.command()

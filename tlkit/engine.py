@@ -106,12 +106,12 @@ class RunContext:
         return self.model
 
     def dataset(self, which: str, augment: bool | None = None) -> tf.data.Dataset:
-        images = self.train if which == "train" else self.val
+        """The "train" or "val" images; only training images are shuffled and augmented."""
+        training = which == "train"
         r = self.recipe
         return tldata.make_dataset(
-            images, self.image_size, r.batch_size, channels=self.base.channels,
-            shuffle=which == "train", augment=r.augment if augment is None and which == "train" else bool(augment),
-            seed=r.seed,
+            self.train if training else self.val, self.image_size, r.batch_size, channels=self.base.channels,
+            shuffle=training, augment=training and (r.augment if augment is None else augment), seed=r.seed,
         )
 
     def callbacks(self, index: int, stage: Stage) -> list[keras.callbacks.Callback]:
@@ -132,7 +132,7 @@ class RunContext:
         start = time.perf_counter()
         history = model.fit(
             self.dataset("train"), validation_data=self.dataset("val"), epochs=stage.epochs,
-            callbacks=self.callbacks(index, stage), verbose=self.verbose,
+            callbacks=self.callbacks(index, stage), verbose=self.verbose, shuffle=False,  # the dataset shuffles
         ) if stage.epochs else None
         return self.finish(stage, history.history if history else {}, optimizer, start)
 
@@ -190,8 +190,9 @@ def load_data(recipe: Recipe, classes: list[str] | None = None):
 
 
 def run_recipe(recipe: Recipe, base: Base, out: Path, *, verbose: str | int = "auto",
-               classes=None, train=None, val=None) -> RunContext:
-    """Run every stage of `recipe` and write the run directory. Data is loaded unless given."""
+               classes=None, train=None, val=None, model: keras.Model | None = None) -> RunContext:
+    """Run every stage of `recipe` and write the run directory. Data is loaded unless given;
+    the classifier is `model`, or the base under a new head."""
     if classes is None:
         classes, train, val = load_data(recipe)
     image_size = tuple(base.model.input_shape[1:3])
@@ -201,9 +202,10 @@ def run_recipe(recipe: Recipe, base: Base, out: Path, *, verbose: str | int = "a
     out.mkdir(parents=True, exist_ok=True)
     print(f"{len(train)} training and {len(val)} validation images in {len(classes)} classes; "
           f"base {base.name} ({base.source}, weights {base.weights}); run directory {out}", flush=True)
-    ctx = RunContext(resolved, base, classes, train, val, image_size, out, verbose)
+    ctx = RunContext(resolved, base, classes, train, val, image_size, out, verbose, model)
     write_labels(out / "labels.txt", classes)
     resolved.save(out / "recipe.toml")
+    write_json_atomic(out / "blocks.json", {block.name: list(block.layers) for block in base.blocks})
     for index, stage in enumerate(resolved.stages, start=1):
         STAGES.get(stage.kind)(ctx, index, stage)
     save_model_atomic(ctx.classifier, out / "model.keras")
@@ -259,3 +261,30 @@ def resolve(recipe, *, epochs_head=None, epochs_finetune=None, lr_head=None, lr_
     r = dataclasses.replace(r, **{k: v for k, v in fields.items() if v is not None})
     r = r.with_stages("head", epochs=epochs_head, learning_rate=lr_head)
     return r.with_stages("finetune", epochs=epochs_finetune, learning_rate=lr_finetune, unfreeze=unfreeze)
+
+
+def train(arch: str, data: str | None = None, recipe="scratch", out: str | Path | None = None, *,
+          verbose: str | int = "auto", epochs: int | None = None, learning_rate: float | None = None,
+          **overrides) -> RunContext:
+    """Train a zoo architecture from scratch, with its own top, through the same engine and run
+    directory as `finetune` (so the result evaluates, predicts and exports the same way)."""
+    from tlkit.bases.zoo import zoo_input
+    from tlkit.blocks import build_block_map
+    from tlkit.models import ZOO
+
+    spec = ZOO.get(arch)
+    recipe = resolve(recipe, base=arch, weights="none", data=data, **overrides)
+    recipe = recipe.with_stages("train", epochs=epochs, learning_rate=learning_rate)
+    configure(recipe)
+    classes, train_set, val_set = load_data(recipe)
+    inputs, x = zoo_input(spec, _size(recipe))
+    try:
+        model = spec.build(include_top=True, classes=len(classes), input_tensor=x)
+    except ValueError as err:
+        raise TlkitError(f"{arch} cannot take images of {inputs.shape[1]}x{inputs.shape[2]}: {err}") from err
+    # the trained top is a block of its own (every layer after the arch's blocks but the input
+    # and its scaling), so a later finetune can start from this model
+    blocks = build_block_map(model, [*spec.blocks, ("top", r"(?!image$|preprocessing$)")])
+    base = Base(arch, model, blocks, spec.input_shape[:2], "zoo", "none")
+    return run_recipe(recipe, base, Path(out) if out else default_out(arch), verbose=verbose,
+                      classes=classes, train=train_set, val=val_set, model=model)

@@ -439,3 +439,23 @@ def format_report(report: Report) -> str:
     if report.uncounted:
         lines.append("* MACs/FLOPs not counted (no rule for the layer class): " + ", ".join(report.uncounted))
     return "\n".join(lines)
+
+
+def build_for_inspect(name: str, image_size: int | None = None) -> keras.Model:
+    """The whole network called `name` (with its classifier, as the papers count it): a zoo
+    architecture, a keras.applications model, or else a base without its top."""
+    from tlkit.bases import BASES, load_base
+    from tlkit.bases.keras_apps import APPS
+    from tlkit.models import ZOO
+
+    if name in ZOO:
+        arch = ZOO.get(name)
+        height, width, channels = arch.input_shape
+        size = (image_size, image_size) if image_size else (height, width)
+        return arch.build(include_top=True, input_shape=(*size, channels))
+    if name in APPS:
+        side = image_size or APPS[name].size
+        return getattr(keras.applications, APPS[name].constructor)(
+            include_top=True, weights=None, input_shape=(side, side, 3))
+    BASES.get(name)  # an unknown name fails here, with suggestions
+    return load_base(name, "none", (image_size, image_size) if image_size else None).model

@@ -3,6 +3,7 @@
     model.keras        the classifier (preprocessing inside; input float32 images in [0, 255])
     labels.txt         class names, one a line, in the order of the model's outputs
     recipe.toml        the resolved recipe: `tlkit finetune --recipe RUN/recipe.toml` repeats the run
+    blocks.json        the block map of the run's base ({block: [layer names]}, in order)
     history.json       Keras' per-epoch history of every stage
     metrics.json       validation accuracy and loss after each stage
     checkpoints/best.keras   the model at the epoch with the lowest validation loss, over all stages

@@ -172,3 +172,18 @@ def plot_activations(
         out = Path(out_dir) / f"{i + 1:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"
         files.append(_save(_mosaic(colormap(shown)[..., :3]), title, out))
     return files
+
+
+def plot_run_activations(run_path: str | os.PathLike, image_path: str | os.PathLike, out_dir) -> list[Path]:
+    """`plot_activations` for a run directory, one PNG per block of the run's base, the image
+    decoded as the run's pipeline decodes it."""
+    from tlkit.bases import BASES, load_base
+    from tlkit.data import load_image
+    from tlkit.rundir import load_run
+
+    run = load_run(run_path)
+    blocks = None
+    if run.recipe.base in BASES:
+        # the block map names the base's layers, which keep their names inside the classifier
+        blocks = load_base(run.recipe.base, "none", run.image_size).blocks
+    return plot_activations(run.model, load_image(image_path, run.image_size, run.channels), out_dir, blocks)

@@ -55,3 +55,4 @@ def load_base(spec: str, weights: str = "imagenet", image_size: tuple[int, int] 
 # Importing a source module registers its bases.
 from tlkit.bases import keras_apps  # noqa: E402,F401
 from tlkit.bases import efficientnet_lite  # noqa: E402,F401
+from tlkit.bases import zoo  # noqa: E402,F401
