@@ -313,12 +313,9 @@ def _decoded_shape(path):
 
 
 def _problem(path: Path) -> str | None:
-    """None if the file decodes as training will decode it, else what is wrong with it."""
-    try:
-        _decoded_shape(tf.constant(str(path)))
-        return None
-    except tf.errors.OpError:
-        pass  # TensorFlow's message is buried in a graph trace; Pillow says more plainly what is wrong
+    """None if the file decodes in full, by Pillow and the way training decodes it, else what is
+    wrong with it. Both, because each accepts some damage the other refuses: TensorFlow decodes
+    a JPEG cut short (greying the missing rows), Pillow a PNG missing its last bytes."""
     if not os.access(path, os.R_OK):
         return "cannot be read (no permission)"
     if path.stat().st_size == 0:
@@ -330,7 +327,11 @@ def _problem(path: Path) -> str | None:
         return "not an image (no image format recognised in it)"
     except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad data
         return f"{'truncated' if 'truncated' in str(error).lower() else 'corrupt'} image ({error})"
-    return "corrupt or truncated image (Pillow reads it but TensorFlow cannot decode it; often a file cut short)"
+    try:
+        _decoded_shape(tf.constant(str(path)))
+    except tf.errors.OpError:
+        return "corrupt or truncated image (Pillow reads it but TensorFlow cannot decode it; often a file cut short)"
+    return None
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -180,12 +180,11 @@ def load_data(recipe: Recipe, classes: list[str] | None = None):
         train = images
     else:
         train, val = tldata.split(images, recipe.val_split, recipe.seed)
-    for part in (train, val):
-        for path, why in part.skipped:
-            print(f"skipped {path}: {why}", flush=True)
-    skipped = len(train.skipped) + (len(val.skipped) if recipe.val_data else 0)
+    skipped = images.skipped + (val.skipped if recipe.val_data else [])
+    for path, why in skipped:
+        print(f"skipped {path}: {why}", flush=True)
     if skipped:
-        print(f"skipped {skipped} bad file(s)", flush=True)
+        print(f"skipped {len(skipped)} bad file(s)", flush=True)
     return images.classes, train, val
 
 

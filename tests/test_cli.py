@@ -1,0 +1,100 @@
+"""The command line as a user meets it: one-line errors, exit codes, the main job end to end."""
+from __future__ import annotations
+
+import json
+
+import keras
+import pytest
+
+from tlkit.cli import main
+
+
+def tlkit(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_unknown_base_is_one_line_with_close_names(capsys, tiny_images):
+    code, _, err = tlkit(capsys, "finetune", "--base", "vgg61", "--data", str(tiny_images))
+    assert code == 2
+    assert err.strip().splitlines() == ["error: unknown base 'vgg61': did you mean vgg19, vgg16, vgg13, vgg11?"]
+    assert "Traceback" not in err
+
+
+def test_nosuchnet_exits_nonzero_without_a_stack_trace(capsys, tiny_images):
+    code, _, err = tlkit(capsys, "finetune", "--base", "nosuchnet", "--data", str(tiny_images))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: unknown base 'nosuchnet'")
+
+
+def test_bad_files_stop_the_run_before_training(capsys, bad_images, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = tlkit(capsys, "finetune", "--base", "mobilenet_v2", "--weights", "none", "--data",
+                         str(bad_images.root), "--image-size", "32", "--out", str(out))
+    assert code == 2
+    assert str(bad_images.truncated) in err and str(bad_images.empty) in err
+    assert not out.exists(), "nothing may be trained or written before the data is valid"
+
+
+def test_skip_bad_trains_on_the_rest_and_names_what_it_skipped(capsys, bad_images, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, _ = tlkit(capsys, "finetune", "--base", "mobilenet_v2", "--weights", "none", "--data",
+                            str(bad_images.root), "--image-size", "32", "--skip-bad", "--epochs-head", "1",
+                            "--epochs-finetune", "1", "--batch-size", "8", "--out", str(out))
+    assert code == 0
+    assert f"skipped {bad_images.truncated}" in stdout and f"skipped {bad_images.empty}" in stdout
+    assert "skipped 2 bad file(s)" in stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [s["kind"] for s in metrics["stages"]] == ["head", "finetune"]
+    assert metrics["train_images"] + metrics["val_images"] == 24  # the good files of the folder
+    assert "stage 1 (head): val_accuracy=" in stdout and "stage 2 (finetune): val_accuracy=" in stdout
+
+
+def test_same_seed_gives_the_same_metrics_twice(capsys, tiny_images, tmp_path):
+    results = []
+    for name in ("a", "b"):
+        code, _, _ = tlkit(capsys, "finetune", "--base", "mobilenet_v2", "--weights", "none", "--data",
+                           str(tiny_images), "--image-size", "32", "--epochs-head", "2", "--epochs-finetune", "1",
+                           "--batch-size", "8", "--augment", "--seed", "7", "--out", str(tmp_path / name))
+        assert code == 0
+        results.append((tmp_path / name / "metrics.json").read_text())
+    assert results[0] == results[1]
+
+
+def test_recipes_lists_the_builtin_recipes(capsys):
+    code, out, _ = tlkit(capsys, "recipes")
+    assert code == 0
+    assert out.startswith("classic") and "head(5 ep, lr 0.001) -> finetune(5 ep, lr 1e-05, top 1)" in out
+
+
+def test_unknown_recipe_suggests(capsys, tiny_images):
+    code, _, err = tlkit(capsys, "finetune", "--base", "vgg16", "--data", str(tiny_images), "--recipe", "clasic")
+    assert code == 2 and "did you mean classic?" in err
+
+
+def test_mixed_precision_keeps_a_float32_output(tiny_images):
+    from tlkit.bases import load_base
+    from tlkit.engine import build_classifier, configure
+    from tlkit.recipe import Recipe
+
+    try:
+        configure(Recipe(mixed_precision=True))
+        model = build_classifier(load_base("mobilenet_v2", "none", (32, 32)), 3, 0.2)
+        assert model.get_layer("base").get_layer("Conv1").compute_dtype == "float16"
+        assert model.output.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("base", ["resnet18", "lenet5"])
+def test_zoo_models_run_through_the_recipe_engine(capsys, tiny_images, tmp_path, base):
+    code, stdout, err = tlkit(capsys, "finetune", "--base", base, "--weights", "none", "--data", str(tiny_images),
+                              "--image-size", "32", "--epochs-head", "1", "--epochs-finetune", "1", "--unfreeze", "2",
+                              "--batch-size", "8", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "stage 2 (finetune)" in stdout
+    assert (tmp_path / "run" / "model.keras").is_file()
