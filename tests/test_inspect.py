@@ -241,3 +241,26 @@ def test_json_and_table():
     assert any(line.startswith("c3 ") and " 2,416 " in line and "6.2 KiB" in line for line in lines)
     assert "Total" in lines[len(report.rows) + 5] and "61,706" in lines[len(report.rows) + 5]
     assert "at batch 32" in lines[-1]
+
+
+def test_inspect_command_reports_the_canon_counts(capsys):
+    from tlkit.cli import main
+
+    main(["inspect", "--arch", "vgg16", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["totals"]["params"] == 138_357_544
+    first_conv = next(row for row in report["rows"] if row["class_name"] == "Conv2D")
+    assert first_conv["name"] == "block1_conv1" and first_conv["params"] == 1_792
+    main(["inspect", "--arch", "lenet5"])
+    table = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in table.splitlines() if line.startswith(("c1 ", "c3 "))}
+    assert rows["c1"][3] == "156" and rows["c3"][3] == "2,416"
+
+
+def test_the_canon_layers_are_counted():
+    from tlkit.models import ZOO
+
+    report = inspect_model(ZOO.get("alexnet").build(include_top=True, input_shape=(227, 227, 3)))
+    assert report.uncounted == []
+    lrn = next(row for row in report.rows if row.class_name == "LocalResponseNormalization")
+    assert lrn.flops == 12 * 55 * 55 * 96  # (2n + 2) per element, n = 5

@@ -42,6 +42,7 @@ import keras
 
 from tlkit.bases.preprocessing import ImagePreprocessing
 from tlkit.errors import TlkitError
+from tlkit.layers import LocalResponseNormalization, MaxPoolingWithArgmax2D, MaxUnpooling2D
 
 Shape = tuple[int, ...]  # one sample, without the batch axis
 CostFn = Callable[[keras.layers.Layer, list[Shape], list[Shape]], tuple[int, int] | None]
@@ -184,6 +185,22 @@ def _merge(layer, ins, outs):
 @register_cost(keras.layers.Average)
 def _average(layer, ins, outs):
     return 0, len(ins) * _size(outs[0])
+
+
+@register_cost(LocalResponseNormalization)
+def _lrn(layer, ins, outs):
+    # per element: n squares and n - 1 adds over the window, then scale, power and divide
+    return 0, (2 * layer.n + 2) * _size(outs[0])
+
+
+@register_cost(MaxPoolingWithArgmax2D)
+def _pooling_with_argmax(layer, ins, outs):
+    return 0, _size(outs[0]) * _size(layer.pool_size)
+
+
+@register_cost(MaxUnpooling2D)
+def _unpooling(layer, ins, outs):
+    return 0, 0  # a scatter: data movement, no arithmetic
 
 
 # --- walking the graph ---------------------------------------------------------------------
