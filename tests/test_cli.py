@@ -42,7 +42,7 @@ def test_bad_files_stop_the_run_before_training(capsys, bad_images, tmp_path):
 
 def test_skip_bad_trains_on_the_rest_and_names_what_it_skipped(capsys, bad_images, tmp_path):
     out = tmp_path / "run"
-    code, stdout, _ = tlkit(capsys, "finetune", "--base", "mobilenet_v2", "--weights", "none", "--data",
+    code, stdout, _ = tlkit(capsys, "finetune", "--base", "lenet5", "--weights", "none", "--data",
                             str(bad_images.root), "--image-size", "32", "--skip-bad", "--epochs-head", "1",
                             "--epochs-finetune", "1", "--batch-size", "8", "--out", str(out))
     assert code == 0
@@ -57,7 +57,7 @@ def test_skip_bad_trains_on_the_rest_and_names_what_it_skipped(capsys, bad_image
 def test_same_seed_gives_the_same_metrics_twice(capsys, tiny_images, tmp_path):
     results = []
     for name in ("a", "b"):
-        code, _, _ = tlkit(capsys, "finetune", "--base", "mobilenet_v2", "--weights", "none", "--data",
+        code, _, _ = tlkit(capsys, "finetune", "--base", "resnet18", "--weights", "none", "--data",
                            str(tiny_images), "--image-size", "32", "--epochs-head", "2", "--epochs-finetune", "1",
                            "--batch-size", "8", "--augment", "--seed", "7", "--out", str(tmp_path / name))
         assert code == 0

@@ -59,11 +59,11 @@ def test_savedmodel_serves_raw_bytes_without_tlkit(trained_run, tiny_images, tmp
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_a_second_export_to_the_same_version_is_refused(trained_run, tmp_path):
-    export(trained_run, tmp_path / "e")
+def test_an_existing_version_is_never_overwritten(trained_run, tmp_path):
+    (tmp_path / "e" / "1").mkdir(parents=True)
     with pytest.raises(TlkitError, match="exists"):
         export(trained_run, tmp_path / "e")
-    assert export(trained_run, tmp_path / "e", version=2) == tmp_path / "e" / "2"
+    assert list((tmp_path / "e" / "1").iterdir()) == []
 
 
 def test_tflite_export_matches_the_keras_model(trained_run, tmp_path):

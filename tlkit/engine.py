@@ -197,7 +197,11 @@ def run_recipe(recipe: Recipe, base: Base, out: Path, *, verbose: str | int = "a
     image_size = tuple(base.model.input_shape[1:3])
     if None in image_size:
         image_size = base.input_size
-    resolved = dataclasses.replace(recipe, base=recipe.base or base.name, image_size=image_size[0])
+    # absolute data paths, so `--recipe RUN/recipe.toml` repeats the run from any folder
+    resolved = dataclasses.replace(
+        recipe, base=recipe.base or base.name, image_size=image_size[0],
+        **{key: str(Path(getattr(recipe, key)).resolve()) for key in ("data", "val_data") if getattr(recipe, key)},
+    )
     out.mkdir(parents=True, exist_ok=True)
     print(f"{len(train)} training and {len(val)} validation images in {len(classes)} classes; "
           f"base {base.name} ({base.source}, weights {base.weights}); run directory {out}", flush=True)
