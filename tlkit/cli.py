@@ -63,6 +63,8 @@ def cli(ctx, debug):
 @cli.command()
 @click.option("--base", help="A base name (see `tlkit bases`), hub:HANDLE, a .keras file or a run directory.")
 @click.option("--weights", help="imagenet (default), none, or a weights file.")
+@click.option("--base-layer", help="Cut the base at this layer: its output becomes the features.")
+@click.option("--hub-range", help="Pixel range a hub: base expects: 0,1 (default), -1,1 or 0,255.")
 @training_options
 @click.option("--epochs-head", type=int, help="Epochs of the head stage(s).")
 @click.option("--epochs-finetune", type=int, help="Epochs of the finetune stage(s).")
@@ -141,6 +143,27 @@ def visualize_activations(model, image, out):
 
     for path in plot_run_activations(model, image, out):
         click.echo(f"wrote {path}")
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def bases(ctx):
+    """List every base: source, default input size, blocks, parameters, and whether its weights are here."""
+    if ctx.invoked_subcommand is None:
+        from tlkit.bases.catalog import format_bases, list_bases
+
+        click.echo(format_bases(list_bases()))
+
+
+@bases.command("import")
+@click.argument("name")
+@click.argument("file", type=click.Path())
+def bases_import(name, file):
+    """Put FILE, the ImageNet weights of base NAME obtained elsewhere, where Keras' cache expects
+    them, after checking its hash (for machines with no network)."""
+    from tlkit.bases.catalog import import_weights
+
+    click.echo(f"wrote {import_weights(name, file)}")
 
 
 @cli.command()

@@ -247,7 +247,7 @@ def finetune(base: str | None = None, data: str | None = None, recipe=None, out:
         raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
     configure(recipe)
     classes, train, val = load_data(recipe)
-    loaded = load_base(recipe.base, recipe.weights, _size(recipe))
+    loaded = load_base(recipe.base, recipe.weights, _size(recipe), recipe.base_layer, recipe.hub_range)
     return run_recipe(recipe, loaded, Path(out) if out else default_out(recipe.base), verbose=verbose,
                       classes=classes, train=train, val=val)
 

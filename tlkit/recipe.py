@@ -56,6 +56,8 @@ class Recipe:
     # What to train on: set by the command line or by a run's resolved recipe.
     base: str | None = None
     weights: str = "imagenet"
+    base_layer: str | None = None  # cut the base at this layer (--base-layer)
+    hub_range: str | None = None  # the pixel range a hub: base expects: "0,1" (None), "-1,1", "0,255"
     data: str | None = None
     val_data: str | None = None
     skip_bad: bool = False
