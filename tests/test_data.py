@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tlkit import data
+from tlkit import data, rundir
 from tlkit.errors import TlkitError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
@@ -334,12 +334,12 @@ def test_augment_changes_images_but_keeps_them_recognisable(tiny_images):
 
 def test_labels_file_round_trip(tmp_path):
     path = tmp_path / "labels.txt"
-    data.write_labels(path, ["cat", "hot dog", "2"])
+    rundir.write_labels(path, ["cat", "hot dog", "2"])
     assert path.read_text() == "cat\nhot dog\n2\n"
-    assert data.read_labels(path) == ["cat", "hot dog", "2"]
+    assert rundir.read_labels(path) == ["cat", "hot dog", "2"]
     assert [p.name for p in tmp_path.iterdir()] == ["labels.txt"]
     with pytest.raises(TlkitError, match="no labels file"):
-        data.read_labels(tmp_path / "missing.txt")
+        rundir.read_labels(tmp_path / "missing.txt")
 
 
 # --- data_samples ---------------------------------------------------------------------------

@@ -207,24 +207,6 @@ def check_images(paths: Sequence[Path]) -> list[tuple[Path, str]]:
     return [(p, problem) for p, problem in zip(paths, problems) if problem]
 
 
-def write_labels(path, classes: Sequence[str]) -> None:
-    """Write labels.txt: one class name per line, in label order (written to a temporary name, then renamed)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{name}\n" for name in classes), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_labels(path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise TlkitError(f"no labels file '{path}'")
-    classes = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
-    if not classes:
-        raise TlkitError(f"labels file '{path}' is empty")
-    return classes
-
-
 # --- decoding -------------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ def write_atomic(path: Path, write) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    write_atomic(Path(path), lambda tmp: tmp.write_text(text))
+    write_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json_atomic(path: str | Path, data) -> None:
@@ -49,11 +49,18 @@ def save_model_atomic(model: keras.Model, path: str | Path) -> None:
 
 
 def write_labels(path: str | Path, classes: list[str]) -> None:
+    """labels.txt: one class name a line, in the order of the model's outputs."""
     write_text_atomic(path, "".join(f"{c}\n" for c in classes))
 
 
 def read_labels(path: str | Path) -> list[str]:
-    return [line for line in Path(path).read_text().splitlines() if line]
+    path = Path(path)
+    if not path.is_file():
+        raise TlkitError(f"no labels file '{path}'")
+    classes = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    if not classes:
+        raise TlkitError(f"labels file '{path}' is empty")
+    return classes
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import keras
@@ -25,6 +24,7 @@ from matplotlib.figure import Figure
 from tlkit.bases.preprocessing import ImagePreprocessing
 from tlkit.blocks import Block
 from tlkit.errors import TlkitError
+from tlkit.rundir import write_atomic
 from tlkit.inspect import is_graph_model, walk
 
 GAP_PX = 2
@@ -76,15 +76,7 @@ def _save(image: np.ndarray, title: str, out: Path) -> Path:
     width = max(image.shape[1], math.ceil(text.get_window_extent(canvas.get_renderer()).width) + 8)
     fig.set_size_inches(width / _DPI, height / _DPI)
     fig.figimage(image, xo=(width - image.shape[1]) // 2, yo=0)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            canvas.print_png(f)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(out, lambda tmp: canvas.print_png(str(tmp)))
     return out
 
 
