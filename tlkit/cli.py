@@ -46,6 +46,8 @@ def training_options(command):
         click.option("--early-stopping", type=int, metavar="PATIENCE", help="Stop a stage after PATIENCE epochs without a better val_loss."),
         click.option("--mixed-precision", is_flag=True, default=None, help="mixed_float16 compute, float32 output (GPU)."),
         click.option("--dropout", type=float, help="Dropout before the new head's dense layer."),
+        click.option("--pooling", type=click.Choice(["avg", "max", "flatten"]),
+                     help="How the new head reduces the base's feature map (default avg; flatten keeps the layout)."),
     ]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
@@ -93,6 +95,43 @@ def train(arch, **options):
     from tlkit.engine import train as run
 
     run(arch, **_given(options))
+
+
+@cli.command()
+@click.option("--base", help="A base name (see `tlkit bases`), hub:HANDLE, a .keras file or a run directory.")
+@click.option("--weights", help="imagenet (default), none, or a weights file.")
+@training_options
+@click.option("--epochs", type=int, help="Epochs of the extract stage(s).")
+@click.option("--lr", "learning_rate", type=float, help="Learning rate of the extract stage(s).")
+@click.option("--cache", type=click.Path(), help="Feature cache folder (default $TLKIT_CACHE/features, "
+              "else ~/.cache/tlkit/features).")
+def extract(**options):
+    """Feature extraction: run the frozen base once (features cached on disk), train a head on them."""
+    from tlkit.engine import extract as run
+
+    run(**_given(options))
+
+
+@cli.command()
+@click.option("--data", type=click.Path(), help="Folder of images, with or without sub-folders (labels are not used).")
+@click.option("--recipe", help="A built-in recipe name or a .toml file (default: autoencoder).")
+@click.option("--out", type=click.Path(), help="Run directory (default runs/autoencoder-<time>).")
+@click.option("--decoder", type=click.Choice(["unpool", "transpose"]),
+              help="Max-unpooling with the pooling switches (default), or transposed convolutions.")
+@click.option("--noise", type=float, metavar="STD", help="Denoising: Gaussian noise of this std on [0, 1]-scaled inputs.")
+@click.option("--channels", type=click.Choice(["1", "3"]), help="Gray or RGB input (default 3).")
+@click.option("--image-size", type=int, help="Square input side, a multiple of 8 (default 64).")
+@click.option("--epochs", type=int)
+@click.option("--lr", "learning_rate", type=float)
+@click.option("--batch-size", type=int)
+@click.option("--val-split", type=float)
+@click.option("--seed", type=int)
+@click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them.")
+def pretrain(channels, **options):
+    """Pretrain a convolutional autoencoder on unlabeled images; its encoder becomes a base."""
+    from tlkit.pretrain import pretrain as run
+
+    run(channels=int(channels) if channels else None, **_given(options))
 
 
 @cli.command()

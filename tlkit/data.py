@@ -55,11 +55,7 @@ def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, 
     rather than mid-training: by default one TlkitError lists them all; with `skip_bad` they are
     left out and recorded in `skipped`.
     """
-    root = Path(root)
-    if not root.exists():
-        raise TlkitError(f"data folder '{root}' does not exist")
-    if not root.is_dir():
-        raise TlkitError(f"data path '{root}' is not a folder; give a folder with one sub-folder per class")
+    root = _folder(root, "give a folder with one sub-folder per class")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         loose = any(_is_image_name(p) for p in root.iterdir() if p.is_file())
@@ -92,10 +88,7 @@ def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, 
         files += found
         labels += [label] * len(found)
 
-    problems = check_images(files)
-    if problems and not skip_bad:
-        advice = f" in '{root}'; fix or remove them, or pass --skip-bad to skip them"
-        raise TlkitError(_bad_files_message(problems, advice))
+    problems = _check_all(files, root, skip_bad)
     bad = {path for path, _ in problems}
     good = [i for i, f in enumerate(files) if f not in bad]
     images = ImageSet(root, classes, [files[i] for i in good], [labels[i] for i in good], problems)
@@ -110,6 +103,23 @@ def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, 
                 + f"; need at least {min_per_class}"
             )
     return images
+
+
+def scan_unlabeled(root, *, skip_bad: bool = False) -> ImageSet:
+    """Every image under `root`, directly in it or in sub-folders at any depth, for training without
+    labels (an autoencoder). Folder names are ignored: the set has one class, "unlabeled", so that
+    `split` draws a plain random validation split from it. Images are validated as in `scan`.
+    """
+    root = _folder(root, "give a folder of images (sub-folders are searched too)")
+    files = _list_images(root)
+    if not files:
+        raise TlkitError(f"no images in '{root}' or its sub-folders")
+    problems = _check_all(files, root, skip_bad)
+    bad = {path for path, _ in problems}
+    good = [f for f in files if f not in bad]
+    if not good:
+        raise TlkitError(f"every image in '{root}' is bad ({len(files)} skipped)")
+    return ImageSet(root, ["unlabeled"], good, [0] * len(good), problems)
 
 
 def split(images: ImageSet, val_split: float, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -205,6 +215,15 @@ def check_images(paths: Sequence[Path]) -> list[tuple[Path, str]]:
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         problems = pool.map(_problem, paths)
     return [(p, problem) for p, problem in zip(paths, problems) if problem]
+
+
+def _check_all(files: list[Path], root: Path, skip_bad: bool) -> list[tuple[Path, str]]:
+    """The bad files among `files`; unless `skip_bad`, one error that names them all."""
+    problems = check_images(files)
+    if problems and not skip_bad:
+        advice = f" in '{root}'; fix or remove them, or pass --skip-bad to skip them"
+        raise TlkitError(_bad_files_message(problems, advice))
+    return problems
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -317,6 +336,15 @@ def _problem(path: Path) -> str | None:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _folder(root, advice: str) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise TlkitError(f"data folder '{root}' does not exist")
+    if not root.is_dir():
+        raise TlkitError(f"data path '{root}' is not a folder; {advice}")
+    return root
 
 
 def _is_image_name(path: Path) -> bool:

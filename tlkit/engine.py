@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit import data as tldata
+from tlkit import features
 from tlkit.bases import Base, load_base
 from tlkit.blocks import set_trainable_top
 from tlkit.errors import TlkitError
@@ -32,21 +33,27 @@ def configure(recipe: Recipe) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if recipe.mixed_precision else "float32")
 
 
-def build_classifier(base: Base, num_classes: int, dropout: float) -> keras.Model:
+def build_classifier(base: Base, num_classes: int, dropout: float, pooling: str = "avg") -> keras.Model:
     """The base, called in inference mode, under a new head (pooling, dropout, softmax)."""
     base.model.name = BASE_LAYER
     inputs = keras.Input((*base.model.input_shape[1:3], base.channels), name="image")
     # training=False is recorded in the graph: BatchNorm inside the base stays in inference mode
     # in every stage, including after its layers are unfrozen.
     x = base.model(inputs, training=False)
-    x = head_layers(x, num_classes, dropout)
+    x = head_layers(x, num_classes, dropout, pooling)
     return keras.Model(inputs, x, name=f"{base.name}_classifier")
 
 
-def head_layers(features, num_classes: int, dropout: float):
+HEAD_POOLING = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D,
+                "flatten": keras.layers.Flatten}
+
+
+def head_layers(features, num_classes: int, dropout: float, pooling: str = "avg"):
+    """`pooling` reduces a feature map to a vector: "avg" or "max" over all positions, or
+    "flatten", which keeps where each feature is (small maps of small images: digits)."""
     x = features
     if len(x.shape) == 4:
-        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+        x = HEAD_POOLING[pooling](name="head_pool")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 output under mixed precision, for a numerically stable softmax and loss
@@ -77,7 +84,7 @@ class StageResult:
     stage: Stage
     history: dict[str, list[float]]
     val_loss: float
-    val_accuracy: float
+    val_accuracy: float | None  # None for a stage that trains no classifier (autoencoder)
     optimizer: keras.optimizers.Optimizer | None
     seconds: float
 
@@ -102,7 +109,7 @@ class RunContext:
     @property
     def classifier(self) -> keras.Model:
         if self.model is None:
-            self.model = build_classifier(self.base, len(self.classes), self.recipe.dropout)
+            self.model = build_classifier(self.base, len(self.classes), self.recipe.dropout, self.recipe.pooling)
         return self.model
 
     def dataset(self, which: str, augment: bool | None = None) -> tf.data.Dataset:
@@ -114,35 +121,48 @@ class RunContext:
             shuffle=training, augment=training and (r.augment if augment is None else augment), seed=r.seed,
         )
 
-    def callbacks(self, index: int, stage: Stage) -> list[keras.callbacks.Callback]:
+    def callbacks(self, index: int, stage: Stage, model: keras.Model | None = None) -> list[keras.callbacks.Callback]:
         if self.checkpoint is None:
             self.checkpoint = BestCheckpoint(self.out / "checkpoints" / "best.keras")
-        cbs = [self.checkpoint, keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{stage.kind}"))]
+        checkpoint = self.checkpoint
+        if model is not None and model is not self.classifier:
+            # `model` shares the classifier's head (extract): checkpoint the whole classifier
+            self.checkpoint.set_model(self.classifier)
+            checkpoint = keras.callbacks.LambdaCallback(on_epoch_end=self.checkpoint.on_epoch_end)
+        cbs = [checkpoint, keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{stage.kind}"))]
         if self.recipe.early_stopping:
             cbs.append(keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=self.recipe.early_stopping, restore_best_weights=True))
         return cbs
 
-    def fit(self, index: int, stage: Stage, model: keras.Model | None = None) -> StageResult:
+    def fit(self, index: int, stage: Stage, model: keras.Model | None = None,
+            data: tuple[tf.data.Dataset, tf.data.Dataset] | None = None) -> StageResult:
         """Compile `model` (the classifier by default) with a fresh optimizer at the stage's own
-        learning rate and train it; every stage gets new optimizer state."""
+        learning rate and train it on `data` (train, val; default the images); every stage gets
+        new optimizer state."""
         model = model or self.classifier
+        train, val = data or (self.dataset("train"), self.dataset("val"))
         optimizer = keras.optimizers.Adam(stage.learning_rate)
         model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         start = time.perf_counter()
         history = model.fit(
-            self.dataset("train"), validation_data=self.dataset("val"), epochs=stage.epochs,
-            callbacks=self.callbacks(index, stage), verbose=self.verbose, shuffle=False,  # the dataset shuffles
+            train, validation_data=val, epochs=stage.epochs,
+            callbacks=self.callbacks(index, stage, model), verbose=self.verbose, shuffle=False,  # the dataset shuffles
         ) if stage.epochs else None
-        return self.finish(stage, history.history if history else {}, optimizer, start)
+        return self.finish(stage, history.history if history else {}, optimizer, start, model, val)
 
-    def finish(self, stage: Stage, history: dict, optimizer, start: float) -> StageResult:
-        val_loss, val_accuracy = self.classifier.evaluate(self.dataset("val"), verbose=0)
-        result = StageResult(stage, history, float(val_loss), float(val_accuracy), optimizer,
-                             time.perf_counter() - start)
+    def finish(self, stage: Stage, history: dict, optimizer, start: float, model: keras.Model | None = None,
+               val: tf.data.Dataset | None = None) -> StageResult:
+        """Evaluate `model` (the classifier by default) on `val` (default the validation images)
+        and record the stage."""
+        model = model or self.classifier
+        scores = model.evaluate(self.dataset("val") if val is None else val, verbose=0, return_dict=True)
+        val_loss, val_accuracy = float(scores["loss"]), scores.get("accuracy")
+        result = StageResult(stage, history, val_loss, None if val_accuracy is None else float(val_accuracy),
+                             optimizer, time.perf_counter() - start)
         self.results.append(result)
-        print(f"stage {len(self.results)} ({stage.kind}): val_accuracy={val_accuracy:.4f} val_loss={val_loss:.4f}",
-              flush=True)
+        accuracy = "" if val_accuracy is None else f"val_accuracy={val_accuracy:.4f} "
+        print(f"stage {len(self.results)} ({stage.kind}): {accuracy}val_loss={val_loss:.4f}", flush=True)
         return result
 
 
@@ -168,6 +188,31 @@ def run_finetune(ctx: RunContext, index: int, stage: Stage) -> StageResult:
 def run_train(ctx: RunContext, index: int, stage: Stage) -> StageResult:
     ctx.classifier.trainable = True
     return ctx.fit(index, stage)
+
+
+@STAGES.register("extract")
+def run_extract(ctx: RunContext, index: int, stage: Stage) -> StageResult:
+    """The head stage on features the frozen base computes once (or finds in the cache)."""
+    if ctx.recipe.augment:
+        print(f"stage {index} (extract): augment=true gives new images every epoch, so features are not "
+              "cached: training the head on the frozen base, as a head stage does", flush=True)
+        return run_head(ctx, index, stage)
+    ctx.classifier.get_layer(BASE_LAYER).trainable = False
+    r = ctx.recipe
+    found = features.extract(ctx.base, ctx.train.files + ctx.val.files, ctx.image_size, pooling=r.pooling,
+                             batch_size=r.batch_size, cache=r.cache, verbose=ctx.verbose)
+    train, val = found[:len(ctx.train)], found[len(ctx.train):]
+    return ctx.fit(index, stage, features.feature_head(ctx.classifier, BASE_LAYER), (
+        features.dataset(train, ctx.train.labels, r.batch_size, shuffle=True, seed=r.seed),
+        features.dataset(val, ctx.val.labels, r.batch_size),
+    ))
+
+
+@STAGES.register("autoencoder")
+def run_autoencoder(ctx: RunContext, index: int, stage: Stage) -> StageResult:
+    from tlkit.pretrain import autoencoder_stage
+
+    return autoencoder_stage(ctx, index, stage)
 
 
 def load_data(recipe: Recipe, classes: list[str] | None = None):
@@ -208,22 +253,28 @@ def run_recipe(recipe: Recipe, base: Base, out: Path, *, verbose: str | int = "a
     ctx = RunContext(resolved, base, classes, train, val, image_size, out, verbose, model)
     write_labels(out / "labels.txt", classes)
     resolved.save(out / "recipe.toml")
-    write_json_atomic(out / "blocks.json", {block.name: list(block.layers) for block in base.blocks})
     for index, stage in enumerate(resolved.stages, start=1):
         STAGES.get(stage.kind)(ctx, index, stage)
+    # after the stages: an autoencoder stage replaces the base
+    write_json_atomic(out / "blocks.json", {block.name: list(block.layers) for block in ctx.base.blocks})
     save_model_atomic(ctx.classifier, out / "model.keras")
-    write_json_atomic(out / "history.json", [{"kind": r.stage.kind, **r.history} for r in ctx.results])
-    write_json_atomic(out / "metrics.json", {
+    write_results(ctx)
+    return ctx
+
+
+def write_results(ctx: RunContext) -> None:
+    """history.json and metrics.json of a finished run."""
+    write_json_atomic(ctx.out / "history.json", [{"kind": r.stage.kind, **r.history} for r in ctx.results])
+    write_json_atomic(ctx.out / "metrics.json", {
         "stages": [
             {"stage": i, "kind": r.stage.kind, "epochs": r.stage.epochs, "learning_rate": r.stage.learning_rate,
              "val_accuracy": r.val_accuracy, "val_loss": r.val_loss}
             for i, r in enumerate(ctx.results, start=1)
         ],
-        "classes": classes,
-        "train_images": len(train),
-        "val_images": len(val),
+        "classes": ctx.classes,
+        "train_images": len(ctx.train),
+        "val_images": len(ctx.val),
     })
-    return ctx
 
 
 def _size(recipe: Recipe) -> tuple[int, int] | None:
@@ -241,15 +292,35 @@ def finetune(base: str | None = None, data: str | None = None, recipe=None, out:
     `recipe` is a Recipe, a built-in name or a TOML path (default: classic). `overrides` set
     recipe fields (weights, image_size, batch_size, seed, ...) and, for convenience,
     epochs_head, epochs_finetune, lr_head, lr_finetune and unfreeze set those of its stages.
+    A recipe whose first stage is `autoencoder` needs no base: it starts from an untrained
+    encoder, which that stage pretrains.
     """
     recipe = resolve(recipe, base=base, data=data, **overrides)
-    if not recipe.base:
+    # a recipe that starts with an autoencoder stage pretrains its own base
+    pretrains = bool(recipe.stages) and recipe.stages[0].kind == "autoencoder"
+    if not recipe.base and not pretrains:
         raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
     configure(recipe)
     classes, train, val = load_data(recipe)
-    loaded = load_base(recipe.base, recipe.weights, _size(recipe), recipe.base_layer, recipe.hub_range)
-    return run_recipe(recipe, loaded, Path(out) if out else default_out(recipe.base), verbose=verbose,
+    if pretrains:
+        from tlkit.pretrain import untrained_base
+
+        loaded = untrained_base(recipe)
+    else:
+        loaded = load_base(recipe.base, recipe.weights, _size(recipe), recipe.base_layer, recipe.hub_range)
+    return run_recipe(recipe, loaded, Path(out) if out else default_out(recipe.base or loaded.name), verbose=verbose,
                       classes=classes, train=train, val=val)
+
+
+def extract(base: str | None = None, data: str | None = None, recipe="extract", out: str | Path | None = None, *,
+            epochs: int | None = None, learning_rate: float | None = None, **overrides) -> RunContext:
+    """Feature-extraction mode: the frozen base runs once over the images (or its cached features
+    are reused, see tlkit.features), a head is trained on the features and attached to the base.
+    The run directory is the same as `finetune`'s. `cache` (an override) sets the cache folder."""
+    from tlkit.recipe import get_recipe
+
+    recipe = get_recipe(recipe).with_stages("extract", epochs=epochs, learning_rate=learning_rate)
+    return finetune(base, data, recipe, out, **overrides)
 
 
 def resolve(recipe, *, epochs_head=None, epochs_finetune=None, lr_head=None, lr_finetune=None,

@@ -22,6 +22,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 STAGE_KINDS = ("head", "finetune", "extract", "autoencoder", "train")
+DECODERS = ("unpool", "transpose")
+POOLINGS = ("avg", "max", "flatten")
 
 
 @dataclass
@@ -38,6 +40,11 @@ class Stage:
     epochs: int = 5
     learning_rate: float = 1e-3
     unfreeze: int = 0
+    # autoencoder stages only (None elsewhere, and left out of TOML files)
+    decoder: str | None = None  # "unpool" (max-unpooling with the switches) or "transpose"
+    noise: float | None = None  # std of Gaussian noise on the [0, 1]-scaled training inputs: denoising
+    channels: int | None = None  # 1 or 3; default: the run's base's
+    data: str | None = None  # unlabeled images to pretrain on; default: the run's training images
 
     def __post_init__(self):
         if self.kind not in STAGE_KINDS:
@@ -46,6 +53,20 @@ class Stage:
             raise TlkitError(f"stage {self.kind}: epochs must be >= 0, not {self.epochs}")
         if self.learning_rate <= 0:
             raise TlkitError(f"stage {self.kind}: learning_rate must be > 0, not {self.learning_rate}")
+        autoencoding = {"decoder": self.decoder, "noise": self.noise, "channels": self.channels, "data": self.data}
+        if self.kind != "autoencoder":
+            given = [key for key, value in autoencoding.items() if value is not None]
+            if given:
+                raise TlkitError(f"stage {self.kind}: {given[0]} only applies to autoencoder stages")
+            return
+        self.decoder = self.decoder or "unpool"
+        if self.decoder not in DECODERS:
+            raise unknown_name("decoder", self.decoder, DECODERS)
+        self.noise = float(self.noise or 0.0)
+        if self.noise < 0:
+            raise TlkitError(f"stage autoencoder: noise must be >= 0, not {self.noise}")
+        if self.channels not in (None, 1, 3):
+            raise TlkitError(f"stage autoencoder: channels must be 1 or 3, not {self.channels}")
 
 
 @dataclass
@@ -68,11 +89,19 @@ class Recipe:
     seed: int = 0
     augment: bool = False
     dropout: float = 0.2
+    pooling: str = "avg"  # how the head reduces the base's feature map: avg, max or flatten
     early_stopping: int = 0  # patience in epochs; 0 is off
     mixed_precision: bool = False
+    cache: str | None = None  # feature cache folder of extract stages; None: tlkit.features.cache_dir()
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise unknown_name("head pooling", self.pooling, POOLINGS)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        data["stages"] = [{k: v for k, v in stage.items() if v is not None} for stage in data["stages"]]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "recipe") -> Recipe:

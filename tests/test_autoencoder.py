@@ -1,0 +1,230 @@
+"""The convolutional autoencoder, `tlkit pretrain`, and its encoder as a base."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import tlkit.custom_objects  # noqa: F401  (registers tlkit's layers for safe-mode loading)
+from tlkit import data as tldata
+from tlkit.blocks import Block
+from tlkit.bases import Base
+from tlkit.cli import main
+from tlkit.engine import BASE_LAYER, configure, finetune, run_recipe
+from tlkit.errors import TlkitError
+from tlkit.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
+from tlkit.models.autoencoder import conv_autoencoder, encoder_model
+from tlkit.pretrain import reconstruction_grid
+from tlkit.recipe import Recipe, Stage
+
+
+def images(n=4, size=32, channels=3, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, channels)).astype("float32")
+
+
+@pytest.mark.parametrize("decoder, upsampling", [("unpool", MaxUnpooling2D), ("transpose", keras.layers.Conv2DTranspose)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_reconstruction_has_the_input_shape_through_either_decoder(decoder, upsampling, channels):
+    autoencoder = conv_autoencoder((32, 48, channels), decoder=decoder)
+    assert autoencoder.output_shape == (None, 32, 48, channels)
+    assert sum(isinstance(layer, upsampling) for layer in autoencoder.layers) == 3
+    pools = [layer for layer in autoencoder.layers if layer.name.endswith("_pool")]
+    assert len(pools) == 3 and all(isinstance(p, MaxPoolingWithArgmax2D) == (decoder == "unpool") for p in pools)
+    # encoder: (9c + 1) 32 + (9*32 + 1) 64 + (9*64 + 1) 128; decoder: 128->64, 64->32, 32->32, 32->c, 3x3
+    encoder = (9 * channels + 1) * 32 + 18_496 + 73_856
+    assert autoencoder.count_params() == encoder + 73_792 + 18_464 + 9_248 + 9 * 32 * channels + channels
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 48, channels)).astype("float32")
+    out = autoencoder.predict(x, verbose=0)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    code = encoder_model(autoencoder)
+    assert code.output_shape == (None, 4, 6, 128) and code.count_params() == encoder
+
+
+def windows_max(x: np.ndarray) -> np.ndarray:
+    """Each 2x2 window's maximum, repeated over the window."""
+    b, h, w, c = x.shape
+    top = x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    return top.repeat(2, axis=1).repeat(2, axis=2)
+
+
+def test_the_unpool_decoder_unpools_with_the_switches_of_its_own_encoder():
+    autoencoder = conv_autoencoder((16, 16, 1), filters=(4, 4), decoder="unpool")
+    names = ["block1_conv", "block2_conv", "decode2_unpool", "decode1_unpool"]
+    conv1, conv2, unpooled2, unpooled1 = keras.Model(
+        autoencoder.input, [autoencoder.get_layer(name).output for name in names])(images(2, 16, 1))
+    conv1, conv2, unpooled2, unpooled1 = (np.asarray(t) for t in (conv1, conv2, unpooled2, unpooled1))
+    # the code goes back to where block2's maxima were, and nothing else is filled in
+    np.testing.assert_array_equal(unpooled2, np.where(conv2 == windows_max(conv2), conv2, 0))
+    # one level up, block1's switches choose the positions
+    assert np.count_nonzero(unpooled1) > 0
+    assert np.all((unpooled1 == 0) | (conv1 == windows_max(conv1)))
+    assert np.all(np.count_nonzero(unpooled1.reshape(2, 8, 2, 8, 2, 4), axis=(2, 4)) <= 1)
+
+
+def test_sides_must_halve_evenly():
+    with pytest.raises(ValueError, match="multiples of 8"):
+        conv_autoencoder((30, 32, 3))
+
+
+def test_noise_is_added_in_training_only():
+    autoencoder = conv_autoencoder((32, 32, 3), noise=0.2)
+    noise = keras.Model(autoencoder.input, autoencoder.get_layer("noise").output)
+    x = images(8)
+    np.testing.assert_allclose(noise(x, training=False), x / 255, atol=1e-6)
+    added = noise(x, training=True).numpy() - x / 255
+    assert added.std() == pytest.approx(0.2, rel=0.05) and abs(added.mean()) < 0.01
+    np.testing.assert_array_equal(autoencoder(x, training=False), autoencoder(x, training=False))
+    assert not np.allclose(autoencoder(x, training=True), autoencoder(x, training=False), atol=1e-4)
+    # without noise there is no noise layer, and training changes nothing
+    clean = conv_autoencoder((32, 32, 3))
+    assert "noise" not in [layer.name for layer in clean.layers]
+    np.testing.assert_array_equal(clean(x, training=True), clean(x, training=False))
+    # the encoder taken out as a base has no noise either
+    assert "noise" not in [layer.name for layer in encoder_model(autoencoder).layers]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_images, tmp_path_factory):
+    """`tlkit pretrain` on the tiny images in a flat folder with one sub-folder: 5 epochs, denoising."""
+    root = tmp_path_factory.mktemp("pretrain")
+    flat = root / "unlabeled"
+    flat.mkdir()
+    for path in sorted(tiny_images.rglob("*.png")):
+        shutil.copy(path, flat / f"{path.parent.name}-{path.name}")
+    (flat / "more").mkdir()
+    for path in sorted(flat.glob("red-*.png"))[:4]:
+        path.rename(flat / "more" / path.name)
+    out = root / "run"
+    main(["pretrain", "--data", str(flat), "--out", str(out), "--image-size", "32", "--epochs", "5",
+          "--batch-size", "4", "--noise", "0.05", "--lr", "3e-3", "--val-split", "0.2"])
+    return out
+
+
+def test_pretrain_reduces_the_reconstruction_error_and_writes_a_base_directory(pretrained):
+    history = json.loads((pretrained / "history.json").read_text())[0]
+    assert history["kind"] == "autoencoder" and len(history["loss"]) == 5
+    assert all(later < earlier for earlier, later in zip(history["loss"], history["loss"][1:]))
+    assert history["loss"][-1] < 0.9 * history["loss"][0]
+    assert history["val_loss"][-1] < history["val_loss"][0]
+    metrics = json.loads((pretrained / "metrics.json").read_text())
+    assert metrics["train_images"] + metrics["val_images"] == 24 and metrics["val_images"] == 5
+    assert metrics["stages"][0]["val_accuracy"] is None
+    assert metrics["stages"][0]["val_loss"] == pytest.approx(history["val_loss"][-1], rel=1e-4)
+    assert json.loads((pretrained / "blocks.json").read_text()) == {
+        f"block{i}": [f"block{i}_conv", f"block{i}_pool"] for i in (1, 2, 3)}
+    stage = Recipe.load(pretrained / "recipe.toml").stages[0]
+    assert (stage.kind, stage.decoder, stage.noise, stage.epochs) == ("autoencoder", "unpool", 0.05, 5)
+    for name in ("base.keras", "autoencoder.keras", "reconstructions.png"):
+        assert (pretrained / name).is_file()
+
+
+def test_the_grid_shows_inputs_beside_reconstructions(pretrained, tiny_images):
+    grid = np.asarray(Image.open(pretrained / "reconstructions.png"))
+    # 5 validation images, 32 px enlarged twice to 64, 2 px gaps; columns: input, noisy input, reconstruction
+    assert grid.shape == (5 * 64 + 4 * 2, 3 * 64 + 2 * 2, 3)
+    autoencoder = keras.models.load_model(pretrained / "autoencoder.keras", safe_mode=True)
+    x = images(2)
+    made = reconstruction_grid(autoencoder, x)
+    assert made.shape == (2 * 64 + 2, 2 * 64 + 2, 3)
+    np.testing.assert_array_equal(made[:64:2, :64:2], np.round(x[0]).astype(np.uint8))
+    np.testing.assert_array_equal(made[:64:2, 66::2], np.round(autoencoder.predict(x, verbose=0)[0] * 255).astype(np.uint8))
+
+
+def encoder_as_base(folder: Path) -> Base:
+    """The base directory loaded by hand (tlkit.bases learns to load it by `--base RUN`)."""
+    model = keras.models.load_model(folder / "base.keras", safe_mode=True)
+    blocks = [Block(name, tuple(layers)) for name, layers in json.loads((folder / "blocks.json").read_text()).items()]
+    return Base("conv_encoder", model, blocks, tuple(model.input_shape[1:3]), "autoencoder", str(folder))
+
+
+def test_the_encoder_reloads_in_safe_mode_with_the_same_features_and_fine_tunes(pretrained, tiny_images, tmp_path):
+    autoencoder = keras.models.load_model(pretrained / "autoencoder.keras", safe_mode=True)
+    base = encoder_as_base(pretrained)
+    assert [layer.name for layer in base.model.layers][:2] == ["image", "preprocessing"]
+    x = images(3)
+    np.testing.assert_allclose(base.model.predict(x, verbose=0), encoder_model(autoencoder).predict(x, verbose=0),
+                               atol=1e-6)
+
+    recipe = Recipe(stages=[Stage("head", epochs=1, learning_rate=1e-2),
+                            Stage("finetune", epochs=1, learning_rate=1e-3, unfreeze=1)],
+                    data=str(tiny_images), batch_size=8, dropout=0.0)
+    configure(recipe)
+    pretrained_weights = {layer.name: [w.copy() for w in layer.get_weights()] for layer in base.model.layers}
+    ctx = run_recipe(recipe, base, tmp_path / "run", verbose=0)
+    tuned = ctx.classifier.get_layer(BASE_LAYER)
+    for layer in tuned.layers:
+        same = all(np.array_equal(a, b) for a, b in zip(pretrained_weights[layer.name], layer.get_weights()))
+        assert same == (not layer.name.startswith("block3_") or not layer.weights), layer.name
+
+
+def test_an_autoencoder_stage_makes_the_encoder_the_base_of_the_stages_after_it(tiny_images, tmp_path):
+    recipe = Recipe(stages=[Stage("autoencoder", epochs=2, learning_rate=3e-3, decoder="transpose", channels=1),
+                            Stage("head", epochs=1, learning_rate=1e-2)],
+                    data=str(tiny_images), image_size=32, batch_size=8, dropout=0.0)
+    ctx = finetune(recipe=recipe, out=tmp_path / "run", verbose=0)  # no base: the recipe pretrains its own
+    out = tmp_path / "run"
+    assert ctx.base.source == "autoencoder" and ctx.base.channels == 1
+    assert ctx.classifier.input_shape == (None, 32, 32, 1)
+    encoder = keras.models.load_model(out / "autoencoder" / "base.keras", safe_mode=True)
+    for layer in encoder.layers:
+        for a, b in zip(layer.get_weights(), ctx.classifier.get_layer(BASE_LAYER).get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b)  # the head stage left the pretrained encoder as it was
+    assert json.loads((out / "blocks.json").read_text()) == json.loads((out / "autoencoder" / "blocks.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())["stages"]
+    assert [s["kind"] for s in metrics] == ["autoencoder", "head"]
+    assert metrics[0]["val_accuracy"] is None and 0 <= metrics[1]["val_accuracy"] <= 1
+    assert (out / "autoencoder" / "reconstructions.png").is_file()
+    assert keras.models.load_model(out / "model.keras", safe_mode=True).input_shape == (None, 32, 32, 1)
+
+
+def test_scan_unlabeled_finds_images_in_the_folder_and_its_sub_folders(tiny_images, tmp_path):
+    folder = tmp_path / "mixed"
+    shutil.copytree(tiny_images / "red", folder / "a" / "b")
+    shutil.copy(tiny_images / "blue" / "0.png", folder / "loose.png")
+    (folder / "notes.txt").write_text("not an image")
+    found = tldata.scan_unlabeled(folder)
+    assert len(found) == 9 and found.classes == ["unlabeled"] and set(found.labels) == {0}
+    assert folder / "loose.png" in found.files
+    train, val = tldata.split(found, 0.25, seed=0)
+    assert (len(train), len(val)) == (7, 2)
+    (folder / "a" / "b" / "0.png").write_bytes(b"")
+    with pytest.raises(TlkitError, match="0.png: empty file"):
+        tldata.scan_unlabeled(folder)
+    assert len(tldata.scan_unlabeled(folder, skip_bad=True)) == 8
+    (folder / "empty").mkdir()
+    with pytest.raises(TlkitError, match="no images in"):
+        tldata.scan_unlabeled(folder / "empty")
+
+
+def test_autoencoder_settings_are_validated_and_stay_out_of_other_stages():
+    with pytest.raises(TlkitError, match="stage head: noise only applies to autoencoder stages"):
+        Stage("head", noise=0.1)
+    with pytest.raises(TlkitError, match="did you mean unpool"):
+        Stage("autoencoder", decoder="unpoll")
+    with pytest.raises(TlkitError, match="noise must be >= 0"):
+        Stage("autoencoder", noise=-0.1)
+    with pytest.raises(TlkitError, match="channels must be 1 or 3"):
+        Stage("autoencoder", channels=2)
+    recipe = Recipe(stages=[Stage("autoencoder", data="unlabeled"), Stage("head")])
+    text = recipe.to_toml()
+    assert "decoder" in text and text.count("noise") == 1
+    assert Recipe.from_toml(text).stages == [Stage("autoencoder", decoder="unpool", noise=0.0, data="unlabeled"),
+                                             Stage("head")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image-size", "30"], "error: the encoder halves the image 3 times: its sides must be multiples of 8, not 30x30; "
+                             "pass --image-size N with N a multiple of 8"),
+    (["--recipe", "classic"], "error: recipe classic is not one autoencoder stage: run recipes with more stages "
+                              "through `tlkit finetune --recipe`"),
+])
+def test_pretrain_errors_are_one_line(tiny_images, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit:
+        main(["pretrain", "--data", str(tiny_images), "--out", str(tmp_path / "run"), *args])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == message + "\n"

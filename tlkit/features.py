@@ -1,0 +1,175 @@
+"""Feature extraction with an on-disk cache: the frozen base runs once over a set of images.
+
+The pooled features (global average pooling of a feature map; a vector base's vectors as they
+are) of a set of image files are stored as one entry of the cache folder, `<key>.npz` (the
+features, one row per distinct file content, and the SHA-256 of each content), beside
+`<key>.json`, which says what made it. The key is a hash of everything that determines the
+features:
+
+- the base: its name, the configuration of every layer (preprocessing, activations, input size,
+  channels, dtype policy) and the value of every variable. Hashing the values rather than the
+  weights' name or file covers every way a base gets its weights (ImageNet, a file, a run, a
+  fine-tuned base); it costs about 10 ms per million parameters;
+- how images are decoded and resized (`tlkit.data.decode_image`, `FORMAT`);
+- the files, by content: a file that is renamed or moved still hits, and a file whose bytes
+  change misses even if its size and modification time were kept. The hash reads every byte,
+  far less than decoding them does (BENCHMARKS.md has the figures).
+
+Entries are written to a temporary name and renamed, so a reader sees a whole entry or none, and
+two runs that write the same entry at once each leave a whole one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tlkit import data as tldata
+from tlkit.bases import Base
+from tlkit.rundir import write_atomic, write_json_atomic
+
+# Bump when decoding, resizing or pooling change, so entries made the old way are not reused.
+FORMAT = 1
+
+
+def cache_dir(path: str | Path | None = None) -> Path:
+    """The feature cache folder: `path`, else $TLKIT_CACHE/features, else ~/.cache/tlkit/features."""
+    if path:
+        return Path(path)
+    return Path(os.environ.get("TLKIT_CACHE") or Path.home() / ".cache" / "tlkit") / "features"
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digests(paths: Sequence[Path]) -> list[str]:
+    # threads: hashlib releases the GIL while it hashes
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(file_digest, paths))
+
+
+def model_fingerprint(model: keras.Model) -> str:
+    """A hash of what a model computes: every layer's class and configuration, and every
+    variable's value. Names and trainable flags are left out: they change (a base is renamed
+    inside its classifier, a stage freezes it) while the features do not."""
+    digest = hashlib.sha256()
+    for layer in model.layers:
+        config = _without_names(layer.get_config())
+        digest.update(f"{type(layer).__name__}{json.dumps(config, sort_keys=True, default=str)}".encode())
+    for variable in model.weights:
+        value = np.ascontiguousarray(variable.numpy())
+        digest.update(f"{value.dtype}{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _without_names(config):
+    if isinstance(config, dict):
+        return {k: _without_names(v) for k, v in config.items() if k not in ("name", "trainable")}
+    if isinstance(config, list):
+        return [_without_names(v) for v in config]
+    return config
+
+
+def pooled_model(model: keras.Model, pooling: str = "avg") -> keras.Model:
+    """The base in inference mode, its feature map pooled as the head pools it (HEAD_POOLING)."""
+    from tlkit.engine import HEAD_POOLING
+
+    inputs = keras.Input(model.input_shape[1:])
+    x = model(inputs, training=False)
+    if len(x.shape) == 4:
+        x = HEAD_POOLING[pooling]()(x)
+    return keras.Model(inputs, x)
+
+
+def run_base(model: keras.Model, files: Sequence[Path], image_size: tuple[int, int], batch_size: int,
+             pooling: str = "avg", verbose: str | int = 0) -> np.ndarray:
+    """Pooled features (N, D) of image files, decoded as training decodes them, without augmentation."""
+    images = tldata.ImageSet(Path(), [], list(files), [0] * len(files))
+    dataset = tldata.make_dataset(images, image_size, batch_size, channels=model.input_shape[-1])
+    return pooled_model(model, pooling).predict(dataset, verbose=verbose).astype(np.float32)
+
+
+def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, pooling: str = "avg",
+            batch_size: int = 32, cache: str | Path | None = None, verbose: str | int = 0) -> np.ndarray:
+    """Pooled features (len(files), D) of `files`, in their order: from the cache when an entry for
+    this base, pooling and these contents exists, else by running the base once and storing them."""
+    files = [Path(f) for f in files]
+    digests = file_digests(files)
+    distinct = sorted(set(digests))
+    key = hashlib.sha256(json.dumps({
+        "format": FORMAT,
+        "base": base.name,
+        "model": model_fingerprint(base.model),
+        "image_size": list(image_size),
+        "channels": base.channels,
+        "pooling": pooling,
+        "files": distinct,
+    }).encode()).hexdigest()
+    entry = cache_dir(cache) / f"{key}.npz"
+    features = _read(entry)
+    if features is None:
+        path_of = dict(zip(digests, files))
+        start = time.perf_counter()
+        stored = run_base(base.model, [path_of[d] for d in distinct], image_size, batch_size, pooling, verbose)
+        print(f"extracted features of {len(distinct)} images with {base.name} in "
+              f"{time.perf_counter() - start:.1f} s; cached in {entry}", flush=True)
+        write_atomic(entry, lambda tmp: np.savez(tmp, features=stored, digests=np.array(distinct)))
+        write_json_atomic(entry.with_suffix(".json"), {
+            "base": base.name, "source": base.source, "weights": base.weights, "image_size": list(image_size),
+            "channels": base.channels, "pooling": pooling, "images": len(distinct), "features": stored.shape[1], "format": FORMAT,
+        })
+        features = dict(zip(distinct, stored))
+    else:
+        print(f"features of {len(distinct)} images from the cache: {entry}", flush=True)
+    return np.stack([features[d] for d in digests])
+
+
+def _read(entry: Path) -> dict[str, np.ndarray] | None:
+    """{digest: features} of a cache entry, or None if there is none or it cannot be read."""
+    if not entry.is_file():
+        return None
+    try:
+        with np.load(entry, allow_pickle=False) as stored:
+            return dict(zip(stored["digests"].tolist(), stored["features"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        print(f"ignoring unreadable cache entry {entry} ({err}); extracting again", flush=True)
+        return None
+
+
+def dataset(features: np.ndarray, labels: Sequence[int], batch_size: int, *, shuffle: bool = False,
+            seed: int = 0) -> tf.data.Dataset:
+    """(features, int32 labels) batches; with `shuffle`, a new seeded order every epoch."""
+    ds = tf.data.Dataset.from_tensor_slices((features, np.asarray(labels, np.int32)))
+    if shuffle:
+        ds = ds.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def feature_head(classifier: keras.Model, base_layer: str, pool_layer: str = "head_pool") -> keras.Model:
+    """The classifier's head on feature vectors: its layers after the base but the pooling. The
+    layers are shared, not copied, so training this model trains the classifier's head."""
+    base = classifier.get_layer(base_layer)
+    after = classifier.layers[classifier.layers.index(base) + 1:]
+    pooled = next((layer for layer in after if layer.name == pool_layer), base)  # a vector base has no pooling
+    inputs = keras.Input(pooled.output.shape[1:], name="features")
+    head = [layer for layer in after if layer is not pooled]
+    x = inputs
+    for layer in head:
+        x = layer(x)
+    return keras.Model(inputs, x, name="head")
