@@ -104,8 +104,8 @@ def one_seed(args, seed: int, root: Path) -> dict[str, float]:
     start = time.perf_counter()
     train("lenet5", data=str(tasks["source"]), out=root / "source_pretrain", verbose=0, val_split=0.1,
           epochs=args.source_epochs, learning_rate=args.scratch_lr, batch_size=32, seed=seed, image_size=32)
-    finetune(base="lenet5", weights=str(root / "source_pretrain"), recipe=transfer_recipe(args, tasks["train"], seed, 2),
-             out=root / "source", verbose=0)
+    finetune(base="lenet5", weights=str(root / "source_pretrain"),
+             recipe=transfer_recipe(args, tasks["train"], seed, 2), out=root / "source", verbose=0)
     results["source"] = evaluate(root / "source", tasks["test"])["accuracy"]
     timings["source"] = time.perf_counter() - start
 

@@ -27,7 +27,8 @@ def images(n=4, size=32, channels=3, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (n, size, size, channels)).astype("float32")
 
 
-@pytest.mark.parametrize("decoder, upsampling", [("unpool", MaxUnpooling2D), ("transpose", keras.layers.Conv2DTranspose)])
+@pytest.mark.parametrize("decoder, upsampling",
+                         [("unpool", MaxUnpooling2D), ("transpose", keras.layers.Conv2DTranspose)])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_the_reconstruction_has_the_input_shape_through_either_decoder(decoder, upsampling, channels):
     autoencoder = conv_autoencoder((32, 48, channels), decoder=decoder)
@@ -132,7 +133,8 @@ def test_the_grid_shows_inputs_beside_reconstructions(pretrained, tiny_images):
     made = reconstruction_grid(autoencoder, x)
     assert made.shape == (2 * 64 + 2, 2 * 64 + 2, 3)
     np.testing.assert_array_equal(made[:64:2, :64:2], np.round(x[0]).astype(np.uint8))
-    np.testing.assert_array_equal(made[:64:2, 66::2], np.round(autoencoder.predict(x, verbose=0)[0] * 255).astype(np.uint8))
+    reconstruction = autoencoder.predict(x, verbose=0)[0]
+    np.testing.assert_array_equal(made[:64:2, 66::2], np.round(reconstruction * 255).astype(np.uint8))
 
 
 def encoder_as_base(folder: Path) -> Base:
@@ -174,7 +176,7 @@ def test_an_autoencoder_stage_makes_the_encoder_the_base_of_the_stages_after_it(
     for layer in encoder.layers:
         for a, b in zip(layer.get_weights(), ctx.classifier.get_layer(BASE_LAYER).get_layer(layer.name).get_weights()):
             np.testing.assert_array_equal(a, b)  # the head stage left the pretrained encoder as it was
-    assert json.loads((out / "blocks.json").read_text()) == json.loads((out / "autoencoder" / "blocks.json").read_text())
+    assert (out / "blocks.json").read_text() == (out / "autoencoder" / "blocks.json").read_text()
     metrics = json.loads((out / "metrics.json").read_text())["stages"]
     assert [s["kind"] for s in metrics] == ["autoencoder", "head"]
     assert metrics[0]["val_accuracy"] is None and 0 <= metrics[1]["val_accuracy"] <= 1
@@ -218,8 +220,8 @@ def test_autoencoder_settings_are_validated_and_stay_out_of_other_stages():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--image-size", "30"], "error: the encoder halves the image 3 times: its sides must be multiples of 8, not 30x30; "
-                             "pass --image-size N with N a multiple of 8"),
+    (["--image-size", "30"], "error: the encoder halves the image 3 times: its sides must be multiples of 8, "
+                             "not 30x30; pass --image-size N with N a multiple of 8"),
     (["--recipe", "classic"], "error: recipe classic is not one autoencoder stage: run recipes with more stages "
                               "through `tlkit finetune --recipe`"),
 ])

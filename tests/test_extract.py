@@ -164,7 +164,8 @@ def test_the_key_follows_the_weights_but_not_names_or_trainable_flags(lenet):
     layer.set_weights([kernel, bias])
 
 
-def test_a_failed_write_leaves_no_partial_entry_and_a_broken_one_is_replaced(tiny_images, tmp_path, monkeypatch, lenet, spy):
+def test_a_failed_write_leaves_no_partial_entry_and_a_broken_one_is_replaced(tiny_images, tmp_path, monkeypatch,
+                                                                             lenet, spy):
     files = tldata.scan(tiny_images).files[:6]
     cache = tmp_path / "cache"
     save = np.savez

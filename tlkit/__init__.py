@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "finetune": "tlkit.engine",
     "run_recipe": "tlkit.engine",
+    "train": "tlkit.engine",
+    "extract": "tlkit.engine",
+    "pretrain": "tlkit.pretrain",
     "predict": "tlkit.predict",
     "evaluate": "tlkit.predict",
     "export": "tlkit.export",

@@ -118,7 +118,8 @@ def extract(**options):
 @click.option("--out", type=click.Path(), help="Run directory (default runs/autoencoder-<time>).")
 @click.option("--decoder", type=click.Choice(["unpool", "transpose"]),
               help="Max-unpooling with the pooling switches (default), or transposed convolutions.")
-@click.option("--noise", type=float, metavar="STD", help="Denoising: Gaussian noise of this std on [0, 1]-scaled inputs.")
+@click.option("--noise", type=float, metavar="STD",
+              help="Denoising: Gaussian noise of this std on [0, 1]-scaled inputs.")
 @click.option("--channels", type=click.Choice(["1", "3"]), help="Gray or RGB input (default 3).")
 @click.option("--image-size", type=int, help="Square input side, a multiple of 8 (default 64).")
 @click.option("--epochs", type=int)

@@ -1,16 +1,17 @@
 """Feature extraction with an on-disk cache: the frozen base runs once over a set of images.
 
-The pooled features (global average pooling of a feature map; a vector base's vectors as they
-are) of a set of image files are stored as one entry of the cache folder, `<key>.npz` (the
-features, one row per distinct file content, and the SHA-256 of each content), beside
-`<key>.json`, which says what made it. The key is a hash of everything that determines the
-features:
+The pooled features (a feature map pooled as the head pools it: global average by default; a
+vector base's vectors as they are) of a set of image files are stored as one entry of the cache
+folder, `<key>.npz` (the features, one row per distinct file content, and the SHA-256 of each
+content), beside `<key>.json`, which says what made it. The key is a hash of everything that
+determines the features:
 
 - the base: its name, the configuration of every layer (preprocessing, activations, input size,
   channels, dtype policy) and the value of every variable. Hashing the values rather than the
   weights' name or file covers every way a base gets its weights (ImageNet, a file, a run, a
   fine-tuned base); it costs about 10 ms per million parameters;
-- how images are decoded and resized (`tlkit.data.decode_image`, `FORMAT`);
+- the image size, the pooling, and how images are decoded and resized (`tlkit.data.decode_image`,
+  `FORMAT`);
 - the files, by content: a file that is renamed or moved still hits, and a file whose bytes
   change misses even if its size and modification time were kept. The hash reads every byte,
   far less than decoding them does (BENCHMARKS.md has the figures).
@@ -132,7 +133,8 @@ def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, p
         write_atomic(entry, lambda tmp: np.savez(tmp, features=stored, digests=np.array(distinct)))
         write_json_atomic(entry.with_suffix(".json"), {
             "base": base.name, "source": base.source, "weights": base.weights, "image_size": list(image_size),
-            "channels": base.channels, "pooling": pooling, "images": len(distinct), "features": stored.shape[1], "format": FORMAT,
+            "channels": base.channels, "pooling": pooling, "images": len(distinct), "features": stored.shape[1],
+            "format": FORMAT,
         })
         features = dict(zip(distinct, stored))
     else:
