@@ -16,7 +16,7 @@ from tlkit import features
 from tlkit.bases import Base, load_base
 from tlkit.blocks import set_trainable_top
 from tlkit.errors import TlkitError
-from tlkit.recipe import Recipe, Stage
+from tlkit.recipe import Recipe, Stage, get_recipe
 from tlkit.registry import Registry
 from tlkit.rundir import save_model_atomic, write_json_atomic, write_labels
 
@@ -317,8 +317,6 @@ def extract(base: str | None = None, data: str | None = None, recipe="extract", 
     """Feature-extraction mode: the frozen base runs once over the images (or its cached features
     are reused, see tlkit.features), a head is trained on the features and attached to the base.
     The run directory is the same as `finetune`'s. `cache` (an override) sets the cache folder."""
-    from tlkit.recipe import get_recipe
-
     recipe = get_recipe(recipe).with_stages("extract", epochs=epochs, learning_rate=learning_rate)
     return finetune(base, data, recipe, out, **overrides)
 
@@ -326,8 +324,6 @@ def extract(base: str | None = None, data: str | None = None, recipe="extract", 
 def resolve(recipe, *, epochs_head=None, epochs_finetune=None, lr_head=None, lr_finetune=None,
             unfreeze=None, **fields) -> Recipe:
     """A recipe with the command line's settings applied over it."""
-    from tlkit.recipe import get_recipe
-
     r = get_recipe(recipe)
     unknown = set(fields) - {f.name for f in dataclasses.fields(Recipe)}
     if unknown:
