@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from tlkit import data as tldata  # noqa: E402
 from tlkit.engine import finetune, train  # noqa: E402
-from tlkit.predict import evaluate  # noqa: E402
+from tlkit.inference import evaluate  # noqa: E402
 from tlkit.recipe import Recipe, Stage  # noqa: E402
 
 DIGITS = Path(__file__).resolve().parent.parent / "data_samples" / "digits"

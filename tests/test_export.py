@@ -12,8 +12,8 @@ import pytest
 from tlkit.bases import load_base
 from tlkit.engine import configure, run_recipe
 from tlkit.errors import TlkitError
-from tlkit.export import export
-from tlkit.predict import predict
+from tlkit.exporters import export
+from tlkit.inference import predict
 from tlkit.recipe import Recipe, Stage
 
 

@@ -17,8 +17,8 @@ from tlkit.bases import hub, load_base
 from tlkit.cli import main
 from tlkit.engine import BASE_LAYER, STAGES, configure, run_recipe
 from tlkit.errors import TlkitError
-from tlkit.export import export
-from tlkit.predict import predict
+from tlkit.exporters import export
+from tlkit.inference import predict
 from tlkit.recipe import Recipe, Stage
 from tlkit.rundir import load_run
 

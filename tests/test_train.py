@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tlkit.engine import train
-from tlkit.predict import evaluate, predict
+from tlkit.inference import evaluate, predict
 
 DIGITS = Path(__file__).resolve().parents[1] / "data_samples" / "digits"
 

@@ -227,7 +227,7 @@ def recipes(what):
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 def predict(model, top, images):
     """Print the most probable classes of each IMAGE."""
-    from tlkit.predict import predict as run
+    from tlkit.inference import predict as run
 
     for result in run(model, list(images), top=top):
         ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top)
@@ -242,7 +242,7 @@ def predict(model, top, images):
 @click.option("--skip-bad", is_flag=True)
 def evaluate(model, data, out, batch_size, skip_bad):
     """Accuracy of a run on a labelled folder; writes a metrics file."""
-    from tlkit.predict import evaluate as run
+    from tlkit.inference import evaluate as run
 
     metrics = run(model, data, out, batch_size=batch_size, skip_bad=skip_bad)
     click.echo(f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  on {metrics['images']} images")
@@ -258,7 +258,7 @@ def evaluate(model, data, out, batch_size, skip_bad):
 @click.option("--version", default=1, show_default=True, help="SavedModel version folder (TF Serving).")
 def export(model, out, fmt, version):
     """Export a run as a SavedModel for TF Serving, TFLite or ONNX."""
-    from tlkit.export import export as run
+    from tlkit.exporters import export as run
 
     click.echo(f"wrote {run(model, out, fmt, version)}")
 

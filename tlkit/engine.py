@@ -18,7 +18,8 @@ from tlkit.blocks import set_trainable_top
 from tlkit.errors import TlkitError
 from tlkit.recipe import Recipe, Stage, get_recipe
 from tlkit.registry import Registry
-from tlkit.rundir import save_model_atomic, write_json_atomic, write_labels
+from tlkit.io import save_model_atomic, write_json_atomic
+from tlkit.rundir import write_labels
 
 BASE_LAYER = "base"
 

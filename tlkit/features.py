@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from tlkit import data as tldata
 from tlkit.bases import Base
-from tlkit.rundir import write_atomic, write_json_atomic
+from tlkit.io import write_atomic, write_json_atomic
 
 # Bump when decoding, resizing or pooling change, so entries made the old way are not reused.
 FORMAT = 1

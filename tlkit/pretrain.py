@@ -30,7 +30,7 @@ from tlkit.engine import RunContext, StageResult, configure, default_out, resolv
 from tlkit.errors import TlkitError
 from tlkit.models.autoencoder import DEFAULT_SIZE, FILTERS, conv_autoencoder, encoder_blocks, encoder_model
 from tlkit.recipe import Recipe, Stage
-from tlkit.rundir import save_model_atomic, write_atomic, write_json_atomic
+from tlkit.io import save_model_atomic, write_atomic, write_json_atomic
 
 GRID_IMAGES = 8
 GRID_TILE = 64  # smallest side of a tile in the grid, in pixels: small images are enlarged

@@ -141,7 +141,7 @@ class Recipe:
         return cls.from_toml(text, str(path))
 
     def save(self, path: str | Path) -> None:
-        from tlkit.rundir import write_text_atomic
+        from tlkit.io import write_text_atomic
 
         write_text_atomic(path, self.to_toml())
 

@@ -11,41 +11,14 @@
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
 from tlkit.errors import TlkitError
+from tlkit.io import write_text_atomic
 from tlkit.recipe import Recipe
-
-
-def write_atomic(path: Path, write) -> None:
-    """Write through `write(tmp_path)` to a temporary name beside `path`, then rename it over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    write_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def write_json_atomic(path: str | Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
-
-
-def save_model_atomic(model: keras.Model, path: str | Path) -> None:
-    write_atomic(Path(path), lambda tmp: model.save(tmp))
 
 
 def write_labels(path: str | Path, classes: list[str]) -> None:

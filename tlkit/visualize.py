@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from tlkit.bases.preprocessing import ImagePreprocessing
 from tlkit.blocks import Block
 from tlkit.errors import TlkitError
-from tlkit.rundir import write_atomic
+from tlkit.io import write_atomic
 from tlkit.inspect import is_graph_model, walk
 
 GAP_PX = 2

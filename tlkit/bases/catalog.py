@@ -29,7 +29,7 @@ from tlkit.bases import BASES, Base
 from tlkit.bases.keras_apps import keras_cache_dir, load_app
 from tlkit.errors import TlkitError, unknown_name
 from tlkit.inspect import human_count
-from tlkit.rundir import write_atomic, write_json_atomic
+from tlkit.io import write_atomic, write_json_atomic
 
 CATALOG_FILE = Path(__file__).with_name("catalog.json")
 _RECORDED = "recorded-download:"  # prefix of the path a recorded download returns

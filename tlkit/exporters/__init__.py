@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from tlkit.data import decode_image
 from tlkit.errors import TlkitError, unknown_name
-from tlkit.rundir import Run, load_run, write_atomic
+from tlkit.io import write_atomic
+from tlkit.rundir import Run, load_run
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 

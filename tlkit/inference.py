@@ -8,7 +8,8 @@ import numpy as np
 
 from tlkit import data as tldata
 from tlkit.errors import TlkitError
-from tlkit.rundir import load_run, write_json_atomic
+from tlkit.io import write_json_atomic
+from tlkit.rundir import load_run
 
 
 @dataclass
