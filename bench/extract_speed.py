@@ -25,7 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tlkit import data as tldata  # noqa: E402
 from tlkit import features  # noqa: E402
 from tlkit.bases import load_base  # noqa: E402
-from tlkit.engine import configure, load_data, run_recipe  # noqa: E402
+from tlkit.core.run import configure, load_data  # noqa: E402
+from tlkit.jobs import run_recipe  # noqa: E402
 from tlkit.recipe import Recipe, Stage  # noqa: E402
 
 
@@ -74,7 +75,7 @@ def main():
             configure(r)
             runs = []
             seconds = timed(lambda: runs.append(
-                run_recipe(r, base, tmp / out, verbose=0, classes=classes, train=train, val=val)))
+                run_recipe(r, base, tmp / out, verbose=0, data=(classes, train, val))))
             return seconds, runs[0].results[0].seconds
 
         (cold, cold_fit), (warm, warm_fit), (uncached, uncached_fit) = (

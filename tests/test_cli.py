@@ -83,7 +83,7 @@ def test_unknown_recipe_suggests(capsys, tiny_images):
 
 def test_mixed_precision_keeps_a_float32_output(tiny_images):
     from tlkit.bases import load_base
-    from tlkit.engine import build_classifier, configure
+    from tlkit.core.run import build_classifier, configure
     from tlkit.recipe import Recipe
 
     try:

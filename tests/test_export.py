@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tlkit.bases import load_base
-from tlkit.engine import configure, run_recipe
+from tlkit.core.run import configure
+from tlkit.jobs import run_recipe
 from tlkit.errors import TlkitError
 from tlkit.exporters import export
 from tlkit.inference import predict

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tlkit.engine import train
+from tlkit.jobs import train
 from tlkit.inference import evaluate, predict
 
 DIGITS = Path(__file__).resolve().parents[1] / "data_samples" / "digits"
@@ -15,7 +15,7 @@ DIGITS = Path(__file__).resolve().parents[1] / "data_samples" / "digits"
 @pytest.fixture(scope="module")
 def lenet_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "lenet"
-    train("lenet5", str(DIGITS), out=out, verbose=0, epochs=15)
+    train("lenet5", str(DIGITS), out=out, verbose=0, stages={"train": {"epochs": 15}})
     return out
 
 

@@ -1,13 +1,23 @@
-"""The `tlkit` command line: thin click commands over the library's functions."""
+"""The `tlkit` command line: thin click commands over the library's functions.
+
+Commands import the library inside their function, so that `tlkit --help` and the commands that
+need no TensorFlow answer at once.
+"""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
+import typing
 
 import click
 
 from tlkit.errors import TlkitError
+from tlkit.recipe import POOLINGS, Stage, builtin_recipes, tomllib
+from tlkit.stages.autoencoder import Autoencoder
+
+_NO_TENSORFLOW = {"recipes"}  # commands that never import TensorFlow
 
 
 def _quiet_tensorflow() -> None:
@@ -30,6 +40,49 @@ def _quiet_tensorflow() -> None:
         os.close(devnull)
 
 
+class _Lines(logging.Formatter):
+    """The library's messages as the lines the CLI prints: as they are, warnings marked."""
+
+    def format(self, record):
+        message = record.getMessage()
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
+def _install_logging(level: int) -> None:
+    logger = logging.getLogger("tlkit")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_Lines())
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _stage_options(values: tuple[str, ...]) -> dict:
+    """--stage-option STAGE:KEY=VALUE (STAGE a kind or a stage number; VALUE as in TOML)."""
+    stages: dict = {}
+    for text in values:
+        stage, _, assignment = text.partition(":")
+        key, equals, value = assignment.partition("=")
+        if not (stage and key and equals and value):
+            raise TlkitError(f"--stage-option {text}: write STAGE:KEY=VALUE, e.g. 2:unfreeze=3 or finetune:epochs=4")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value  # a bare word: a string
+        stages.setdefault(int(stage) if stage.isdigit() else stage, {})[key.strip()] = parsed
+    return stages
+
+
+def _with_stage(stages: dict, kind: str, **params) -> dict:
+    """`stages` with the given (not None) parameters of the stage(s) of `kind` added."""
+    given = {k: v for k, v in params.items() if v is not None}
+    if given:
+        stages = {**stages, kind: {**stages.get(kind, {}), **given}}
+    return stages
+
+
 def training_options(command):
     """Options every training command shares; they override the recipe's settings."""
     options = [
@@ -46,19 +99,32 @@ def training_options(command):
         click.option("--early-stopping", type=int, metavar="PATIENCE", help="Stop a stage after PATIENCE epochs without a better val_loss."),
         click.option("--mixed-precision", is_flag=True, default=None, help="mixed_float16 compute, float32 output (GPU)."),
         click.option("--dropout", type=float, help="Dropout before the new head's dense layer."),
-        click.option("--pooling", type=click.Choice(["avg", "max", "flatten"]),
+        click.option("--pooling", type=click.Choice(POOLINGS),
                      help="How the new head reduces the base's feature map (default avg; flatten keeps the layout)."),
+        click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE:KEY=VALUE",
+                     help="Set a parameter of one stage, named by kind or number: 3:unfreeze=2, finetune:epochs=4."),
     ]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
 
+def _settings(options: dict) -> dict:
+    """The library's keyword arguments from click's: the options the user gave, with the
+    --stage-option values as the `stages` mapping."""
+    stages = _stage_options(options.pop("stage_option", ()) or ())
+    settings = {k: v for k, v in options.items() if v is not None}
+    return {**settings, "stages": stages}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show the full stack trace of an error.")
+@click.option("--debug", is_flag=True, help="Show the full stack trace of an error, and TensorFlow's start-up messages.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors (no progress bars).")
+@click.option("-v", "--verbose", is_flag=True, help="Print more detail.")
 @click.pass_context
-def cli(ctx, debug):
+def cli(ctx, debug, quiet, verbose):
     """Transfer learning on a folder of images: fine-tune, extract, pretrain, evaluate, export."""
-    ctx.obj = {"debug": debug}
-    if not debug:
+    ctx.obj = {"debug": debug, "fit_verbose": 0 if quiet else "auto"}
+    _install_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    if not debug and ctx.invoked_subcommand not in _NO_TENSORFLOW:
         _quiet_tensorflow()
 
 
@@ -68,21 +134,20 @@ def cli(ctx, debug):
 @click.option("--base-layer", help="Cut the base at this layer: its output becomes the features.")
 @click.option("--hub-range", help="Pixel range a hub: base expects: 0,1 (default), -1,1 or 0,255.")
 @training_options
-@click.option("--epochs-head", type=int, help="Epochs of the head stage(s).")
-@click.option("--epochs-finetune", type=int, help="Epochs of the finetune stage(s).")
-@click.option("--unfreeze", type=int, metavar="N", help="Blocks of the base to unfreeze in finetune stages.")
+@click.option("--epochs-head", type=int, help="Epochs of the head stage.")
+@click.option("--epochs-finetune", type=int, help="Epochs of the finetune stage.")
+@click.option("--unfreeze", type=int, metavar="N", help="Blocks of the base to unfreeze in the finetune stage.")
 @click.option("--lr-head", type=float)
 @click.option("--lr-finetune", type=float)
-def finetune(**options):
+@click.pass_obj
+def finetune(obj, epochs_head, epochs_finetune, unfreeze, lr_head, lr_finetune, **options):
     """Fine-tune a pretrained base: train a new head, then unfreeze the top blocks."""
-    from tlkit.engine import finetune as run
+    from tlkit.jobs import finetune as run
 
-    run(**_given(options))
-
-
-def _given(options: dict) -> dict:
-    """The library's keyword arguments from click's, dropping options the user did not give."""
-    return {k: v for k, v in options.items() if v is not None}
+    settings = _settings(options)
+    stages = _with_stage(settings.pop("stages"), "head", epochs=epochs_head, learning_rate=lr_head)
+    stages = _with_stage(stages, "finetune", epochs=epochs_finetune, learning_rate=lr_finetune, unfreeze=unfreeze)
+    run(stages=stages, verbose=obj["fit_verbose"], **settings)
 
 
 @cli.command()
@@ -90,33 +155,39 @@ def _given(options: dict) -> dict:
 @training_options
 @click.option("--epochs", type=int, help="Epochs of the train stage.")
 @click.option("--lr", "learning_rate", type=float, help="Learning rate of the train stage.")
-def train(arch, **options):
+@click.pass_obj
+def train(obj, arch, epochs, learning_rate, **options):
     """Train a classic CNN from scratch (recipe: scratch)."""
-    from tlkit.engine import train as run
+    from tlkit.jobs import train as run
 
-    run(arch, **_given(options))
+    settings = _settings(options)
+    stages = _with_stage(settings.pop("stages"), "train", epochs=epochs, learning_rate=learning_rate)
+    run(arch, stages=stages, verbose=obj["fit_verbose"], **settings)
 
 
 @cli.command()
 @click.option("--base", help="A base name (see `tlkit bases`), hub:HANDLE, a .keras file or a run directory.")
 @click.option("--weights", help="imagenet (default), none, or a weights file.")
 @training_options
-@click.option("--epochs", type=int, help="Epochs of the extract stage(s).")
-@click.option("--lr", "learning_rate", type=float, help="Learning rate of the extract stage(s).")
+@click.option("--epochs", type=int, help="Epochs of the extract stage.")
+@click.option("--lr", "learning_rate", type=float, help="Learning rate of the extract stage.")
 @click.option("--cache", type=click.Path(), help="Feature cache folder (default $TLKIT_CACHE/features, "
               "else ~/.cache/tlkit/features).")
-def extract(**options):
+@click.pass_obj
+def extract(obj, epochs, learning_rate, **options):
     """Feature extraction: run the frozen base once (features cached on disk), train a head on them."""
-    from tlkit.engine import extract as run
+    from tlkit.jobs import extract as run
 
-    run(**_given(options))
+    settings = _settings(options)
+    stages = _with_stage(settings.pop("stages"), "extract", epochs=epochs, learning_rate=learning_rate)
+    run(stages=stages, verbose=obj["fit_verbose"], **settings)
 
 
 @cli.command()
 @click.option("--data", type=click.Path(), help="Folder of images, with or without sub-folders (labels are not used).")
 @click.option("--recipe", help="A built-in recipe name or a .toml file (default: autoencoder).")
 @click.option("--out", type=click.Path(), help="Run directory (default runs/autoencoder-<time>).")
-@click.option("--decoder", type=click.Choice(["unpool", "transpose"]),
+@click.option("--decoder", type=click.Choice(typing.get_args(typing.get_type_hints(Autoencoder)["decoder"])),
               help="Max-unpooling with the pooling switches (default), or transposed convolutions.")
 @click.option("--noise", type=float, metavar="STD",
               help="Denoising: Gaussian noise of this std on [0, 1]-scaled inputs.")
@@ -128,11 +199,14 @@ def extract(**options):
 @click.option("--val-split", type=float)
 @click.option("--seed", type=int)
 @click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them.")
-def pretrain(channels, **options):
+@click.pass_obj
+def pretrain(obj, decoder, noise, channels, epochs, learning_rate, **options):
     """Pretrain a convolutional autoencoder on unlabeled images; its encoder becomes a base."""
-    from tlkit.pretrain import pretrain as run
+    from tlkit.jobs import pretrain as run
 
-    run(channels=int(channels) if channels else None, **_given(options))
+    stages = _with_stage({}, "autoencoder", decoder=decoder, noise=noise, channels=int(channels) if channels else None,
+                         epochs=epochs, learning_rate=learning_rate)
+    run(stages=stages, verbose=obj["fit_verbose"], **{k: v for k, v in options.items() if v is not None})
 
 
 @cli.command()
@@ -190,7 +264,7 @@ def visualize_activations(model, image, out):
 def bases(ctx):
     """List every base: source, default input size, blocks, parameters, and whether its weights are here."""
     if ctx.invoked_subcommand is None:
-        from tlkit.bases.catalog import format_bases, list_bases
+        from tlkit.catalog import format_bases, list_bases
 
         click.echo(format_bases(list_bases()))
 
@@ -201,7 +275,7 @@ def bases(ctx):
 def bases_import(name, file):
     """Put FILE, the ImageNet weights of base NAME obtained elsewhere, where Keras' cache expects
     them, after checking its hash (for machines with no network)."""
-    from tlkit.bases.catalog import import_weights
+    from tlkit.catalog import import_weights
 
     click.echo(f"wrote {import_weights(name, file)}")
 
@@ -210,15 +284,17 @@ def bases_import(name, file):
 @click.argument("what", required=False, type=click.Choice(["list"]), default="list")
 def recipes(what):
     """List the built-in recipes."""
-    from tlkit.recipe import builtin_recipes
-
     for name, recipe in builtin_recipes().items():
-        stages = " -> ".join(
-            f"{s.kind}({s.epochs} ep, lr {s.learning_rate:g}{f', top {s.unfreeze}' if s.unfreeze else ''})"
-            for s in recipe.stages
-        )
+        stages = " -> ".join(_describe_stage(stage) for stage in recipe.stages)
         click.echo(f"{name:12s} {stages}")
         click.echo(f"{'':12s} {recipe.description}")
+
+
+def _describe_stage(stage: Stage) -> str:
+    p = stage.params
+    parts = [f"{p['epochs']} ep" if "epochs" in p else None, f"lr {p['learning_rate']:g}" if "learning_rate" in p else None,
+             f"top {p['unfreeze']}" if p.get("unfreeze") else None]
+    return f"{stage.kind}({', '.join(part for part in parts if part)})"
 
 
 @cli.command()

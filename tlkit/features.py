@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import zipfile
@@ -36,7 +37,10 @@ import tensorflow as tf
 
 from tlkit import data as tldata
 from tlkit.bases import Base
+from tlkit.core.run import HEAD_POOLING
 from tlkit.io import write_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 # Bump when decoding, resizing or pooling change, so entries made the old way are not reused.
 FORMAT = 1
@@ -89,8 +93,6 @@ def _without_names(config):
 
 def pooled_model(model: keras.Model, pooling: str = "avg") -> keras.Model:
     """The base in inference mode, its feature map pooled as the head pools it (HEAD_POOLING)."""
-    from tlkit.engine import HEAD_POOLING
-
     inputs = keras.Input(model.input_shape[1:])
     x = model(inputs, training=False)
     if len(x.shape) == 4:
@@ -128,8 +130,8 @@ def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, p
         path_of = dict(zip(digests, files))
         start = time.perf_counter()
         stored = run_base(base.model, [path_of[d] for d in distinct], image_size, batch_size, pooling, verbose)
-        print(f"extracted features of {len(distinct)} images with {base.name} in "
-              f"{time.perf_counter() - start:.1f} s; cached in {entry}", flush=True)
+        log.info("extracted features of %d images with %s in %.1f s; cached in %s", len(distinct), base.name,
+                 time.perf_counter() - start, entry)
         write_atomic(entry, lambda tmp: np.savez(tmp, features=stored, digests=np.array(distinct)))
         write_json_atomic(entry.with_suffix(".json"), {
             "base": base.name, "source": base.source, "weights": base.weights, "image_size": list(image_size),
@@ -138,7 +140,7 @@ def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, p
         })
         features = dict(zip(distinct, stored))
     else:
-        print(f"features of {len(distinct)} images from the cache: {entry}", flush=True)
+        log.info("features of %d images from the cache: %s", len(distinct), entry)
     return np.stack([features[d] for d in digests])
 
 
@@ -150,7 +152,7 @@ def _read(entry: Path) -> dict[str, np.ndarray] | None:
         with np.load(entry, allow_pickle=False) as stored:
             return dict(zip(stored["digests"].tolist(), stored["features"]))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        print(f"ignoring unreadable cache entry {entry} ({err}); extracting again", flush=True)
+        log.warning("ignoring unreadable cache entry %s (%s); extracting again", entry, err)
         return None
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import keras
 
+import tlkit.layers  # noqa: F401  (registers tlkit's layers, which a run's model may hold)
+import tlkit.preprocessing  # noqa: F401  (likewise: the preprocessing of runs saved by tlkit 0.1)
 from tlkit.errors import TlkitError
 from tlkit.io import write_text_atomic
 from tlkit.recipe import Recipe
@@ -56,8 +58,6 @@ class Run:
 
 def load_run(path: str | Path) -> Run:
     """Load a run directory (or a bare `.keras` file with a labels.txt beside it)."""
-    import tlkit.custom_objects  # noqa: F401  (registers tlkit's layers for deserialization)
-
     path = Path(path)
     model_file = path / "model.keras" if path.is_dir() else path
     folder = model_file.parent
@@ -65,7 +65,15 @@ def load_run(path: str | Path) -> Run:
         raise TlkitError(f"no model at {model_file}: pass a run directory made by `tlkit finetune` or `tlkit train`")
     if not (folder / "labels.txt").is_file():
         raise TlkitError(f"no labels.txt beside {model_file}: a run directory holds both")
-    model = keras.models.load_model(model_file, safe_mode=True)
+    model = load_model(model_file)
     recipe_file = folder / "recipe.toml"
     recipe = Recipe.load(recipe_file) if recipe_file.is_file() else Recipe()
     return Run(folder, model, read_labels(folder / "labels.txt"), recipe)
+
+
+def load_model(path: str | Path, safe_mode: bool = True) -> keras.Model:
+    """`keras.saving.load_model` of a run's model (a run directory or a `.keras` file), with
+    tlkit's own layers registered. Models of keras.applications and EfficientNet-Lite bases load
+    with Keras alone; the canon's layers and TF Hub bases need tlkit (imported here)."""
+    path = Path(path)
+    return keras.saving.load_model(path / "model.keras" if path.is_dir() else path, safe_mode=safe_mode)

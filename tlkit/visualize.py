@@ -21,11 +21,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tlkit.bases.preprocessing import ImagePreprocessing
+from tlkit.bases import BASES, load_base
 from tlkit.blocks import Block
+from tlkit.data import load_image
 from tlkit.errors import TlkitError
 from tlkit.io import write_atomic
+from tlkit.rundir import load_run
 from tlkit.inspect import is_graph_model, walk
+from tlkit.preprocessing import is_bgr
 
 GAP_PX = 2
 TILE_PX = 48
@@ -89,14 +92,14 @@ def plot_filters(
     pair is a grayscale tile; the first `max_tiles` are drawn. Each kernel is scaled to [0, 1] on
     its own. `bgr` says the input
     channels are in BGR order (Caffe-style preprocessing); by default it is True when the model
-    holds an ImagePreprocessing layer in "caffe" mode, whose flip puts the kernels in BGR order.
+    holds a "caffe" preprocessing, whose flip puts the kernels in BGR order.
     """
     leaves = list(_leaf_layers(model))
     conv = next((layer for layer in leaves if isinstance(layer, keras.layers.Conv2D)), None)
     if conv is None:
         raise TlkitError(f"model {model.name} has no Conv2D layer: there are no kernels to draw")
     if bgr is None:
-        bgr = any(isinstance(layer, ImagePreprocessing) and layer.mode == "caffe" for layer in leaves)
+        bgr = any(is_bgr(layer) for layer in leaves)
     kernel = conv.kernel.numpy().astype(np.float32)  # (kh, kw, c_in, n)
     kh, kw, c_in, n = kernel.shape
     kernel = _normalise(kernel, axes=(0, 1, 2))
@@ -169,10 +172,6 @@ def plot_activations(
 def plot_run_activations(run_path: str | os.PathLike, image_path: str | os.PathLike, out_dir) -> list[Path]:
     """`plot_activations` for a run directory, one PNG per block of the run's base, the image
     decoded as the run's pipeline decodes it."""
-    from tlkit.bases import BASES, load_base
-    from tlkit.data import load_image
-    from tlkit.rundir import load_run
-
     run = load_run(run_path)
     blocks = None
     if run.recipe.base in BASES:
