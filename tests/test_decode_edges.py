@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from tlkit import data
@@ -149,3 +150,23 @@ def test_a_class_folder_name_that_is_not_one_line_is_refused_by_name(folder, nam
 def test_class_names_with_spaces_and_unicode_are_fine(folder):
     (folder / "green").rename(folder / " grün 🌿 ")
     assert data.scan(folder).classes == [" grün 🌿 ", "blue", "red"]
+
+
+def test_a_large_jpeg_decodes_at_reduced_size(tmp_path):
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:256, :320]
+    photo = np.stack([x * 0.7, y * 0.9, 128 + 60 * np.sin(x / 9.0) * np.cos(y / 7.0)], -1)
+    photo = np.clip(photo + rng.normal(0, 20, photo.shape), 0, 255).astype(np.uint8)  # fine detail, as in a photo
+    for mode in ("RGB", "L", "CMYK"):
+        path = tmp_path / f"{mode}.jpg"
+        Image.fromarray(photo).convert(mode).save(path, "JPEG", quality=95)
+        full = np.asarray(Image.open(path).convert("RGB"), np.float32)[None]
+        area = tf.image.resize(full, (32, 40), method="area")[0].numpy()  # the antialiased downscale
+        bilinear = tf.image.resize(full, (32, 40))[0].numpy()  # full decode, then resize: aliased
+        got = data.load_image(path, (32, 40))  # decoded at 1/8 (32 x 40) by libjpeg
+        assert np.abs(got - area).mean() < 3 < np.abs(bilinear - area).mean(), mode
+    # small enough: decoded in full, as before
+    Image.fromarray(photo[:60, :70]).save(tmp_path / "small.jpg", "JPEG", quality=95)
+    full = tf.io.decode_jpeg((tmp_path / "small.jpg").read_bytes())
+    np.testing.assert_array_equal(data.load_image(tmp_path / "small.jpg", (32, 40)),
+                                  tf.image.resize(tf.cast(full, tf.float32), (32, 40)).numpy())

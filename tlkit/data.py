@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
+from tlkit import imagecache
 from tlkit.errors import TlkitError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ Progress = Callable[[int, int], None]
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 # Modes Pillow can write as PNG unchanged; any other mode is converted to RGB first.
 _PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")
+JPEG_RATIOS = (8, 4, 2)  # the scales libjpeg decodes at, largest reduction first
+# A reduced JPEG keeps at least this many times the target size on each side. 1, because a
+# bilinear resize from under twice the size hardly aliases: on photos of 2,000-4,000 px it came
+# closest to an area-averaged downscale, nearer than margin 2 and than the full decode.
+JPEG_MARGIN = 1
 _MAX_LISTED = 50  # bad files listed in one error; the rest are counted
 
 
@@ -223,9 +229,12 @@ def decode_image(data: tf.Tensor, image_size: tuple[int, int], channels: int = 3
     Pure TensorFlow, so it serves as the decoder of the exported model: JPEG, PNG (8 or 16 bits),
     GIF (first frame), WebP and 24/32-bit BMP. Alpha is dropped; grayscale is repeated to RGB; RGB
     is made gray with `tf.image.rgb_to_grayscale`; the resize is bilinear, as in
-    `keras.utils.image_dataset_from_directory`.
+    `keras.utils.image_dataset_from_directory`. A JPEG at least 2 x JPEG_MARGIN times the target
+    size on each side is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg scales while it decodes,
+    which is several times faster), keeping at least JPEG_MARGIN times the target size
+    (BENCHMARKS.md: speed and pixel differences on photos of 2,000-4,000 px).
     """
-    return tf.image.resize(_to_channels(_decode(data), channels), image_size)
+    return tf.image.resize(_to_channels(_decode_for(data, image_size), channels), image_size)
 
 
 def load_images(paths: Sequence, image_size: tuple[int, int], channels: int = 3) -> np.ndarray:
@@ -253,22 +262,37 @@ def make_dataset(
     shuffle: bool = False,
     augment: bool = False,
     seed: int = 0,
+    cache: str | imagecache.DecodedImages | None = "none",
 ) -> tf.data.Dataset:
     """A tf.data pipeline of (float32 images (B, h, w, channels) in [0, 255], int32 labels (B,)).
 
     Decoding runs in parallel and keeps the order. With `shuffle`, the order changes every epoch;
     with `augment`, each image gets a random horizontal flip, a zoom (a random crop of 80-100% of
     each side, resized back) and a brightness shift, drawn afresh every epoch. Both are seeded
-    from `seed`: the same seed gives the same batches, epoch after epoch.
+    from `seed`: the same seed gives the same batches, epoch after epoch, with or without a cache.
+
+    `cache` ("auto", "memory", "disk", "none", or what `decode_once` made for these images) keeps
+    the decoded, resized images after the first decode, before augmentation (tlkit.imagecache).
+    Only the file names and labels are held in the pipeline otherwise; images stream through it.
     """
-    ds = tf.data.Dataset.from_tensor_slices((_tf_paths(images.files), np.asarray(images.labels, np.int32)))
+    if isinstance(cache, str):
+        cache = decode_once(images, image_size, channels, cache)
+    labels = np.asarray(images.labels, np.int32)
+    if cache is None:
+        ds = tf.data.Dataset.from_tensor_slices((_tf_paths(images.files), labels))
+
+        def load(path):
+            return _load(path, image_size, channels)
+    else:
+        if len(cache) != len(images) or cache.shape != (*image_size, channels):
+            raise ValueError(f"decoded images of {len(cache)} x {cache.shape}, not of these {len(images)} images "
+                             f"at {(*image_size, channels)}")
+        # indices in place of paths: the same shuffle, so the same batches as without a cache
+        ds = tf.data.Dataset.from_tensor_slices((np.arange(len(images), dtype=np.int64), labels))
+        load = cache.lookup
     if shuffle:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(
-        lambda path, label: (_load(path, image_size, channels), label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+    ds = ds.map(lambda item, label: (load(item), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment:
         # One random number per image and epoch from a seeded stream drives stateless ops, so
         # the result does not depend on the order in which parallel calls run (Keras' Random*
@@ -280,6 +304,21 @@ def make_dataset(
         draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip(ds, draws).map(augment_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def decode_once(images: ImageSet, image_size: tuple[int, int], channels: int = 3, mode: str = "auto", *,
+                cache_dir: str | Path | None = None,
+                memory_budget: int | None = None) -> imagecache.DecodedImages | None:
+    """The images of `images` decoded once and kept (`mode`: "auto", "memory", "disk" or "none"),
+    for `make_dataset(..., cache=...)`: make it once and pass it to every stage's dataset."""
+    digests = images.digests or file_digests(images.files)
+    return imagecache.decoded(images.files, digests, image_size, channels, mode, _decode_files,
+                              cache=cache_dir, memory_budget=memory_budget)
+
+
+def _decode_files(files: list[Path], image_size, channels: int):
+    for batch in _decoded(files, image_size, channels).batch(64):
+        yield from batch.numpy()
 
 
 def check_images(paths: Sequence[Path], progress: Progress | None = None) -> list[tuple[Path, str]]:
@@ -339,6 +378,22 @@ def _decode(data: tf.Tensor) -> tf.Tensor:
     # and so gray and RGB conversions are done one way for all formats in `_to_channels`.
     image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
     return tf.cast(image, tf.float32)
+
+
+def _decode_for(data: tf.Tensor, size, margin: int | None = None) -> tf.Tensor:
+    """`_decode`, but a large JPEG at the largest of 1/8, 1/4, 1/2 of its size that leaves at least
+    `margin` (JPEG_MARGIN) times `size` on each side."""
+    margin = JPEG_MARGIN if margin is None else margin
+
+    def reduced():
+        shape = tf.image.extract_jpeg_shape(data)  # reads the header only
+        fits = [tf.logical_and(shape[0] // r >= margin * size[0], shape[1] // r >= margin * size[1])
+                for r in JPEG_RATIOS]
+        index = tf.argmax(tf.cast(tf.stack([*fits, True]), tf.int32), output_type=tf.int32)  # first that fits
+        branches = [lambda r=r: tf.cast(tf.io.decode_jpeg(data, channels=0, ratio=r), tf.float32) for r in JPEG_RATIOS]
+        return tf.switch_case(index, [*branches, lambda: _decode(data)])
+
+    return tf.cond(tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff", reduced, lambda: _decode(data))
 
 
 def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
