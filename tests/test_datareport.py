@@ -171,6 +171,12 @@ def test_report_json_round_trip_and_training_overlap(folder, tmp_path):
     assert datareport.seen_in_training(run, evaluated) == [test / "blue" / "seen.png", test / "red" / "seen too.png"]
     assert datareport.seen_in_training(run, [test / "red" / "seen too.png"]) == [test / "red" / "seen too.png"]
     assert datareport.seen_in_training(tmp_path / "old_run", evaluated) is None
+    assert datareport.training_overlap_warning(run, evaluated) == (
+        f"2 of the 4 images in '{test}' were among the training images of '{run}' (same content, "
+        f"e.g. '{test}/blue/seen.png'): the accuracy on them is not a fair test"
+    )
+    unseen = evaluated.subset([i for i, f in enumerate(evaluated.files) if "seen" not in f.name])
+    assert len(unseen) >= 1 and datareport.training_overlap_warning(run, unseen) is None
 
 
 def test_unreadable_report_is_one_line(tmp_path):

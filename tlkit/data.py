@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-# Modes Pillow can write as PNG unchanged; any other mode is converted to RGB first.
-_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")
+# Modes Pillow writes as 8-bit PNG unchanged; `_eight_bit` converts the others.
+_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
 JPEG_RATIOS = (8, 4, 2)  # the scales libjpeg decodes at, largest reduction first
 # A reduced JPEG keeps at least this many times the target size on each side. 1, because a
 # bilinear resize from under twice the size hardly aliases: on photos of 2,000-4,000 px it came
@@ -230,9 +230,9 @@ def decode_image(data: tf.Tensor, image_size: tuple[int, int], channels: int = 3
     GIF (first frame), WebP and 24/32-bit BMP. Alpha is dropped; grayscale is repeated to RGB; RGB
     is made gray with `tf.image.rgb_to_grayscale`; the resize is bilinear, as in
     `keras.utils.image_dataset_from_directory`. A JPEG at least 2 x JPEG_MARGIN times the target
-    size on each side is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg scales while it decodes,
-    which is several times faster), keeping at least JPEG_MARGIN times the target size
-    (BENCHMARKS.md: speed and pixel differences on photos of 2,000-4,000 px).
+    size on each side is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg scales while it decodes),
+    keeping at least JPEG_MARGIN times the target size: on photos of 2,000-4,000 px about twice
+    as fast, and nearer an antialiased downscale than a full decode (bench/jpeg_decode.py).
     """
     return tf.image.resize(_to_channels(_decode_for(data, image_size), channels), image_size)
 

@@ -197,6 +197,17 @@ def seen_in_training(run, images: ImageSet | Sequence[Path]) -> list[Path] | Non
     return [f for f, d in zip(files, digests) if d in trained]
 
 
+def training_overlap_warning(run, images: ImageSet) -> str | None:
+    """The line `tlkit evaluate` shows when images it evaluates were among the run's training
+    images (by content), or None when none were (or the run has no data report)."""
+    seen = seen_in_training(run, images)
+    if not seen:
+        return None
+    return (f"{len(seen)} of the {len(images)} images in '{printable(images.root)}' were among the training images "
+            f"of '{printable(run)}' (same content, e.g. '{printable(seen[0])}'): the accuracy on them is not a "
+            "fair test")
+
+
 def console_progress(stream=None, what: str = "checked") -> Progress:
     """A `progress` callback for `scan` that shows a bar on `stream` (stderr by default), a new
     one each time a scan starts (done == 0). On a terminal the bar is redrawn in place at most
