@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+import tifffile
 from PIL import Image
 
 from tlkit import data
@@ -66,7 +67,7 @@ def test_16_and_32_bit_integer_tiffs(tmp_path):
 
 
 def test_16_bit_rgb_tiff(tmp_path):
-    tifffile = pytest.importorskip("tifffile")  # Pillow cannot write 16-bit RGB
+    # Pillow cannot write 16-bit RGB; tifffile comes with scikit-image (the test extra)
     rgb = np.stack([ramp(0, 65535, np.uint16), ramp(65535, 0, np.uint16), ramp(0, 30000, np.uint16)], -1)
     tifffile.imwrite(tmp_path / "rgb16.tif", rgb, photometric="rgb")
     got = data.load_image(tmp_path / "rgb16.tif", (10, 12))
@@ -74,7 +75,6 @@ def test_16_bit_rgb_tiff(tmp_path):
 
 
 def test_a_tiff_pillow_cannot_read_is_named_as_such(folder):
-    tifffile = pytest.importorskip("tifffile")
     tifffile.imwrite(folder / "red" / "float_rgb.tif", np.zeros((8, 8, 3), np.float32), photometric="rgb")
     with pytest.raises(TlkitError) as caught:
         data.scan(folder)
