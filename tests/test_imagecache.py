@@ -30,7 +30,9 @@ def batches(dataset, epochs=2):
 
 
 def same(a, b) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x1, x2) and np.array_equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    return len(a) == len(b) and all(
+        np.array_equal(x1, x2) and np.array_equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b)
+    )
 
 
 @pytest.mark.parametrize("mode", ["memory", "disk", "auto"])

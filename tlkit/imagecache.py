@@ -1,10 +1,10 @@
 """Decode once: the decoded, resized images of a set, kept for every later epoch and stage.
 
 `tlkit.data.make_dataset(..., cache=MODE)` and `tlkit.data.decode_once` use this module (a leaf:
-the decoder and the content hashes come in as arguments). Every epoch without a cache reads, decodes and resizes every file again. With
-one, each distinct file content is decoded once (exactly as `tlkit.data.decode_image` decodes
-it, float32, before any augmentation, so augmentation stays fresh every epoch) and later epochs
-read the pixels back:
+the decoder and the content hashes come in as arguments). Every epoch without a cache reads,
+decodes and resizes every file again. With one, each distinct file content is decoded once
+(exactly as `tlkit.data.decode_image` decodes it, float32, before any augmentation, so
+augmentation stays fresh every epoch) and later epochs read the pixels back:
 
 - "memory": a numpy array in this process;
 - "disk": one file under the tlkit cache (`$TLKIT_CACHE/images`, else ~/.cache/tlkit/images),
