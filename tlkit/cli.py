@@ -14,7 +14,7 @@ import typing
 import click
 
 from tlkit.errors import TlkitError
-from tlkit.recipe import POOLINGS, Stage, builtin_recipes, tomllib
+from tlkit.recipe import POOLINGS, Recipe, Stage, builtin_recipes, tomllib
 from tlkit.stages.autoencoder import Autoencoder
 
 _NO_TENSORFLOW = {"recipes"}  # commands that never import TensorFlow
@@ -99,6 +99,9 @@ def training_options(command):
         click.option("--early-stopping", type=int, metavar="PATIENCE", help="Stop a stage after PATIENCE epochs without a better val_loss."),
         click.option("--mixed-precision", is_flag=True, default=None, help="mixed_float16 compute, float32 output (GPU)."),
         click.option("--dropout", type=float, help="Dropout before the new head's dense layer."),
+        click.option("--cache-images", type=click.Choice(typing.get_args(typing.get_type_hints(Recipe)["cache_images"])),
+                     help="Keep the decoded, resized images for later epochs: in memory when they fit a budget, on "
+                          "disk (under $TLKIT_CACHE), or not (default auto)."),
         click.option("--pooling", type=click.Choice(POOLINGS),
                      help="How the new head reduces the base's feature map (default avg; flatten keeps the layout)."),
         click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE:KEY=VALUE",

@@ -28,7 +28,6 @@ import os
 import time
 import zipfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -36,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit import data as tldata
+from tlkit.data import file_digests
 from tlkit.bases import Base
 from tlkit.core.run import HEAD_POOLING
 from tlkit.io import write_atomic, write_json_atomic
@@ -43,7 +43,7 @@ from tlkit.io import write_atomic, write_json_atomic
 log = logging.getLogger(__name__)
 
 # Bump when decoding, resizing or pooling change, so entries made the old way are not reused.
-FORMAT = 1
+FORMAT = 2  # 2: JPEGs decoded at reduced size when much larger than the target
 
 
 def cache_dir(path: str | Path | None = None) -> Path:
@@ -51,21 +51,6 @@ def cache_dir(path: str | Path | None = None) -> Path:
     if path:
         return Path(path)
     return Path(os.environ.get("TLKIT_CACHE") or Path.home() / ".cache" / "tlkit") / "features"
-
-
-def file_digest(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, in hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_digests(paths: Sequence[Path]) -> list[str]:
-    # threads: hashlib releases the GIL while it hashes
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(file_digest, paths))
 
 
 def model_fingerprint(model: keras.Model) -> str:

@@ -127,6 +127,8 @@ class Recipe:
     early_stopping: int = 0  # patience in epochs; 0 is off
     mixed_precision: bool = False
     cache: str | None = None  # feature cache folder of extract stages; None: tlkit.features.cache_dir()
+    # decoded, resized images kept for later epochs: in memory when they fit, on disk, or not at all
+    cache_images: Literal["auto", "memory", "disk", "none"] = "auto"
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}

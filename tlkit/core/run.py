@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit import data as tldata
+from tlkit import datareport
 from tlkit.bases import Base, load_base
 from tlkit.core.kinds import STAGES, StageKind, StageParams, stage_params
 from tlkit.errors import TlkitError
@@ -118,6 +119,7 @@ class RunContext:
     model: keras.Model | None = None
     results: list[StageResult] = field(default_factory=list)
     best: float = np.inf  # the lowest validation loss of the classifier so far, over all stages
+    decoded: dict = field(default_factory=dict)  # the decode-once image cache of each split, for every stage
 
     @property
     def classifier(self) -> keras.Model:
@@ -130,9 +132,13 @@ class RunContext:
         """The "train" or "val" images; only training images are shuffled and augmented."""
         training = which == "train"
         r = self.recipe
+        images = self.train if training else self.val
+        key = (which, self.image_size, self.base.channels)
+        if key not in self.decoded:
+            self.decoded[key] = tldata.decode_once(images, self.image_size, self.base.channels, r.cache_images)
         return tldata.make_dataset(
-            self.train if training else self.val, self.image_size, r.batch_size, channels=self.base.channels,
-            shuffle=training, augment=training and (r.augment if augment is None else augment), seed=r.seed,
+            images, self.image_size, r.batch_size, channels=self.base.channels, shuffle=training,
+            augment=training and (r.augment if augment is None else augment), seed=r.seed, cache=self.decoded[key],
         )
 
     def fit(self, index: int, kind: str, params: StageParams, model: keras.Model | None = None,
@@ -179,32 +185,23 @@ class RunContext:
         return result
 
 
-def load_data(recipe: Recipe, labelled: bool = True) -> tuple[list[str], tldata.ImageSet, tldata.ImageSet]:
-    """Scan and validate the data (every file, before any training) and split it; unlabelled
-    data (for stages that need no labels) may have class sub-folders or not."""
+def load_data(recipe: Recipe, labelled: bool = True, progress: tldata.Progress | None = None):
+    """Scan and check the data (every file, before any training), split it and report on it:
+    (classes, train, val, DataReport). Unlabelled data (for stages that need no labels) may have
+    class sub-folders or not."""
     if not recipe.data:
         raise TlkitError("no data: pass --data DIR (a folder with one sub-folder of images per class)"
                          if labelled else "no data: pass --data DIR (a folder of images, with or without sub-folders)")
     if not labelled:
-        images = tldata.scan_unlabeled(recipe.data, skip_bad=recipe.skip_bad)
+        images = tldata.scan_unlabeled(recipe.data, skip_bad=recipe.skip_bad, progress=progress)
         train, val = tldata.split(images, recipe.val_split, recipe.seed)
-        _report_skipped(images.skipped)
-        return [], train, val
-    images = tldata.scan(recipe.data, skip_bad=recipe.skip_bad)
-    if recipe.val_data:
-        val = tldata.scan(recipe.val_data, skip_bad=recipe.skip_bad, classes=images.classes)
-        train = images
+        report = datareport.DataReport.of(train, val)
     else:
-        train, val = tldata.split(images, recipe.val_split, recipe.seed)
-    _report_skipped(images.skipped + (val.skipped if recipe.val_data else []))
-    return images.classes, train, val
-
-
-def _report_skipped(skipped) -> None:
-    for path, why in skipped:
-        log.info("skipped %s: %s", path, why)
-    if skipped:
-        log.info("skipped %d bad file(s)", len(skipped))
+        train, val, report = datareport.prepare(
+            recipe.data, val_data=recipe.val_data, val_split=recipe.val_split, seed=recipe.seed,
+            skip_bad=recipe.skip_bad, progress=progress)
+    report.log()
+    return train.classes if labelled else [], train, val, report
 
 
 BaseBuilder = Callable[[list[str]], tuple[Base, "keras.Model | None"]]
@@ -228,7 +225,12 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     if base is None and build is None and not makes_base and not recipe.base:
         raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
     strategy = configure(recipe)
-    classes, train, val = data or load_data(recipe, labelled)
+    if data:
+        classes, train, val = data
+        report = datareport.DataReport.of(train, val)
+    else:
+        progress = datareport.console_progress() if verbose else None
+        classes, train, val, report = load_data(recipe, labelled, progress)
     with strategy.scope():
         if base is None and build is not None:
             base, model = build(classes)
@@ -251,6 +253,7 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     if labelled:
         write_labels(out / "labels.txt", classes)
     resolved.save(out / "recipe.toml")
+    report.save(out / datareport.REPORT_FILE)
     for index, (kind, stage) in enumerate(zip(kinds, params), start=1):
         kind.run(ctx, index, stage)
     if labelled:
