@@ -19,6 +19,7 @@ from tlkit.errors import TlkitError
 from tlkit.recipe import Recipe, Stage, get_recipe
 from tlkit.registry import Registry
 from tlkit.io import save_model_atomic, write_json_atomic
+from tlkit.report import TrainingCurves, write_run_report
 from tlkit.rundir import write_labels
 
 BASE_LAYER = "base"
@@ -106,6 +107,7 @@ class RunContext:
     model: keras.Model | None = None
     results: list[StageResult] = field(default_factory=list)
     checkpoint: BestCheckpoint | None = None
+    curves: TrainingCurves | None = None
 
     @property
     def classifier(self) -> keras.Model:
@@ -130,7 +132,9 @@ class RunContext:
             # `model` shares the classifier's head (extract): checkpoint the whole classifier
             self.checkpoint.set_model(self.classifier)
             checkpoint = keras.callbacks.LambdaCallback(on_epoch_end=self.checkpoint.on_epoch_end)
-        cbs = [checkpoint, keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{stage.kind}"))]
+        self.curves = self.curves or TrainingCurves(self.out)
+        cbs = [checkpoint, keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{stage.kind}")),
+               self.curves.stage(f"{index} {stage.kind}")]
         if self.recipe.early_stopping:
             cbs.append(keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=self.recipe.early_stopping, restore_best_weights=True))
@@ -260,6 +264,7 @@ def run_recipe(recipe: Recipe, base: Base, out: Path, *, verbose: str | int = "a
     write_json_atomic(out / "blocks.json", {block.name: list(block.layers) for block in ctx.base.blocks})
     save_model_atomic(ctx.classifier, out / "model.keras")
     write_results(ctx)
+    write_run_report(out, ctx.classifier, classes, train, val, resolved, ctx.results)
     return ctx
 
 

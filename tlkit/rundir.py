@@ -20,7 +20,6 @@ loss over all stages.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,6 @@ import keras
 from tlkit.errors import TlkitError
 from tlkit.io import write_text_atomic
 from tlkit.recipe import Recipe
-
-log = logging.getLogger(__name__)
 
 CHECKPOINTS = {
     "final": ("model.keras", "the model as the run ended: last epoch of the last stage, or its best epoch "
@@ -104,6 +101,4 @@ def load_run(path: str | Path, checkpoint: str = "final") -> Run:
     model = keras.models.load_model(model_file, safe_mode=True)
     recipe_file = folder / "recipe.toml"
     recipe = Recipe.load(recipe_file) if recipe_file.is_file() else Recipe()
-    run = Run(folder, model, read_labels(folder / "labels.txt"), recipe, model_file, checkpoint)
-    log.info("model: %s", run.describe())
-    return run
+    return Run(folder, model, read_labels(folder / "labels.txt"), recipe, model_file, checkpoint)

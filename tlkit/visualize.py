@@ -166,14 +166,14 @@ def plot_activations(
     return files
 
 
-def plot_run_activations(run_path: str | os.PathLike, image_path: str | os.PathLike, out_dir) -> list[Path]:
-    """`plot_activations` for a run directory, one PNG per block of the run's base, the image
-    decoded as the run's pipeline decodes it."""
+def plot_run_activations(run_path, image_path: str | os.PathLike, out_dir) -> list[Path]:
+    """`plot_activations` for a run directory (or a loaded tlkit.rundir.Run), one PNG per block
+    of the run's base, the image decoded as the run's pipeline decodes it."""
     from tlkit.bases import BASES, load_base
     from tlkit.data import load_image
-    from tlkit.rundir import load_run
+    from tlkit.rundir import Run, load_run
 
-    run = load_run(run_path)
+    run = run_path if isinstance(run_path, Run) else load_run(run_path)
     blocks = None
     if run.recipe.base in BASES:
         # the block map names the base's layers, which keep their names inside the classifier
