@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.metrics import classification_report
 
 from tlkit.bases import load_base
 from tlkit.cli import main
@@ -61,7 +62,6 @@ def test_a_run_ends_with_its_validation_report(run):
 
 
 def test_evaluate_prints_and_writes_the_same_numbers(run, tiny_images, tmp_path, capsys):
-    sklearn_metrics = pytest.importorskip("sklearn.metrics")
     code, out, err = tlkit(capsys, "evaluate", "--model", str(run), "--data", str(tiny_images),
                            "--out", str(tmp_path / "eval"))
     assert code == 0, err
@@ -79,7 +79,7 @@ def test_evaluate_prints_and_writes_the_same_numbers(run, tiny_images, tmp_path,
     for t, p in zip(truth, predicted):
         hand[classes.index(t), classes.index(p)] += 1
     assert report["confusion_matrix"] == hand.tolist()
-    theirs = sklearn_metrics.classification_report(truth, predicted, output_dict=True, zero_division=0)
+    theirs = classification_report(truth, predicted, output_dict=True, zero_division=0)
     for row in report["table"]["classes"]:
         assert row["f1"] == pytest.approx(theirs[row["class"]]["f1-score"])
         printed = next(line for line in out.splitlines() if line.startswith(row["class"] + " "))
