@@ -203,8 +203,11 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], out: str | Pat
         norm = PowerNorm(0.5, vmin=0, vmax=max(scale, 1e-9))
         ax.imshow(values, cmap="Blues", norm=norm, interpolation="nearest")
         ax.set_title(title, fontsize=11)
-        ax.set_xticks(range(n), names, rotation=45 if longest <= 10 and n <= 10 else 90,
-                      ha="right" if longest <= 10 and n <= 10 else "center", fontsize=font)
+        # names that fit under their column stay level; short ones slant, long ones stand up
+        flat = longest * 0.6 * font / 72 < 0.9 * cell
+        slant = not flat and longest <= 10 and n <= 10
+        ax.set_xticks(range(n), names, rotation=0 if flat else 45 if slant else 90,
+                      ha="right" if slant else "center", fontsize=font)
         ax.set_yticks(range(n), names, fontsize=font)
         ax.set_xlabel("predicted", fontsize=max(font, 8))
         ax.set_ylabel("true", fontsize=max(font, 8))
