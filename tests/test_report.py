@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 from sklearn.metrics import accuracy_score, classification_report
 
+from tlkit.curves import TrainingCurves
 from tlkit.errors import TlkitError
 from tlkit.inference import image_files, tta_view
-from tlkit.report import (TrainingCurves, classification_table, confusion_matrix, format_table, most_confused,
+from tlkit.report import (classification_table, confusion_matrix, format_table, most_confused,
                           plot_confusion)
 from tlkit.visualize import gradcam, gradcam_layer
 

@@ -19,7 +19,8 @@ from tlkit.errors import TlkitError
 from tlkit.recipe import Recipe, Stage, get_recipe
 from tlkit.registry import Registry
 from tlkit.io import save_model_atomic, write_json_atomic
-from tlkit.report import TrainingCurves, write_run_report
+from tlkit.curves import TrainingCurves
+from tlkit.report import write_run_report
 from tlkit.rundir import write_labels
 
 BASE_LAYER = "base"

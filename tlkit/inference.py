@@ -19,6 +19,7 @@ from tlkit.errors import TlkitError
 from tlkit.io import write_json_atomic
 from tlkit.report import evaluation_report, write_predictions
 from tlkit.rundir import Run, load_run
+from tlkit.visualize import run_blocks
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +153,6 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
         log.info("skipped %s: %s", path, why)
     probs, single = probabilities(run, images, batch_size, tta, progress)
     out = Path(out) if out else run.path / f"eval-{Path(data).resolve().name}"
-    from tlkit.visualize import run_blocks
-
     extra = {"model": str(run.model_file), "checkpoint": run.checkpoint, "data": str(data),
              "skipped": [[str(p), why] for p, why in images.skipped], "out": str(out)}
     if tta > 1:

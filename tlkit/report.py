@@ -1,6 +1,8 @@
 """What a model gets wrong, as numbers and pictures: the evaluation report, the training curves
 and the run's REPORT.md.
 
+The training curves (curves.png) are drawn by tlkit.curves, which the training loop calls.
+
 Evaluation files (in `tlkit evaluate`'s folder, and in the run directory for the validation split
 at the end of a run):
 
@@ -28,7 +30,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
+from tlkit.curves import plot_curves
+from tlkit.data import load_images, make_dataset
+from tlkit.errors import TlkitError
 from tlkit.io import write_atomic, write_json_atomic, write_text_atomic
+from tlkit.visualize import gradcam, gradcam_layer, overlay, run_blocks
 
 log = logging.getLogger(__name__)
 
@@ -234,10 +240,6 @@ def plot_top_losses(model: keras.Model, classes: Sequence[str], files: Sequence[
     """top_losses.png: each image (highest loss first) as the model sees it, and beside it its
     Grad-CAM for the predicted class (where the model saw what it said), under a caption with
     the true class, the predicted class and its probability, and the loss."""
-    from tlkit.data import load_images
-    from tlkit.errors import TlkitError
-    from tlkit.visualize import gradcam, gradcam_layer, overlay
-
     size, channels = tuple(model.input_shape[1:3]), model.input_shape[-1]
     images = load_images(files, size, channels)
     try:
@@ -277,85 +279,6 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-# --- training curves ------------------------------------------------------------------------
-
-
-def plot_curves(stages: Sequence[tuple[str, dict]], out: str | Path) -> Path | None:
-    """curves.png: loss and accuracy per epoch, training and validation, over all stages on one
-    epoch axis; each stage is shaded and named, the epoch with the lowest validation loss (the
-    one checkpoints/best.keras holds) is marked. `stages`: (name, Keras history) in order.
-    Nothing is drawn before the first epoch."""
-    epochs = [len(h.get("loss", [])) for _, h in stages]
-    if not sum(epochs):
-        return None
-
-    def series(key):
-        return np.concatenate([np.asarray(h.get(key, [np.nan] * e), float) for (_, h), e in zip(stages, epochs)])
-
-    x = np.arange(1, sum(epochs) + 1)
-    has_accuracy = any("accuracy" in h for _, h in stages)
-    fig = Figure(figsize=(11 if has_accuracy else 6, 4.2), dpi=_DPI, facecolor="white")
-    panels = [("loss", "loss")] + ([("accuracy", "accuracy")] if has_accuracy else [])
-    val_loss = series("val_loss")
-    best = int(np.nanargmin(val_loss)) if np.isfinite(val_loss).any() else None
-    for k, (key, title) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), k + 1)
-        ax.plot(x, series(key), "o-", color="#1f77b4", markersize=3.5, label="training")
-        ax.plot(x, series(f"val_{key}"), "s--", color="#d62728", markersize=3.5, label="validation")
-        start = 0
-        for s, ((name, _), e) in enumerate(zip(stages, epochs)):
-            if s % 2:
-                ax.axvspan(start + 0.5, start + e + 0.5, color="#f0f0f0", zorder=0)
-            if s:
-                ax.axvline(start + 0.5, color="#888888", linewidth=0.8)
-            if e:
-                ax.text(start + 0.5 + e / 2, 1.01, name, transform=ax.get_xaxis_transform(), ha="center",
-                        va="bottom", fontsize=9, color="#333333")
-            start += e
-        if best is not None:
-            value = series(f"val_{key}")[best]
-            ax.plot([best + 1], [value], marker="*", markersize=14, color="#ff9900", markeredgecolor="black",
-                    linestyle="none", label=f"best epoch {best + 1} (lowest val_loss)", zorder=5)
-        ax.set_xlabel("epoch (all stages)")
-        ax.set_ylabel(title)
-        ax.set_xlim(0.5, len(x) + 0.5)
-        ax.xaxis.set_major_locator(_IntegerTicks(len(x)))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    return _save(fig, Path(out))
-
-
-def _IntegerTicks(n: int):
-    from matplotlib.ticker import MaxNLocator
-
-    return MaxNLocator(nbins=min(n, 12), integer=True)
-
-
-class TrainingCurves(keras.callbacks.Callback):
-    """Redraws RUN/curves.png at the end of every epoch, so a long run can be watched.
-
-    One instance follows a whole run: `stage(name)` before each stage's `fit` starts a new
-    stage on the same epoch axis, and the callback itself goes into that `fit`."""
-
-    def __init__(self, run_dir: str | Path):
-        super().__init__()
-        self.out = Path(run_dir) / "curves.png"
-        self.stages: list[tuple[str, dict]] = []
-
-    def stage(self, name: str) -> TrainingCurves:
-        self.stages.append((name, {}))
-        return self
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not self.stages:
-            self.stage("training")
-        history = self.stages[-1][1]
-        for key, value in (logs or {}).items():
-            history.setdefault(key, []).append(float(value))
-        plot_curves(self.stages, self.out)
-
-
 # --- the run report -------------------------------------------------------------------------
 
 
@@ -368,9 +291,6 @@ def write_run_report(out: str | Path, model: keras.Model, classes: Sequence[str]
     `train`, `val`: the run's tlkit.data.ImageSet splits; `recipe`: the resolved Recipe;
     `results`: the stage results (each with .stage, .history, .val_accuracy, .val_loss,
     .seconds). Returns the evaluation report, or None when the run has no validation images."""
-    from tlkit.data import make_dataset
-    from tlkit.visualize import run_blocks
-
     out = Path(out)
     names = [f"{i} {r.stage.kind}" for i, r in enumerate(results, start=1)]
     curves = plot_curves([(name, r.history) for name, r in zip(names, results)], out / "curves.png")
