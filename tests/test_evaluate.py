@@ -127,6 +127,7 @@ def test_predict_walks_folders_skips_the_bad_file_and_writes_what_it_prints(run,
     code, out, err = tlkit(capsys, "predict", "--model", str(run), str(tree), "--skip-bad", "--top", "2",
                            "--out", str(tmp_path / "p.csv"))
     assert code == 0, err
+    assert f"skipped {tree / 'a' / 'corrupt.jpg'}: " in out
     printed = [line for line in out.splitlines() if line.startswith(str(tree))]
     assert [line.split(":")[0] for line in printed] == [str(p) for p in good]
     rows = _csv(tmp_path / "p.csv")

@@ -271,6 +271,8 @@ def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
 
     results = run(_load(model, checkpoint), list(paths), top=top, batch_size=batch_size, skip_bad=skip_bad,
                   tta=tta, out=out, progress=True)
+    for path, why in results.skipped:
+        click.echo(f"skipped {path}: {why}")
     for result in results:
         ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top)
         click.echo(f"{result.path}: {ranked}")
@@ -297,6 +299,8 @@ def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_b
 
     report = run(_load(model, checkpoint), data, out, batch_size=batch_size, skip_bad=skip_bad, tta=tta,
                  progress=True, top_losses=top_losses)
+    for path, why in report["skipped"]:
+        click.echo(f"skipped {path}: {why}")
     click.echo(format_report(report))
     click.echo(f"wrote report.json, predictions.csv, confusion.png, top_losses.png to {report['out']}")
     if min_accuracy is not None and report["accuracy"] < min_accuracy:

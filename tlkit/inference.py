@@ -35,6 +35,12 @@ class Prediction:
     probabilities: np.ndarray | None = None  # every class's, in label order
 
 
+class Predictions(list):
+    """The predictions, in the order of the images, and the files skipped as bad (path, why)."""
+
+    skipped: list[tuple[Path, str]]
+
+
 def image_files(paths) -> list[Path]:
     """The image files named by `paths`: a file as given, a folder walked recursively for image
     files (by extension; hidden files and folders left out), each folder in sorted order."""
@@ -97,11 +103,11 @@ def _loaded(model: str | Path | Run, checkpoint: str) -> Run:
 
 def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32, *, skip_bad: bool = False,
             tta: int = 1, out: str | Path | None = None, checkpoint: str = "final",
-            progress: bool = False) -> list[Prediction]:
+            progress: bool = False) -> Predictions:
     """Predict every image of `images` (files, and folders walked recursively) with a run.
 
-    A file that does not decode is an error naming it, or with `skip_bad` is left out (and
-    logged). `out` also writes the predictions as CSV (`.csv`: path, predicted class, its
+    A file that does not decode is an error naming it, or with `skip_bad` is left out and listed
+    in the result's `skipped`. `out` also writes the predictions as CSV (`.csv`: path, predicted class, its
     probability, then every class's) or JSON (`.json`: a list of {path, top, probabilities})."""
     run = _loaded(model, checkpoint)
     paths = image_files(images)
@@ -109,8 +115,6 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
     if problems and not skip_bad:
         listed = "\n".join(f"  {path}: {why}" for path, why in problems[:50])
         raise TlkitError(f"{len(problems)} bad image file(s); remove them or pass --skip-bad:\n{listed}")
-    for path, why in problems:
-        log.info("skipped %s: %s", path, why)
     bad = {path for path, _ in problems}
     paths = [p for p in paths if p not in bad]
     if not paths:
@@ -118,7 +122,8 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
     found = tldata.ImageSet(Path("."), run.labels, paths, [0] * len(paths))
     probs, _ = probabilities(run, found, batch_size, tta, progress)
     k = min(top, len(run.labels))
-    results = []
+    results = Predictions()
+    results.skipped = problems
     for path, p in zip(paths, probs):
         order = np.argsort(-p, kind="stable")[:k]
         results.append(Prediction(path, [(run.labels[i], float(p[i])) for i in order], p))
@@ -149,8 +154,6 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
     content, with the folder written to in "out"."""
     run = _loaded(model, checkpoint)
     images = tldata.scan(data, skip_bad=skip_bad, classes=run.labels)
-    for path, why in images.skipped:
-        log.info("skipped %s: %s", path, why)
     probs, single = probabilities(run, images, batch_size, tta, progress)
     out = Path(out) if out else run.path / f"eval-{Path(data).resolve().name}"
     extra = {"model": str(run.model_file), "checkpoint": run.checkpoint, "data": str(data),
