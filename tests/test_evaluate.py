@@ -107,7 +107,7 @@ def test_tta_report_gives_the_accuracy_with_and_without(run, tiny_images, tmp_pa
 
     plain = evaluate(run, tiny_images, tmp_path / "plain", top_losses=1)
     tta = evaluate(run, tiny_images, tmp_path / "tta", tta=4, top_losses=1)
-    assert tta["tta"]["accuracy_without"] == pytest.approx(plain["accuracy"])
+    assert tta["tta"]["views"] == 4 and tta["tta"]["accuracy_without"] == pytest.approx(plain["accuracy"])
     assert tta["tta"]["accuracy_with"] == pytest.approx(tta["accuracy"])
     probs = np.array([[float(v) for k, v in r.items() if k.startswith("p_")] for r in _csv(tmp_path / "tta" / "predictions.csv")])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)

@@ -92,7 +92,7 @@ def probabilities(run: Run, images: tldata.ImageSet, batch_size: int = 32, tta: 
     for view in range(tta):
         if tta > 1 and verbose:
             log.info("test-time augmentation: view %d of %d", view + 1, tta)
-        mapped = dataset.map(lambda x, _: tta_view(x, view))  # noqa: B023 (mapped before the loop moves on)
+        mapped = dataset.map(lambda x, _: tta_view(x, view))  # noqa: B023 (traced here, with this view)
         views.append(run.model.predict(mapped, verbose=verbose))
     return np.mean(views, axis=0), views[0]
 
@@ -158,8 +158,6 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
     out = Path(out) if out else run.path / f"eval-{Path(data).resolve().name}"
     extra = {"model": str(run.model_file), "checkpoint": run.checkpoint, "data": str(data),
              "skipped": [[str(p), why] for p, why in images.skipped], "out": str(out)}
-    if tta > 1:
-        extra["tta_views"] = tta
     return evaluation_report(run.model, run.labels, images.files, images.labels, probs, out,
-                             blocks=run_blocks(run.path), single_view=single if tta > 1 else None, extra=extra,
-                             top_losses=top_losses)
+                             blocks=run_blocks(run.path), single_view=single if tta > 1 else None, tta_views=tta,
+                             extra=extra, top_losses=top_losses)

@@ -109,13 +109,13 @@ def format_table(table: dict) -> str:
 
 def evaluation_report(model: keras.Model, classes: Sequence[str], files: Sequence[Path], truth: Sequence[int],
                       probabilities: np.ndarray, out: str | Path, *, blocks: dict | None = None,
-                      single_view: np.ndarray | None = None, extra: dict | None = None,
+                      single_view: np.ndarray | None = None, tta_views: int = 1, extra: dict | None = None,
                       top_losses: int = TOP_LOSSES) -> dict:
     """Write report.json, predictions.csv, confusion.png and top_losses.png into `out` for the
     images `files` of true labels `truth`, which `model` gave `probabilities` (n, classes).
 
     `single_view`: the probabilities without test-time augmentation, when `probabilities` are
-    averaged over several views; the report then gives the accuracy of both. `blocks` is the
+    averaged over `tta_views` views; the report then gives the accuracy of both. `blocks` is the
     base's block map, for the Grad-CAM layer. `extra` is merged into report.json. Returns the
     report (report.json's content)."""
     out = Path(out)
@@ -131,7 +131,7 @@ def evaluation_report(model: keras.Model, classes: Sequence[str], files: Sequenc
         "images": int(len(truth)),
         "accuracy": table["accuracy"],
         "loss": float(losses.mean()) if len(losses) else float("nan"),
-        **({"tta": {"accuracy_without": float((single_view.argmax(axis=1) == truth).mean()),
+        **({"tta": {"views": tta_views, "accuracy_without": float((single_view.argmax(axis=1) == truth).mean()),
                     "accuracy_with": table["accuracy"]}} if single_view is not None else {}),
         "table": table,
         "most_confused": most_confused(confusion, classes),
@@ -153,7 +153,7 @@ def format_report(report: dict) -> str:
              f"accuracy {report['accuracy']:.4f}  loss {report['loss']:.4f}  on {report['images']} images"]
     if "tta" in report:
         tta = report["tta"]
-        lines.append(f"test-time augmentation ({report.get('tta_views', '?')} views): accuracy "
+        lines.append(f"test-time augmentation ({tta['views']} views): accuracy "
                      f"{tta['accuracy_with']:.4f}, without {tta['accuracy_without']:.4f}")
     if report["most_confused"]:
         lines.append("most confused (true -> predicted: images): " + ", ".join(
