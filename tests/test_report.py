@@ -147,3 +147,18 @@ def test_folders_are_walked_for_images_only(tmp_path):
     with pytest.raises(TlkitError, match="no images in folder"):
         image_files([tmp_path / "empty"])
     assert image_files([tmp_path / "a/deep", tmp_path / "b.webp"]) == [tmp_path / "a/deep/er/2.JPG", tmp_path / "b.webp"]
+
+
+def test_gradcam_takes_the_feature_map_of_a_pooling_that_also_gives_its_switches():
+    from tlkit.layers import MaxPoolingWithArgmax2D
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(2, 3, padding="same", name="conv")(inputs)
+    pooled, _ = MaxPoolingWithArgmax2D(name="pool")(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(pooled))
+    model = keras.Model(inputs, outputs)
+    assert gradcam_layer(model, {"block1": ["conv", "pool"]}) == "pool"
+    images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 1)).astype("float32")
+    heat, probabilities = gradcam(model, images, "pool")
+    np.testing.assert_allclose(probabilities, model.predict(images, verbose=0), atol=1e-6)
+    assert heat.shape == (2, 8, 8) and heat.max() == pytest.approx(1.0)

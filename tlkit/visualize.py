@@ -193,10 +193,16 @@ def gradcam_layer(model: keras.Model, blocks: dict[str, list[str]] | None) -> st
     names = [layers[-1] for layers in blocks.values()] if blocks else list(leaves)
     for name in reversed(names):
         layer = leaves.get(name)
-        if layer is not None and len(layer.output.shape) == 4:
+        if layer is not None and len(_feature_map(layer.output).shape) == 4:
             return name
     raise TlkitError(f"model {model.name} has no block with a feature map (h, w, c) output: Grad-CAM needs one "
                      "(a TF Hub base gives only a vector)")
+
+
+def _feature_map(output):
+    # a layer with several outputs (tlkit's max pooling that also gives its switches) gives the
+    # feature map first
+    return output[0] if isinstance(output, (list, tuple)) else output
 
 
 def gradcam(model: keras.Model, images: np.ndarray, layer: str, classes=None) -> tuple[np.ndarray, np.ndarray]:
@@ -217,8 +223,8 @@ def gradcam(model: keras.Model, images: np.ndarray, layer: str, classes=None) ->
     def visit(op, path, args, kwargs):
         outputs = op(*args, **kwargs)
         if op.name == layer and not captured:
-            tape.watch(outputs)
-            captured.append(outputs)
+            tape.watch(_feature_map(outputs))
+            captured.append(_feature_map(outputs))
         return outputs
 
     # the model is run layer by layer (tlkit.inspect.walk) so the tape sees the feature maps of a
