@@ -38,7 +38,9 @@ class Prediction:
 class Predictions(list):
     """The predictions, in the order of the images, and the files skipped as bad (path, why)."""
 
-    skipped: list[tuple[Path, str]]
+    def __init__(self, predictions=(), skipped=()):
+        super().__init__(predictions)
+        self.skipped: list[tuple[Path, str]] = list(skipped)
 
 
 def image_files(paths) -> list[Path]:
@@ -122,8 +124,7 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
     found = tldata.ImageSet(Path("."), run.labels, paths, [0] * len(paths))
     probs, _ = probabilities(run, found, batch_size, tta, progress)
     k = min(top, len(run.labels))
-    results = Predictions()
-    results.skipped = problems
+    results = Predictions(skipped=problems)
     for path, p in zip(paths, probs):
         order = np.argsort(-p, kind="stable")[:k]
         results.append(Prediction(path, [(run.labels[i], float(p[i])) for i in order], p))

@@ -335,7 +335,9 @@ def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: di
     md = [f"# Run {out.name}", ""]
     weights = {"imagenet": "ImageNet weights", "none": "random weights (no pretraining)"}.get(
         recipe.weights, f"weights from {recipe.weights}")
-    md += [f"Base **{recipe.base}** with {weights}, input {recipe.image_size}x{recipe.image_size}, on "
+    scratch = any(stage.kind == "train" for stage in recipe.stages)  # `tlkit train`: a zoo model, its own top
+    what = f"Architecture **{recipe.base}** trained from scratch" if scratch else f"Base **{recipe.base}** with {weights}"
+    md += [f"{what}, input {recipe.image_size}x{recipe.image_size}, on "
            f"{len(train)} training and {len(val)} validation images in {len(classes)} classes from `{recipe.data}`"
            + (f" (validation images from `{recipe.val_data}`)." if recipe.val_data else
               f" (a seeded, stratified split holding out {recipe.val_split:g} of each class, seed {recipe.seed})."), ""]
@@ -353,8 +355,8 @@ def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: di
            + (", mixed precision" if recipe.mixed_precision else "") + ". The stages, in order:", ""]
     md += [f"{i}. **{s.kind}**: {_stage_words(s, recipe, blocks, len(classes))}."
            for i, s in enumerate(recipe.stages, start=1)]
-    md += ["", "`recipe.toml` holds all of it: `tlkit finetune --recipe "
-           f"{out}/recipe.toml --out runs/again` repeats the run.", "", "## Results per stage", "",
+    job = f"train --arch {recipe.base}" if scratch else "finetune"
+    md += ["", f"`recipe.toml` holds all of it: `tlkit {job} --recipe {out}/recipe.toml --out runs/again` repeats the run.", "", "## Results per stage", "",
            "| stage | epochs run | val accuracy | val loss | seconds |", "|---|---:|---:|---:|---:|"]
     for i, r in enumerate(results, start=1):
         acc = "–" if r.val_accuracy is None else f"{r.val_accuracy:.4f}"
