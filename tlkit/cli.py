@@ -13,6 +13,7 @@ import typing
 
 import click
 
+from tlkit import __version__
 from tlkit.errors import TlkitError
 from tlkit.recipe import POOLINGS, Recipe, Stage, builtin_recipes, tomllib
 from tlkit.stages.autoencoder import Autoencoder
@@ -155,6 +156,7 @@ def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, res
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tlkit")
 @click.option("--debug", is_flag=True, help="Show the full stack trace of an error, and TensorFlow's start-up messages.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors (no progress bars).")
 @click.option("-v", "--verbose", is_flag=True, help="Print more detail.")

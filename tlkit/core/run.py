@@ -447,7 +447,21 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     shutil.rmtree(out / RESUME_FOLDER, ignore_errors=True)  # finished: nothing to resume
     if labelled:
         write_run_report(out, ctx.classifier, classes, train, val, resolved, ctx.results)
+        log_summary(ctx)
     return ctx
+
+
+def log_summary(ctx: RunContext) -> None:
+    """The end of a run on the console: where its models are, its best epoch, what to run next."""
+    epochs = [(loss, i, epoch) for i, r in enumerate(ctx.results, start=1)
+              for epoch, loss in enumerate(r.history.get("val_loss", []), start=1)]
+    log.info("run directory %s: model.keras (the model as the run ended)", ctx.out)
+    if epochs:
+        loss, stage, epoch = min(epochs)
+        log.info("best epoch: stage %d (%s), epoch %d, val_loss %.4f: checkpoints/best.keras", stage,
+                 ctx.results[stage - 1].kind, epoch, loss)
+    log.info("next: tlkit evaluate --model %s --data DIR;  tlkit export --model %s --out exported/NAME",
+             ctx.out, ctx.out)
 
 
 def check_unfreeze(recipe: Recipe, base: Base) -> None:
