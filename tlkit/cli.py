@@ -146,7 +146,7 @@ def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, res
     if job == "train":
         settings.update(base=args[0], weights="none")
     resolved = resolve(recipe or JOB_RECIPES[job], stages=stages, **settings)
-    if not resolved.base and needs_base(resolved):
+    if job in ("finetune", "extract") and not resolved.base and needs_base(resolved):
         raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
     _tensorflow()
     from tlkit import jobs

@@ -19,7 +19,7 @@ from tlkit import data as tldata
 from tlkit import datareport
 from tlkit.bases import Base, load_base
 from tlkit.compat import ITERATORS_PER_EPOCH
-from tlkit.core.kinds import STAGES, StageKind, StageParams, stage_params
+from tlkit.core.kinds import STAGES, StageKind, StageParams, resolve, stage_params
 from tlkit.curves import TrainingCurves
 from tlkit.errors import TlkitError
 from tlkit.io import save_model_atomic, write_atomic, write_json_atomic
@@ -159,8 +159,9 @@ class RunContext:
         images), with the callbacks every stage has: TensorBoard, early stopping when the recipe
         asks for it, and, with `checkpoint`, the best classifier of the run. `detail` says what
         the stage trains, for the line that opens it."""
-        log.info("stage %d/%d %s: %s%d epochs, lr %g", index, len(self.recipe.stages), kind,
-                 f"{detail}, " if detail else "", params.epochs, params.learning_rate)
+        log.info("stage %d/%d %s: %s%d epoch%s, lr %g", index, len(self.recipe.stages), kind,
+                 f"{detail}, " if detail else "", params.epochs, "" if params.epochs == 1 else "s",
+                 params.learning_rate)
         model = model or self.classifier
         train, val = data or (self.dataset("train"), self.dataset("val"))
         with self.strategy.scope():
@@ -380,6 +381,7 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     goes on from its next epoch. `job` names the job, for the line that tells how to resume.
     """
     out = Path(out)
+    recipe = resolve(recipe)  # a recipe made in Python gets its stages' defaults and absolute paths too
     state = ResumeState.read(out) if resume else None
     if resume and state is None:
         raise TlkitError(f"{out} has nothing to resume from (no {RESUME_FOLDER / 'state.json'}): it finished, or "
