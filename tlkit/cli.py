@@ -8,6 +8,9 @@ import sys
 import click
 
 from tlkit.errors import TlkitError
+# Light to import (TensorFlow is loaded only when exporting): the --format and --quantize choices.
+from tlkit.exporters import FORMATS as EXPORT_FORMATS
+from tlkit.exporters.tflite import QUANTIZATIONS
 
 
 def _quiet_tensorflow() -> None:
@@ -253,14 +256,21 @@ def evaluate(model, data, out, batch_size, skip_bad):
 @cli.command()
 @click.option("--model", required=True, type=click.Path(), help="A run directory.")
 @click.option("--out", required=True, type=click.Path(), help="Export folder.")
-@click.option("--format", "fmt", default="savedmodel", show_default=True,
-              type=click.Choice(["savedmodel", "tflite", "onnx"]))
+@click.option("--format", "fmt", default="savedmodel", show_default=True, type=click.Choice(list(EXPORT_FORMATS)))
 @click.option("--version", default=1, show_default=True, help="SavedModel version folder (TF Serving).")
-def export(model, out, fmt, version):
-    """Export a run as a SavedModel for TF Serving, TFLite or ONNX."""
+@click.option("--quantize", default="none", show_default=True, type=click.Choice(QUANTIZATIONS),
+              help="TFLite only: int8 weights (dynamic), float16 weights, or int8 weights and activations.")
+@click.option("--calibration-images", default=100, show_default=True,
+              help="Training images of the run that int8 calibrates its activation ranges on.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Run the export in its own runtime on the run's validation images and compare with Keras.")
+@click.option("--verbose", is_flag=True, help="Show the converters' own output.")
+def export(model, out, fmt, version, quantize, calibration_images, check, verbose):
+    """Export a run as a SavedModel for TF Serving, TFLite or ONNX, and check it."""
     from tlkit.exporters import export as run
 
-    click.echo(f"wrote {run(model, out, fmt, version)}")
+    click.echo(run(model, out, fmt, version, quantize=quantize, calibration_images=calibration_images,
+                   check=check, verbose=verbose))
 
 
 def main(argv=None) -> None:
