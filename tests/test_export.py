@@ -1,20 +1,27 @@
-"""A SavedModel export serves raw image bytes in a process that has never heard of tlkit."""
+"""Exports run in runtimes that have never heard of tlkit, and agree with the Keras model."""
 from __future__ import annotations
 
+import io
 import json
+import os
+import stat
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tlkit.bases import load_base
+from tlkit.data import load_images, scan, split
 from tlkit.engine import configure, run_recipe
 from tlkit.errors import TlkitError
-from tlkit.exporters import export
+from tlkit.exporters import FORMATS, export
+from tlkit.exporters.tflite import QUANTIZATIONS
 from tlkit.inference import predict
 from tlkit.recipe import Recipe, Stage
+from tlkit.rundir import load_run
 
 
 @pytest.fixture(scope="module")
@@ -27,36 +34,89 @@ def trained_run(tiny_images, tmp_path_factory):
     return out
 
 
-SERVE = textwrap.dedent("""
-    import json, sys
-    import tensorflow as tf
+def validation_files(run_dir):
+    recipe = load_run(run_dir).recipe
+    return split(scan(recipe.data), recipe.val_split, recipe.seed)[1].files
+
+
+# Runs exports in their own runtimes; must not import tlkit. argv: images.npy out.npy then
+# (format, path) pairs; savedmodel is fed the image files' bytes (its serving_default), the
+# others the decoded float32 pixels in images.npy. Writes a dict of probabilities in label order.
+RUNTIMES = textwrap.dedent("""
+    import sys
+    import numpy as np
+    images, out, *pairs = sys.argv[1:]
+    x = np.load(images)
+    results = {}
+    for kind, path in zip(pairs[::2], pairs[1::2]):
+        if kind == "savedmodel":
+            import os, tensorflow as tf
+            labels = open(os.path.join(os.path.dirname(path), "labels.txt")).read().splitlines()
+            files = open(images + ".files").read().splitlines()
+            serve = tf.saved_model.load(path).signatures["serving_default"]
+            got = serve(image_bytes=tf.constant([open(f, "rb").read() for f in files]))
+            p = np.zeros(got["probabilities"].shape, np.float32)
+            for row, (classes, values) in enumerate(zip(got["classes"].numpy(), got["probabilities"].numpy())):
+                p[row, [labels.index(c.decode()) for c in classes]] = values
+        elif kind == "tflite":
+            from ai_edge_litert.interpreter import Interpreter
+            runner = Interpreter(model_path=path).get_signature_runner()
+            p = np.concatenate([runner(images=image[None])["probabilities"] for image in x])
+        else:
+            import onnxruntime
+            p = onnxruntime.InferenceSession(path).run(["probabilities"], {"images": x})[0]
+        results[kind + ":" + path] = p
     assert "tlkit" not in sys.modules
-    loaded = tf.saved_model.load(sys.argv[1])
-    serve = loaded.signatures["serving_default"]
-    images = [open(p, "rb").read() for p in sys.argv[2:]]
-    out = serve(image_bytes=tf.constant(images))
-    print(json.dumps({"classes": [[c.decode() for c in row] for row in out["classes"].numpy()],
-                      "probabilities": out["probabilities"].numpy().tolist(),
-                      "signatures": sorted(loaded.signatures.keys()),
-                      "tlkit_imported": "tlkit" in sys.modules}))
+    np.savez(out, **{str(i): results[k] for i, k in enumerate(results)})
 """)
 
 
-def test_savedmodel_serves_raw_bytes_without_tlkit(trained_run, tiny_images, tmp_path):
-    target = export(trained_run, tmp_path / "exported")
+def run_elsewhere(tmp_path, files, image_size, exports):
+    """Probabilities of each (format, path) in `exports` from a process without tlkit."""
+    images = tmp_path / "images.npy"
+    np.save(images, load_images(files, image_size))
+    (tmp_path / "images.npy.files").write_text("".join(f"{f}\n" for f in files))
+    args = [a for kind, path in exports for a in (kind, str(path))]
+    subprocess.run([sys.executable, "-c", RUNTIMES, str(images), str(tmp_path / "out.npz"), *args],
+                   check=True, capture_output=True)
+    with np.load(tmp_path / "out.npz") as out:
+        return [out[str(i)] for i in range(len(exports))]
+
+
+def test_every_format_agrees_with_keras_in_its_own_runtime(trained_run, tmp_path):
+    files = validation_files(trained_run)
+    run = load_run(trained_run)
+    exports = [(name, export(trained_run, tmp_path / name, name, check=False).path) for name in FORMATS]
+    ours = run.model.predict(load_images(files, run.image_size), verbose=0)
+    tolerance = {"savedmodel": 1e-5, "tflite": 1e-4, "onnx": 1e-4}
+    for (kind, _), theirs in zip(exports, run_elsewhere(tmp_path, files, run.image_size, exports)):
+        np.testing.assert_allclose(theirs, ours, atol=tolerance[kind], err_msg=kind)
+
+
+def test_savedmodel_serves_raw_bytes_and_sorts_its_answer(trained_run, tiny_images, tmp_path):
+    target = export(trained_run, tmp_path / "exported", check=False).path
     assert target == tmp_path / "exported" / "1" and (target / "saved_model.pb").is_file()
     images = sorted(p for p in tiny_images.rglob("*") if p.is_file())[::5]
     served = subprocess.run([sys.executable, "-c", SERVE, str(target), *map(str, images)],
                             capture_output=True, text=True, check=True)
     result = json.loads(served.stdout.strip().splitlines()[-1])
-    assert not result["tlkit_imported"]
     assert result["signatures"] == ["serve_images", "serving_default"]
-    ours = predict(trained_run, images, top=100)
-    for prediction, classes, probabilities in zip(ours, result["classes"], result["probabilities"]):
-        assert classes[0] == prediction.top[0][0]
+    for prediction, classes, probabilities in zip(predict(trained_run, images, top=100), result["classes"],
+                                                  result["probabilities"]):
         assert classes == [label for label, _ in prediction.top]
         np.testing.assert_allclose(probabilities, [p for _, p in prediction.top], atol=1e-5)
-        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+
+
+SERVE = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    loaded = tf.saved_model.load(sys.argv[1])
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant([open(p, "rb").read() for p in sys.argv[2:]]))
+    assert "tlkit" not in sys.modules
+    print(json.dumps({"classes": [[c.decode() for c in row] for row in out["classes"].numpy()],
+                      "probabilities": out["probabilities"].numpy().tolist(),
+                      "signatures": sorted(loaded.signatures.keys())}))
+""")
 
 
 def test_an_existing_version_is_never_overwritten(trained_run, tmp_path):
@@ -66,16 +126,110 @@ def test_an_existing_version_is_never_overwritten(trained_run, tmp_path):
     assert list((tmp_path / "e" / "1").iterdir()) == []
 
 
-def test_tflite_export_matches_the_keras_model(trained_run, tmp_path):
+def test_quantization_is_for_tflite_only(trained_run, tmp_path):
+    with pytest.raises(TlkitError, match="quantization is for tflite"):
+        export(trained_run, tmp_path, "onnx", quantize="int8")
+    assert QUANTIZATIONS == FORMATS.get("tflite").quantizations
+
+
+def test_the_check_compares_on_the_validation_images(trained_run, tmp_path):
+    done = export(trained_run, tmp_path, "onnx")
+    assert done.check.images == len(validation_files(trained_run)) == 6
+    assert done.check.agree == 6 and done.check.max_diff < 1e-4
+    assert done.size == done.path.stat().st_size
+    assert str(done).startswith(f"{done.path}  ") and "top-1 agreement 6/6" in str(done)
+
+
+def test_onnx_names_its_output_batch_and_labels(trained_run, tmp_path):
+    import onnx
+
+    proto = onnx.load(export(trained_run, tmp_path, "onnx", check=False).path)
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert [o.name for o in proto.graph.output] == ["probabilities"]
+    for value in (*proto.graph.input, *proto.graph.output):
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]] == [32, 32, 3]
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["labels"]) == ["blue", "green", "red"] and props["input_range"] == "[0, 255]"
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 17
+
+
+def test_tflite_carries_metadata_and_labels(trained_run, tmp_path):
+    import zipfile
+
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    path = export(trained_run, tmp_path, "tflite", check=False).path
+    data = path.read_bytes()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+    (entry,) = [m for m in model.metadata if m.name == b"TFLITE_METADATA"]
+    metadata = bytes(model.buffers[entry.buffer].data)
+    assert metadata[4:8] == b"M001" and b"[0, 255]" in metadata and b"labels.txt" in metadata
+    with zipfile.ZipFile(path) as archive:
+        assert archive.read("labels.txt") == b"blue\ngreen\nred\n"
+    assert (tmp_path / "labels.txt").read_text() == "blue\ngreen\nred\n"
+    signature = model.signatureDefs[0]
+    assert [t.name for t in signature.outputs] == [b"probabilities"]
+    assert [t.name for t in signature.inputs] == [b"images"]
+
+
+def test_export_files_get_the_modes_of_ordinary_files(trained_run, tmp_path):
+    old = os.umask(0o027)
+    try:
+        export(trained_run, tmp_path / "out", check=False)
+        export(trained_run, tmp_path / "out", "tflite", check=False)
+    finally:
+        os.umask(old)
+    paths = [tmp_path / "out", *(tmp_path / "out").rglob("*")]
+    assert len(paths) > 5
+    for path in paths:
+        want = 0o750 if path.is_dir() else 0o640
+        assert stat.S_IMODE(path.stat().st_mode) == want, path
+
+
+def test_run_files_get_the_modes_of_ordinary_files(trained_run):
+    # the run was written under the test process's umask
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [trained_run, *trained_run.rglob("*")]:
+        want = (0o777 if path.is_dir() else 0o666) & ~mask
+        assert stat.S_IMODE(path.stat().st_mode) == want, path
+
+
+# --- the decoder contract -------------------------------------------------------------------
+
+
+def encoded(pixels: np.ndarray, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, fmt, **options)
+    return out.getvalue()
+
+
+def test_serving_decodes_what_predict_decodes_and_names_what_it_refuses(trained_run, tiny_images, tmp_path):
     import tensorflow as tf
 
-    from tlkit.rundir import load_run
+    from tlkit.exporters._decode import decode_batch
 
-    target = export(trained_run, tmp_path / "lite", format="tflite")
-    interpreter = tf.lite.Interpreter(model_path=str(target))
-    interpreter.allocate_tensors()
-    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    np.testing.assert_allclose(lite, load_run(trained_run).model.predict(x, verbose=0), atol=1e-5)
+    pixels = np.asarray(Image.open(tiny_images / "red" / "0.png").convert("RGB"))
+    taken = {"png": encoded(pixels, "PNG"), "jpg": encoded(pixels, "JPEG", quality=95), "bmp": encoded(pixels, "BMP"),
+             "gif": encoded(pixels, "GIF"), "webp": encoded(pixels, "WEBP", lossless=True),
+             "rgba.bmp": encoded(np.dstack([pixels, np.full(pixels.shape[:2], 128, np.uint8)]), "BMP")}
+    for name, data in taken.items():
+        (tmp_path / f"image.{name}").write_bytes(data)
+    assert taken["rgba.bmp"][28] == 32 and taken["bmp"][28] == 24  # bits per pixel
+    served = decode_batch(tf.constant(list(taken.values())), (24, 24), 3).numpy()
+    np.testing.assert_array_equal(served, load_images([tmp_path / f"image.{name}" for name in taken], (24, 24)))
+
+    palette = io.BytesIO()
+    Image.fromarray(pixels).quantize(16).save(palette, "BMP")
+    assert palette.getvalue()[28] == 8  # bits per pixel: an 8-bit palette BMP
+    batch = [taken["png"], palette.getvalue(), b"", taken["jpg"], encoded(pixels, "TIFF"), taken["png"][:60]]
+    served = tf.function(lambda data: decode_batch(data, (24, 24), 3))  # in a graph, as the server runs it
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"by 0-based index:\] \[1 2 4 5\]"):
+        served(tf.constant(batch))
+
+    # predict takes what serving refuses, through Pillow, in the right colours
+    (tmp_path / "palette.bmp").write_bytes(palette.getvalue())
+    Image.open(tmp_path / "palette.bmp").convert("RGB").save(tmp_path / "palette.png")
+    bmp, png = predict(trained_run, [tmp_path / "palette.bmp", tmp_path / "palette.png"], top=3)
+    assert bmp.top == png.top
