@@ -1,6 +1,7 @@
 """Exports run in runtimes that have never heard of tlkit, and agree with the Keras model."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -32,6 +33,17 @@ def trained_run(tiny_images, tmp_path_factory):
     configure(recipe)
     run_recipe(recipe, load_base("mobilenet_v2", "none", (32, 32)), out, verbose=0)
     return out
+
+
+@pytest.fixture(scope="module")
+def exports(trained_run, tmp_path_factory):
+    """Each format exported once (and checked), under umask 027 to see the modes it gives."""
+    out = tmp_path_factory.mktemp("exports")
+    old = os.umask(0o027)
+    try:
+        return {name: export(trained_run, out / name, name) for name in FORMATS}
+    finally:
+        os.umask(old)
 
 
 def validation_files(run_dir):
@@ -83,19 +95,19 @@ def run_elsewhere(tmp_path, files, image_size, exports):
         return [out[str(i)] for i in range(len(exports))]
 
 
-def test_every_format_agrees_with_keras_in_its_own_runtime(trained_run, tmp_path):
+def test_every_format_agrees_with_keras_in_its_own_runtime(trained_run, exports, tmp_path):
     files = validation_files(trained_run)
     run = load_run(trained_run)
-    exports = [(name, export(trained_run, tmp_path / name, name, check=False).path) for name in FORMATS]
     ours = run.model.predict(load_images(files, run.image_size), verbose=0)
     tolerance = {"savedmodel": 1e-5, "tflite": 1e-4, "onnx": 1e-4}
-    for (kind, _), theirs in zip(exports, run_elsewhere(tmp_path, files, run.image_size, exports)):
+    targets = [(name, done.path) for name, done in exports.items()]
+    for (kind, _), theirs in zip(targets, run_elsewhere(tmp_path, files, run.image_size, targets)):
         np.testing.assert_allclose(theirs, ours, atol=tolerance[kind], err_msg=kind)
 
 
-def test_savedmodel_serves_raw_bytes_and_sorts_its_answer(trained_run, tiny_images, tmp_path):
-    target = export(trained_run, tmp_path / "exported", check=False).path
-    assert target == tmp_path / "exported" / "1" and (target / "saved_model.pb").is_file()
+def test_savedmodel_serves_raw_bytes_and_sorts_its_answer(trained_run, exports, tiny_images):
+    target = exports["savedmodel"].path
+    assert target.name == "1" and (target / "saved_model.pb").is_file()
     images = sorted(p for p in tiny_images.rglob("*") if p.is_file())[::5]
     served = subprocess.run([sys.executable, "-c", SERVE, str(target), *map(str, images)],
                             capture_output=True, text=True, check=True)
@@ -132,18 +144,20 @@ def test_quantization_is_for_tflite_only(trained_run, tmp_path):
     assert QUANTIZATIONS == FORMATS.get("tflite").quantizations
 
 
-def test_the_check_compares_on_the_validation_images(trained_run, tmp_path):
-    done = export(trained_run, tmp_path, "onnx")
-    assert done.check.images == len(validation_files(trained_run)) == 6
-    assert done.check.agree == 6 and done.check.max_diff < 1e-4
-    assert done.size == done.path.stat().st_size
-    assert str(done).startswith(f"{done.path}  ") and "top-1 agreement 6/6" in str(done)
+def test_the_check_compares_on_the_validation_images(trained_run, exports):
+    for name, done in exports.items():
+        assert done.check.images == len(validation_files(trained_run)) == 6
+        assert done.check.agree == 6 and done.check.max_diff < 1e-4, name
+        assert str(done).startswith(f"{done.path}  ") and f"{name}  top-1 agreement 6/6  max |Δp| " in str(done)
+    assert exports["onnx"].size == exports["onnx"].path.stat().st_size
+    saved_model = exports["savedmodel"].path
+    assert exports["savedmodel"].size == sum(p.stat().st_size for p in saved_model.rglob("*") if p.is_file())
 
 
-def test_onnx_names_its_output_batch_and_labels(trained_run, tmp_path):
+def test_onnx_names_its_output_batch_and_labels(exports):
     import onnx
 
-    proto = onnx.load(export(trained_run, tmp_path, "onnx", check=False).path)
+    proto = onnx.load(exports["onnx"].path)
     assert [i.name for i in proto.graph.input] == ["images"]
     assert [o.name for o in proto.graph.output] == ["probabilities"]
     for value in (*proto.graph.input, *proto.graph.output):
@@ -154,12 +168,12 @@ def test_onnx_names_its_output_batch_and_labels(trained_run, tmp_path):
     assert {o.domain: o.version for o in proto.opset_import}[""] == 17
 
 
-def test_tflite_carries_metadata_and_labels(trained_run, tmp_path):
+def test_tflite_carries_metadata_and_labels(exports):
     import zipfile
 
     from tensorflow.lite.python import schema_py_generated as schema
 
-    path = export(trained_run, tmp_path, "tflite", check=False).path
+    path = exports["tflite"].path
     data = path.read_bytes()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
     (entry,) = [m for m in model.metadata if m.name == b"TFLITE_METADATA"]
@@ -167,21 +181,15 @@ def test_tflite_carries_metadata_and_labels(trained_run, tmp_path):
     assert metadata[4:8] == b"M001" and b"[0, 255]" in metadata and b"labels.txt" in metadata
     with zipfile.ZipFile(path) as archive:
         assert archive.read("labels.txt") == b"blue\ngreen\nred\n"
-    assert (tmp_path / "labels.txt").read_text() == "blue\ngreen\nred\n"
+    assert (path.parent / "labels.txt").read_text() == "blue\ngreen\nred\n"
     signature = model.signatureDefs[0]
     assert [t.name for t in signature.outputs] == [b"probabilities"]
     assert [t.name for t in signature.inputs] == [b"images"]
 
 
-def test_export_files_get_the_modes_of_ordinary_files(trained_run, tmp_path):
-    old = os.umask(0o027)
-    try:
-        export(trained_run, tmp_path / "out", check=False)
-        export(trained_run, tmp_path / "out", "tflite", check=False)
-    finally:
-        os.umask(old)
-    paths = [tmp_path / "out", *(tmp_path / "out").rglob("*")]
-    assert len(paths) > 5
+def test_export_files_get_the_modes_of_ordinary_files(exports):
+    paths = [p for done in exports.values() for p in [done.path.parent, *done.path.parent.rglob("*")]]
+    assert len(paths) > 10
     for path in paths:
         want = 0o750 if path.is_dir() else 0o640
         assert stat.S_IMODE(path.stat().st_mode) == want, path
@@ -233,3 +241,61 @@ def test_serving_decodes_what_predict_decodes_and_names_what_it_refuses(trained_
     Image.open(tmp_path / "palette.bmp").convert("RGB").save(tmp_path / "palette.png")
     bmp, png = predict(trained_run, [tmp_path / "palette.bmp", tmp_path / "palette.png"], top=3)
     assert bmp.top == png.top
+
+
+MEDIAPIPE = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from PIL import Image
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=sys.argv[1]), max_results=10)
+    results = []
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for path in sys.argv[2:]:
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.asarray(Image.open(path).convert("RGB")))
+            categories = classifier.classify(image).classifications[0].categories
+            results.append({c.category_name: c.score for c in categories})
+    assert "tlkit" not in sys.modules
+    print(json.dumps(results))
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None, reason="MediaPipe is not installed")
+def test_mediapipe_image_classifier_names_the_classes(trained_run, exports, tmp_path):
+    """MediaPipe Tasks reads the labels and the input normalisation from the metadata alone."""
+    path = tmp_path / "model.tflite"  # without labels.txt beside it: the labels travel inside the file
+    path.write_bytes(exports["tflite"].path.read_bytes())
+    files = validation_files(trained_run)
+    out = subprocess.run([sys.executable, "-c", MEDIAPIPE, str(path), *map(str, files)],
+                         capture_output=True, text=True, check=True)
+    run = load_run(trained_run)
+    ours = run.model.predict(load_images(files, run.image_size), verbose=0)
+    for theirs, mine in zip(json.loads(out.stdout.strip().splitlines()[-1]), ours):
+        assert sorted(theirs) == run.labels
+        np.testing.assert_allclose([theirs[label] for label in run.labels], mine, atol=1e-4)
+
+
+def test_tflite_export_prints_one_line(trained_run, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "tlkit.cli", "export", "--model", str(trained_run), "--format",
+                           "tflite", "--out", str(tmp_path)], capture_output=True, text=True, check=True)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path / 'model.tflite'}  ")
+    assert "tflite  top-1 agreement 6/6  max |Δp| " in lines[0]
+
+
+def test_quiet_hides_what_python_and_c_print_unless_the_block_fails(capfd):
+    from tlkit.exporters._export import quiet
+
+    with quiet():
+        print("from python")
+        print("to stderr", file=sys.stderr)
+        os.write(2, b"from C\n")
+    assert capfd.readouterr() == ("", "")
+    with pytest.raises(ValueError), quiet():
+        os.write(1, b"why it failed\n")
+        raise ValueError
+    assert capfd.readouterr().err == "why it failed\n"
+    with quiet(False):
+        os.write(1, b"shown\n")
+    assert capfd.readouterr().out == "shown\n"

@@ -1,10 +1,15 @@
-"""Export a run for other runtimes, then check the export in its own runtime against Keras."""
+"""Export a run for other runtimes, then check the export in its own runtime against Keras.
+
+Keras and TensorFlow are imported inside the functions of this package: the CLI reads the
+format registry for its choices when it starts, before it has silenced TensorFlow's import
+chatter.
+"""
 from __future__ import annotations
 
 import contextlib
-import logging
+import ctypes
+import io
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -15,8 +20,7 @@ import numpy as np
 
 from tlkit.errors import TlkitError
 from tlkit.exporters._registry import FORMATS
-
-log = logging.getLogger(__name__)
+from tlkit.io import write_atomic
 
 
 @dataclass(frozen=True)
@@ -63,48 +67,58 @@ def export(model: str | Path, out: str | Path, format: str = "savedmodel", versi
                          + (" (quantization is for tflite)" if len(spec.quantizations) == 1 else ""))
     if calibration_images < 1:
         raise TlkitError(f"--calibration-images must be at least 1, got {calibration_images}")
-    from tlkit.io import write_atomic
-    from tlkit.rundir import load_run
+    from tlkit.rundir import load_run  # Keras: see the module docstring
 
     run = load_run(model)
     out = Path(out)
     target = out / (spec.filename or str(version))
     if spec.filename is None and target.exists():
         raise TlkitError(f"{target} exists: pass --version N for a new version, or another --out")
+    train, val = _split(run, "check the export on (or pass --no-check)" if check
+                        else "calibrate int8 on" if quantize == "int8" else None)
     out.mkdir(parents=True, exist_ok=True)
     labels = (run.path / "labels.txt").read_bytes()
     write_atomic(out / "labels.txt", lambda tmp: tmp.write_bytes(labels))
     with quiet(not verbose):
-        spec.write(run, target, quantize, lambda: _images(run, "train", calibration_images))
-    result = Check(0, 0, 0.0)
-    if check:
-        images = _images(run, "validation")
-        with quiet(not verbose):
-            theirs = spec.predict(target, images)
-        ours = run.model.predict(images, verbose=0)
-        result = Check(len(images), int((theirs.argmax(1) == ours.argmax(1)).sum()),
-                       float(np.abs(theirs - ours).max(initial=0.0)))
-    return Exported(target, format, quantize, _size(target), result if check else None)
+        spec.write(run, target, quantize, lambda: _load(run, _spread(train.files, calibration_images)))
+    return Exported(target, format, quantize, _size(target), _check(run, spec, target, val, verbose) if check else None)
 
 
-def _images(run, part: str, limit: int | None = None) -> np.ndarray:
-    """Float32 images in [0, 255] of the run's training or validation split (as it was made)."""
-    from tlkit import data as tldata
+def _split(run, needed_for: str | None):
+    """The run's training and validation images, split as the run split them; (None, None) when
+    nothing needs them."""
+    if needed_for is None:
+        return None, None
+    from tlkit import data as tldata  # TensorFlow: see the module docstring
 
     recipe = run.recipe
     if not recipe.data or not Path(recipe.data).is_dir():
-        raise TlkitError(f"the run's data folder '{recipe.data}' (from its recipe.toml) is not here: "
-                         "it holds the images to " + ("calibrate int8 on" if part == "train" else
-                                                      "check the export on; pass --no-check to skip the check"))
+        raise TlkitError(f"the run's data folder '{recipe.data}' (in its recipe.toml) is not here; "
+                         f"it holds the images to {needed_for}")
     images = tldata.scan(recipe.data, skip_bad=True, classes=run.labels)
     if recipe.val_data:
-        train, val = images, tldata.scan(recipe.val_data, skip_bad=True, classes=run.labels)
-    else:
-        train, val = tldata.split(images, recipe.val_split, recipe.seed)
-    files = (train if part == "train" else val).files
-    if limit is not None:  # spread over the classes rather than the first classes' images
-        files = [files[i] for i in np.linspace(0, len(files) - 1, min(limit, len(files))).round().astype(int)]
+        return images, tldata.scan(recipe.val_data, skip_bad=True, classes=run.labels)
+    return tldata.split(images, recipe.val_split, recipe.seed)
+
+
+def _spread(files: list[Path], n: int) -> list[Path]:
+    """n of `files` spread evenly over the list (so over the classes, which it holds in order)."""
+    return [files[i] for i in np.unique(np.linspace(0, len(files) - 1, min(n, len(files))).round().astype(int))]
+
+
+def _load(run, files: list[Path]) -> np.ndarray:
+    from tlkit import data as tldata
+
     return tldata.load_images(files, run.image_size, run.channels)
+
+
+def _check(run, spec, target: Path, val, verbose: bool) -> Check:
+    images = _load(run, val.files)
+    with quiet(not verbose):
+        theirs = spec.predict(target, images)
+    ours = run.model.predict(images, verbose=0)
+    return Check(len(images), int((theirs.argmax(1) == ours.argmax(1)).sum()),
+                 float(np.abs(theirs - ours).max(initial=0.0)))
 
 
 def _size(path: Path) -> int:
@@ -115,11 +129,12 @@ def _size(path: Path) -> int:
 
 @contextlib.contextmanager
 def quiet(enabled: bool = True) -> Iterator[None]:
-    """Send what is printed to stdout and stderr, by Python or by C++ below it, to a temporary
-    file; if the block fails, that output is put back on stderr for the error to be read with.
+    """Keep what is printed to stdout and stderr, by Python or by C++ below it, off the screen; if
+    the block fails, that output is put back on stderr for the error to be read with.
 
-    The converters print hundreds of lines of progress from C++ (MLIR, TFLite, tf2onnx's
-    TensorFlow graphs) and Python; only redirecting the file descriptors catches both.
+    The converters print hundreds of lines from C++ (MLIR, the TFLite converter, TensorFlow under
+    tf2onnx) and from Python: only redirecting file descriptors 1 and 2 catches the first, and
+    Python's `sys.stdout` may not write to them (when it has been replaced, as pytest does).
     """
     if not enabled:
         yield
@@ -127,15 +142,17 @@ def quiet(enabled: bool = True) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 1)
-        os.dup2(captured.fileno(), 2)
+    python = io.StringIO()
+    with tempfile.TemporaryFile() as native:
+        os.dup2(native.fileno(), 1)
+        os.dup2(native.fileno(), 2)
         try:
-            yield
+            with contextlib.redirect_stdout(python), contextlib.redirect_stderr(python):
+                yield
         except BaseException:
             _restore(saved)
-            captured.seek(0)
-            shutil.copyfileobj(captured, sys.stderr.buffer)
+            native.seek(0)
+            sys.stderr.write(native.read().decode(errors="replace") + python.getvalue())
             sys.stderr.flush()
             raise
         else:
@@ -143,8 +160,9 @@ def quiet(enabled: bool = True) -> Iterator[None]:
 
 
 def _restore(saved: tuple[int, int]) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
+    # C's stdout is fully buffered while it is a file: flush it now, or it would reach the
+    # screen later, when the process exits.
+    ctypes.CDLL(None).fflush(None)
     for fd, copy in zip((1, 2), saved):
         os.dup2(copy, fd)
         os.close(copy)

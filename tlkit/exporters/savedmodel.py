@@ -1,7 +1,6 @@
 """SavedModel in TF Serving's layout: `<out>/<version>/`, serving encoded image bytes.
 
-TensorFlow is imported inside the functions, here and in every format module: the CLI reads
-the registry for its choices when it starts, before it has silenced TensorFlow's import chatter.
+TensorFlow is imported inside the functions, here and in every format module (see `_export`).
 """
 from __future__ import annotations
 
