@@ -31,7 +31,11 @@ def trained_run(tiny_images, tmp_path_factory):
     recipe = Recipe(stages=[Stage("head", epochs=2, learning_rate=1e-2)], base="mobilenet_v2", weights="none",
                     data=str(tiny_images), image_size=32, batch_size=8)
     configure(recipe)
-    run_recipe(recipe, load_base("mobilenet_v2", "none", (32, 32)), out, verbose=0)
+    old = os.umask(0o027)  # a known umask, to check the modes the run's files get
+    try:
+        run_recipe(recipe, load_base("mobilenet_v2", "none", (32, 32)), out, verbose=0)
+    finally:
+        os.umask(old)
     return out
 
 
@@ -139,8 +143,10 @@ def test_an_existing_version_is_never_overwritten(trained_run, tmp_path):
 
 
 def test_quantization_is_for_tflite_only(trained_run, tmp_path):
-    with pytest.raises(TlkitError, match="quantization is for tflite"):
+    with pytest.raises(TlkitError, match="--quantize int8 is for tflite exports, not onnx"):
         export(trained_run, tmp_path, "onnx", quantize="int8")
+    with pytest.raises(TlkitError, match="unknown quantization 'int4': tflite takes none, dynamic, float16, int8"):
+        export(trained_run, tmp_path, "tflite", quantize="int4")
     assert QUANTIZATIONS == FORMATS.get("tflite").quantizations
 
 
@@ -196,12 +202,10 @@ def test_export_files_get_the_modes_of_ordinary_files(exports):
 
 
 def test_run_files_get_the_modes_of_ordinary_files(trained_run):
-    # the run was written under the test process's umask
-    mask = os.umask(0)
-    os.umask(mask)
-    for path in [trained_run, *trained_run.rglob("*")]:
-        want = (0o777 if path.is_dir() else 0o666) & ~mask
-        assert stat.S_IMODE(path.stat().st_mode) == want, path
+    paths = [trained_run, *trained_run.rglob("*")]
+    assert {"model.keras", "labels.txt", "recipe.toml", "metrics.json"} <= {p.name for p in paths}
+    for path in paths:  # written under umask 027
+        assert stat.S_IMODE(path.stat().st_mode) == (0o750 if path.is_dir() else 0o640), path
 
 
 # --- the decoder contract -------------------------------------------------------------------

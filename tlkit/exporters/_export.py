@@ -63,8 +63,10 @@ def export(model: str | Path, out: str | Path, format: str = "savedmodel", versi
     """
     spec = FORMATS.get(format)
     if quantize not in spec.quantizations:
-        raise TlkitError(f"{format} export takes quantization {' or '.join(spec.quantizations)}, not '{quantize}'"
-                         + (" (quantization is for tflite)" if len(spec.quantizations) == 1 else ""))
+        takers = [name for name, other in FORMATS.items() if quantize in other.quantizations]
+        if takers:
+            raise TlkitError(f"--quantize {quantize} is for {' and '.join(takers)} exports, not {format}")
+        raise TlkitError(f"unknown quantization '{quantize}': {format} takes {', '.join(spec.quantizations)}")
     if calibration_images < 1:
         raise TlkitError(f"--calibration-images must be at least 1, got {calibration_images}")
     from tlkit.rundir import load_run  # Keras: see the module docstring
@@ -130,7 +132,8 @@ def _size(path: Path) -> int:
 @contextlib.contextmanager
 def quiet(enabled: bool = True) -> Iterator[None]:
     """Keep what is printed to stdout and stderr, by Python or by C++ below it, off the screen; if
-    the block fails, that output is put back on stderr for the error to be read with.
+    the block fails unexpectedly (not with a TlkitError), that output is put back on stderr for
+    the error to be read with.
 
     The converters print hundreds of lines from C++ (MLIR, the TFLite converter, TensorFlow under
     tf2onnx) and from Python: only redirecting file descriptors 1 and 2 catches the first, and
@@ -149,6 +152,9 @@ def quiet(enabled: bool = True) -> Iterator[None]:
         try:
             with contextlib.redirect_stdout(python), contextlib.redirect_stderr(python):
                 yield
+        except TlkitError:  # says what went wrong, and that --verbose shows the rest
+            _restore(saved)
+            raise
         except BaseException:
             _restore(saved)
             native.seek(0)

@@ -51,7 +51,8 @@ def write(run: Run, target: Path, quantize: str, calibration) -> None:
         onnx.helper.set_model_props(proto, {
             "labels": json.dumps(run.labels),
             "input": f"images: float32 (batch, {height}, {width}, {run.channels}), channels last, "
-                     "RGB pixels in [0, 255] (not [0, 1], not centred), resized bilinearly",
+                     f"{'RGB' if run.channels == 3 else 'greyscale'} pixels in [0, 255] (not [0, 1], not centred), "
+                     "resized bilinearly (half-pixel centres, no antialiasing) without keeping the aspect ratio",
             "input_range": "[0, 255]",
             "output": "probabilities: float32 (batch, classes), in the order of labels",
             "source": f"tlkit run {run.path.name}, base {run.recipe.base}",

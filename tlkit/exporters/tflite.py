@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tlkit.errors import TlkitError
 from tlkit.exporters._registry import FORMATS, Format
 from tlkit.exporters._tflite_metadata import image_classifier_metadata, with_metadata
 from tlkit.io import write_atomic
@@ -37,21 +38,20 @@ def convert(run: Run, quantize: str, calibration) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         archive.write_out(folder, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serving_default"])
-        return _quantized(converter, quantize, calibration).convert()
-
-
-def _quantized(converter, quantize: str, calibration):
-    import tensorflow as tf
-
-    if quantize != "none":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
-        images = calibration()
-        converter.representative_dataset = lambda: ([image[None]] for image in images)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            images = calibration()
+            converter.representative_dataset = lambda: ([image[None]] for image in images)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        try:
+            return converter.convert()
+        except Exception as err:  # ConverterError (not public API); RuntimeError from int8 calibration
+            advice = "; try --quantize dynamic" if quantize == "int8" else ""
+            raise TlkitError(f"the TFLite converter failed ({str(err).strip().splitlines()[0]}){advice}; "
+                             "--verbose shows its output") from err
 
 
 def write(run: Run, target: Path, quantize: str, calibration) -> None:
