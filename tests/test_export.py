@@ -154,8 +154,10 @@ def test_the_check_compares_on_the_validation_images(trained_run, exports):
     for name, done in exports.items():
         assert done.check.images == len(validation_files(trained_run)) == 6
         assert done.check.agree == 6 and done.check.max_diff < 1e-4, name
-        assert str(done).startswith(f"{done.path}  ") and f"{name}  top-1 agreement 6/6  max |Δp| " in str(done)
+        assert done.summary().startswith(f"{done.path}  ") and f"{name}  top-1 agreement 6/6  max |Δp| " in done.summary()
+        assert str(done) == os.fspath(done) == str(done.path)
     assert exports["onnx"].size == exports["onnx"].path.stat().st_size
+    assert exports["savedmodel"].size < 1.3 * exports["tflite"].size  # the weights are saved once
     saved_model = exports["savedmodel"].path
     assert exports["savedmodel"].size == sum(p.stat().st_size for p in saved_model.rglob("*") if p.is_file())
 

@@ -269,8 +269,9 @@ def export(model, out, fmt, version, quantize, calibration_images, check, verbos
     """Export a run as a SavedModel for TF Serving, TFLite or ONNX, and check it."""
     from tlkit.exporters import export as run
 
-    click.echo(run(model, out, fmt, version, quantize=quantize, calibration_images=calibration_images,
-                   check=check, verbose=verbose))
+    done = run(model, out, fmt, version, quantize=quantize, calibration_images=calibration_images,
+               check=check, verbose=verbose)
+    click.echo(done.summary())
 
 
 def main(argv=None) -> None:

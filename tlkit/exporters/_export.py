@@ -37,13 +37,22 @@ class Check:
 
 @dataclass(frozen=True)
 class Exported:
+    """What `export` wrote; path-like (`str` and `os.fspath` give the path), `summary` is the line
+    the CLI prints."""
+
     path: Path
     format: str
     quantize: str
     size: int  # bytes, of the file or the whole SavedModel folder
     check: Check | None
 
+    def __fspath__(self) -> str:
+        return str(self.path)
+
     def __str__(self) -> str:
+        return str(self.path)
+
+    def summary(self) -> str:
         kind = self.format if self.quantize == "none" else f"{self.format} {self.quantize}"
         line = f"{self.path}  {self.size / 1e6:.1f} MB  {kind}"
         return f"{line}  {self.check}" if self.check else line

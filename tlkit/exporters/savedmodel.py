@@ -44,7 +44,8 @@ def serving_archive(run: Run) -> keras.export.ExportArchive:
         return serve_images(decode_batch(image_bytes, (height, width), channels))
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # no `archive.track(model)`: the endpoints track the variables they use, and Keras 3.15
+    # saves a tracked model's weights a second time, doubling the SavedModel
     archive.add_endpoint("serving_default", serve_bytes,
                          [tf.TensorSpec([None], tf.string, name="image_bytes")])
     archive.add_endpoint("serve_images", serve_images,

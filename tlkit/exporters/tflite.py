@@ -33,7 +33,8 @@ def convert(run: Run, quantize: str, calibration) -> bytes:
     model = run.model
     spec = tf.TensorSpec([None, *run.image_size, run.channels], tf.float32, name="images")
     archive = keras.export.ExportArchive()  # the SavedModel path, as `from_keras_model` takes too
-    archive.track(model)
+    # no `archive.track(model)`: the endpoints track the variables they use, and Keras 3.15
+    # saves a tracked model's weights a second time, doubling the SavedModel
     archive.add_endpoint("serving_default", lambda images: {"probabilities": model(images, training=False)}, [spec])
     with tempfile.TemporaryDirectory() as folder:
         archive.write_out(folder, verbose=False)
