@@ -3,7 +3,8 @@
 One module per format, each adding itself to `FORMATS`; `export` writes any of them and checks
 it in its own runtime.
 """
-from tlkit.exporters import onnx, savedmodel, tflite  # noqa: F401  (each registers its format)
+# each registers its format, in the order `tlkit export --help` lists them
+from tlkit.exporters import savedmodel, tflite, onnx  # noqa: F401, I001
 from tlkit.exporters._export import Check, Exported, export
 from tlkit.exporters._registry import FORMATS, Format
 
