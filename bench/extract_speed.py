@@ -25,7 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tlkit import data as tldata  # noqa: E402
 from tlkit import features  # noqa: E402
 from tlkit.bases import load_base  # noqa: E402
-from tlkit.engine import configure, load_data, run_recipe  # noqa: E402
+from tlkit.core.run import configure, load_data  # noqa: E402
+from tlkit.jobs import run_recipe  # noqa: E402
 from tlkit.recipe import Recipe, Stage  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def main():
 
     # what the cache key costs
     mb = sum(f.stat().st_size for f in files) / 1e6
-    hashing = min(timed(lambda: features.file_digests(files)) for _ in range(args.repeats))
+    hashing = min(timed(lambda: tldata.file_digests(files)) for _ in range(args.repeats))
     fingerprint = min(timed(lambda: features.model_fingerprint(base.model)) for _ in range(args.repeats))
     print(f"key: hashing {len(files)} files ({mb:.1f} MB) {hashing * 1e3:.0f} ms; fingerprint of "
           f"{base.model.count_params() / 1e6:.1f}M parameters {fingerprint * 1e3:.0f} ms", flush=True)
@@ -74,7 +75,7 @@ def main():
             configure(r)
             runs = []
             seconds = timed(lambda: runs.append(
-                run_recipe(r, base, tmp / out, verbose=0, classes=classes, train=train, val=val)))
+                run_recipe(r, base, tmp / out, verbose=0, data=(classes, train, val))))
             return seconds, runs[0].results[0].seconds
 
         (cold, cold_fit), (warm, warm_fit), (uncached, uncached_fit) = (

@@ -35,7 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from tlkit import data as tldata  # noqa: E402
-from tlkit.engine import finetune, train  # noqa: E402
+from tlkit.jobs import finetune, train  # noqa: E402
 from tlkit.inference import evaluate  # noqa: E402
 from tlkit.recipe import Recipe, Stage  # noqa: E402
 
@@ -97,13 +97,15 @@ def one_seed(args, seed: int, root: Path) -> dict[str, float]:
 
     start = time.perf_counter()
     train("lenet5", data=str(tasks["train"]), out=root / "scratch", verbose=0, val_data=str(tasks["train"]),
-          epochs=args.scratch_epochs, learning_rate=args.scratch_lr, batch_size=16, seed=seed, image_size=32)
+          stages={"train": {"epochs": args.scratch_epochs, "learning_rate": args.scratch_lr}}, batch_size=16, seed=seed,
+          image_size=32)
     results["scratch"] = evaluate(root / "scratch", tasks["test"])["accuracy"]
     timings["scratch"] = time.perf_counter() - start
 
     start = time.perf_counter()
     train("lenet5", data=str(tasks["source"]), out=root / "source_pretrain", verbose=0, val_split=0.1,
-          epochs=args.source_epochs, learning_rate=args.scratch_lr, batch_size=32, seed=seed, image_size=32)
+          stages={"train": {"epochs": args.source_epochs, "learning_rate": args.scratch_lr}}, batch_size=32, seed=seed,
+          image_size=32)
     finetune(base="lenet5", weights=str(root / "source_pretrain"),
              recipe=transfer_recipe(args, tasks["train"], seed, 2), out=root / "source", verbose=0)
     results["source"] = evaluate(root / "source", tasks["test"])["accuracy"]

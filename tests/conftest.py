@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,18 @@ from PIL import Image
 
 # Set before any test module imports TensorFlow (conftest is imported first).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+
+@pytest.fixture(autouse=True)
+def tlkit_logging():
+    """tlkit's messages at INFO, reaching pytest's caplog; undoes the handler a CLI test installs."""
+    logger = logging.getLogger("tlkit")
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.INFO)
+    yield
+
 
 TINY_CLASSES = ("blue", "green", "red")
 TINY_PER_CLASS = 8

@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tlkit.custom_objects  # noqa: F401  (registers tlkit's layers for safe-mode loading)
+import tlkit.rundir  # noqa: F401  (registers tlkit's layers for safe-mode loading)
 from tlkit import data as tldata
 from tlkit.blocks import Block
 from tlkit.bases import Base
 from tlkit.cli import main
-from tlkit.engine import BASE_LAYER, configure, finetune, run_recipe
+from tlkit.core.kinds import stage_params
+from tlkit.core.run import BASE_LAYER, configure
+from tlkit.jobs import finetune, resolve, run_recipe
 from tlkit.errors import TlkitError
 from tlkit.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
 from tlkit.models.autoencoder import conv_autoencoder, encoder_model
-from tlkit.pretrain import reconstruction_grid
+from tlkit.stages.autoencoder import reconstruction_grid
 from tlkit.recipe import Recipe, Stage
 
 
@@ -204,19 +206,21 @@ def test_scan_unlabeled_finds_images_in_the_folder_and_its_sub_folders(tiny_imag
 
 
 def test_autoencoder_settings_are_validated_and_stay_out_of_other_stages():
-    with pytest.raises(TlkitError, match="stage head: noise only applies to autoencoder stages"):
-        Stage("head", noise=0.1)
-    with pytest.raises(TlkitError, match="did you mean unpool"):
-        Stage("autoencoder", decoder="unpoll")
+    with pytest.raises(TlkitError, match="head stage: unknown key 'noise': choose one of: epochs, learning_rate"):
+        stage_params(Stage("head", noise=0.1))
+    with pytest.raises(TlkitError, match="autoencoder stage: unknown decoder 'unpoll': did you mean unpool"):
+        stage_params(Stage("autoencoder", decoder="unpoll"))
     with pytest.raises(TlkitError, match="noise must be >= 0"):
-        Stage("autoencoder", noise=-0.1)
-    with pytest.raises(TlkitError, match="channels must be 1 or 3"):
-        Stage("autoencoder", channels=2)
-    recipe = Recipe(stages=[Stage("autoencoder", data="unlabeled"), Stage("head")])
+        stage_params(Stage("autoencoder", noise=-0.1))
+    with pytest.raises(TlkitError, match="channels = 2 is not one of 1, 3 or left out"):
+        stage_params(Stage("autoencoder", channels=2))
+    recipe = resolve(Recipe(stages=[Stage("autoencoder", data="unlabeled"), Stage("head")]))
     text = recipe.to_toml()
     assert "decoder" in text and text.count("noise") == 1
-    assert Recipe.from_toml(text).stages == [Stage("autoencoder", decoder="unpool", noise=0.0, data="unlabeled"),
-                                             Stage("head")]
+    assert Recipe.from_toml(text).stages == [
+        Stage("autoencoder", epochs=20, learning_rate=1e-3, decoder="unpool", noise=0.0,
+              data=str(Path("unlabeled").resolve())),
+        Stage("head", epochs=5, learning_rate=1e-3)]
 
 
 @pytest.mark.parametrize("args, message", [

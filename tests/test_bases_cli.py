@@ -8,8 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from tlkit.bases import BASES, catalog
-from tlkit.bases.catalog import Entry, WeightsFile, import_weights
+from tlkit import catalog
+from tlkit.bases import BASES
+from tlkit.basecatalog import Entry, WeightsFile
+from tlkit.catalog import import_weights
 from tlkit.bases.keras_apps import build_app, load_app
 from tlkit.cli import main
 from tlkit.errors import TlkitError

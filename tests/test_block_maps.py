@@ -16,7 +16,8 @@ import pytest
 
 from tlkit.bases import BASES
 from tlkit.bases.keras_apps import APPS
-from tlkit.bases.catalog import describe, load_catalog, recorded_downloads
+from tlkit.basecatalog import load_catalog
+from tlkit.catalog import describe, recorded_downloads
 from tlkit.blocks import set_trainable_top
 
 SMALLEST = {"inception_v3": 75, "inception_resnet_v2": 75, "xception": 71, "alexnet": 96, "alexnet_grouped": 96,
@@ -81,7 +82,7 @@ def test_block_map_unfreezing_and_catalogue(name):
     # The blocks cover every layer with weights, each once, in the model's order, one after another.
     placed = [layer for block in blocks for layer in block.layers]
     assert len(placed) == len(set(placed))
-    assert {layer.name for layer in model.layers if layer.weights} <= set(placed)
+    assert {layer.name for layer in model.layers if layer.trainable_weights} <= set(placed)
     assert [position[layer] for layer in placed] == sorted(position[layer] for layer in placed)
     # Every block has something to train (BatchNorm stays frozen).
     for block in blocks:

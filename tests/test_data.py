@@ -57,7 +57,8 @@ def test_scan_ignores_hidden_and_non_image_files_and_searches_sub_folders(folder
     (folder / "blue" / ".ipynb_checkpoints").mkdir()
     shutil.copy(folder / "blue" / "0.png", folder / "blue" / ".ipynb_checkpoints" / "0.png")
     (folder / "green" / "more").mkdir()
-    shutil.copy(folder / "green" / "0.png", folder / "green" / "more" / "0.PNG")
+    flipped = Image.open(folder / "green" / "0.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    flipped.save(folder / "green" / "more" / "0.PNG")  # another content: a copy would count once
     (folder / "README.md").write_text("loose file at the top: ignored")
 
     images = data.scan(folder)

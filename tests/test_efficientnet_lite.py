@@ -14,7 +14,7 @@ from skimage import data
 
 from tlkit.bases import BASES, Base, load_base
 from tlkit.bases import efficientnet_lite as lite
-from tlkit.bases.preprocessing import ImagePreprocessing
+from tlkit.preprocessing import ImagePreprocessing
 from tlkit.blocks import build_block_map
 from tlkit.errors import TlkitError
 from tlkit.torchfile import load_torch_checkpoint

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from tlkit.bases import load_base
-from tlkit.engine import BASE_LAYER, STAGES, RunContext, configure, load_data, run_recipe
+from tlkit.core.kinds import STAGES, stage_params
+from tlkit.core.run import BASE_LAYER, RunContext, configure, load_data
+from tlkit.jobs import run_recipe
 from tlkit.recipe import Recipe, Stage
 
 
@@ -50,7 +52,7 @@ def staged(request, tiny_images, tmp_path_factory):
     base_name, unfreeze = request.param
     ctx, before, after_head = run(tiny_images, tmp_path_factory.mktemp(base_name), base_name,
                                   [Stage("head", epochs=1, learning_rate=1e-2)])
-    STAGES.get("finetune")(ctx, 2, Stage("finetune", epochs=1, learning_rate=1e-3, unfreeze=unfreeze))
+    STAGES.get("finetune").run(ctx, 2, stage_params(Stage("finetune", epochs=1, learning_rate=1e-3, unfreeze=unfreeze)))
     return ctx, unfreeze, before, after_head, snapshot(ctx.classifier.get_layer(BASE_LAYER))
 
 

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from tlkit.bases import load_base
+from tlkit.core.run import configure
 from tlkit.data import load_images, scan, split
-from tlkit.engine import configure, run_recipe
 from tlkit.exporters import export
+from tlkit.jobs import run_recipe
 from tlkit.recipe import Recipe, Stage
 from tlkit.rundir import load_run
 

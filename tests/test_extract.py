@@ -14,7 +14,8 @@ from tlkit import data as tldata
 from tlkit import features
 from tlkit.bases import load_base
 from tlkit.cli import main
-from tlkit.engine import BASE_LAYER, configure, run_recipe
+from tlkit.core.run import BASE_LAYER, configure
+from tlkit.jobs import resolve, run_recipe
 from tlkit.recipe import Recipe, Stage
 
 SIZE = (64, 64)
@@ -97,14 +98,14 @@ def test_the_head_trains_on_features_and_the_run_directory_is_a_finetune_one(ext
     assert Recipe.load(out / "recipe.toml").stages == [Stage("extract", epochs=3, learning_rate=1e-2)]
 
 
-def test_a_second_run_on_the_same_data_does_not_run_the_base_again(extracted, spy, tmp_path, capsys):
+def test_a_second_run_on_the_same_data_does_not_run_the_base_again(extracted, spy, tmp_path, caplog):
     ctx, root, calls = extracted
     assert calls == 1 and len(spy.calls[0]) == 24  # each image once: train and validation together
     # another recipe on the same data: another split, another head
     again = recipe(Path(ctx.recipe.data), root / "cache", seed=7, val_split=0.5, dropout=0.3)
     run_recipe(again, ctx.base, tmp_path / "again", verbose=0)
     assert len(spy.calls) == calls
-    assert "from the cache" in capsys.readouterr().out
+    assert "from the cache" in caplog.text
     assert len(list((root / "cache").glob("*.npz"))) == 1
 
 
@@ -191,7 +192,7 @@ def test_a_failed_write_leaves_no_partial_entry_and_a_broken_one_is_replaced(tin
         assert stored["features"].shape == (6, 16)
 
 
-def test_augmentation_is_not_cached_the_head_trains_on_the_frozen_base(tiny_images, tmp_path, spy, capsys):
+def test_augmentation_is_not_cached_the_head_trains_on_the_frozen_base(tiny_images, tmp_path, spy, caplog):
     r = recipe(tiny_images, tmp_path / "cache", augment=True, base="lenet5", image_size=32,
                stages=[Stage("extract", epochs=1, learning_rate=1e-2)])
     configure(r)
@@ -199,7 +200,7 @@ def test_augmentation_is_not_cached_the_head_trains_on_the_frozen_base(tiny_imag
     before = [w.copy() for w in base.model.get_weights()]
     before_calls = len(spy.calls)
     ctx = run_recipe(r, base, tmp_path / "run", verbose=0)
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "augment=true" in out and "not cached" in out
     assert len(spy.calls) == before_calls and not (tmp_path / "cache").exists()
     assert all(np.array_equal(a, b) for a, b in zip(before, ctx.classifier.get_layer(BASE_LAYER).get_weights()))
@@ -238,5 +239,5 @@ def test_the_head_pooling_is_the_cached_pooling(tiny_images, tmp_path, spy, pool
 def test_an_unknown_pooling_is_named():
     from tlkit.errors import TlkitError
 
-    with pytest.raises(TlkitError, match="unknown head pooling 'flat': did you mean flatten"):
-        Recipe(pooling="flat")
+    with pytest.raises(TlkitError, match="unknown pooling 'flat': did you mean flatten"):
+        resolve(Recipe(pooling="flat", stages=[Stage("head")]))

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import tlkit.layers
 from tlkit.bases import hub, load_base
 from tlkit.cli import main
-from tlkit.engine import BASE_LAYER, STAGES, configure, run_recipe
+from tlkit.core.kinds import STAGES, stage_params
+from tlkit.core.run import BASE_LAYER, configure
+from tlkit.jobs import run_recipe
 from tlkit.errors import TlkitError
 from tlkit.exporters import export
 from tlkit.inference import predict
@@ -110,7 +113,7 @@ def finetuned(saved_model, tiny_images, tmp_path_factory):
     configure(recipe)
     ctx = run_recipe(recipe, load_base(recipe.base, image_size=(32, 32)), out, verbose=0)
     after_head = hub_variables(ctx.classifier)
-    STAGES.get("finetune")(ctx, 2, Stage("finetune", epochs=2, learning_rate=1e-2, unfreeze=1))
+    STAGES.get("finetune").run(ctx, 2, stage_params(Stage("finetune", epochs=2, learning_rate=1e-2, unfreeze=1)))
     return ctx, after_head, hub_variables(ctx.classifier), out
 
 
@@ -135,11 +138,11 @@ def test_finetuned_classifier_reloads_predicts_and_exports_when_trusted(finetune
     files = sorted(p for p in tiny_images.rglob("*.png"))[::6]
     expected = predict(out, files, top=3)  # trusted: loaded as a base in this process
 
-    monkeypatch.setattr(hub, "_loaded_as_bases", set())  # as in a new process
-    monkeypatch.delenv(hub.TRUST_ENV, raising=False)
-    with pytest.raises(TlkitError, match=f"set {hub.TRUST_ENV}="):
+    monkeypatch.setattr(tlkit.layers, "_trusted_savedmodels", set())  # as in a new process
+    monkeypatch.delenv(tlkit.layers.TRUST_ENV, raising=False)
+    with pytest.raises(TlkitError, match=f"set {tlkit.layers.TRUST_ENV}="):
         load_run(out)
-    monkeypatch.setenv(hub.TRUST_ENV, str(saved_model.parent))
+    monkeypatch.setenv(tlkit.layers.TRUST_ENV, str(saved_model.parent))
     run = load_run(out)
     reloaded = hub_variables(run.model)
     assert reloaded.keys() == after_finetune.keys()
@@ -164,7 +167,8 @@ def test_cli_finetune_hub(saved_model, tiny_images, tmp_path):
     assert (recipe.base, recipe.hub_range, recipe.image_size) == (f"hub:{saved_model}", "-1,1", 32)
     assert [s["kind"] for s in json.loads((out / "metrics.json").read_text())["stages"]] == ["head", "finetune"]
     model = load_run(out).model
-    assert model.get_layer(BASE_LAYER).get_layer("preprocessing").mode == "tf"
+    scaling = model.get_layer(BASE_LAYER).get_layer("preprocessing")  # [0, 255] -> [-1, 1]
+    assert (scaling.scale, scaling.offset) == (1 / 127.5, -1.0)
 
 
 def test_hub_errors(saved_model, tiny_images, tmp_path, monkeypatch, capsys):

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from tlkit.bases import load_base
-from tlkit.bases.preprocessing import ImagePreprocessing
+from tlkit.preprocessing import ImagePreprocessing
 from tlkit.cli import main
-from tlkit.engine import BASE_LAYER, configure, run_recipe, train
+from tlkit.core.run import BASE_LAYER, configure
+from tlkit.jobs import run_recipe, train
 from tlkit.errors import TlkitError
 from tlkit.recipe import Recipe, Stage
 from tlkit.rundir import load_run
@@ -137,7 +138,7 @@ def test_cli_base_layer_round_trips_in_the_run_recipe(model_file, tiny_images, t
 
 def test_a_train_run_is_its_zoo_model_without_the_trained_top(tiny_images, tmp_path):
     out = tmp_path / "lenet"
-    ctx = train("lenet5", data=str(tiny_images), out=out, epochs=1, batch_size=8, verbose=0)
+    ctx = train("lenet5", data=str(tiny_images), out=out, stages={"train": {"epochs": 1}}, batch_size=8, verbose=0)
     base = load_base(str(out))
     assert (base.source, base.input_size, [b.name for b in base.blocks]) == ("zoo", (32, 32), ["c1", "c3"])
     assert base.model.output_shape == (None, 5, 5, 16)

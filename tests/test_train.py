@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tlkit.engine import train
+from tlkit.jobs import train
 from tlkit.inference import evaluate, predict
 
 DIGITS = Path(__file__).resolve().parents[1] / "data_samples" / "digits"
@@ -15,7 +15,7 @@ DIGITS = Path(__file__).resolve().parents[1] / "data_samples" / "digits"
 @pytest.fixture(scope="module")
 def lenet_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "lenet"
-    train("lenet5", str(DIGITS), out=out, verbose=0, epochs=15)
+    train("lenet5", str(DIGITS), out=out, verbose=0, stages={"train": {"epochs": 15}})
     return out
 
 
@@ -28,9 +28,9 @@ def test_lenet5_on_the_digits_sample_reaches_95_percent(lenet_run):
 def test_a_trained_run_predicts_and_evaluates_like_a_finetuned_one(lenet_run, tmp_path):
     seven = sorted((DIGITS / "7").glob("*.png"))[:5]
     assert sum(p.top[0][0] == "7" for p in predict(lenet_run, seven)) >= 4
-    metrics = evaluate(lenet_run, DIGITS, tmp_path / "evaluation.json")
+    metrics = evaluate(lenet_run, DIGITS, tmp_path / "eval")
     assert metrics["accuracy"] >= 0.95 and metrics["images"] == 1797
-    assert json.loads((tmp_path / "evaluation.json").read_text())["accuracy"] == metrics["accuracy"]
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["accuracy"] == metrics["accuracy"]
 
 
 def test_a_trained_run_becomes_a_base_with_its_checkpoint(lenet_run, tiny_images):

@@ -5,7 +5,7 @@ from PIL import Image
 
 import keras
 
-from tlkit.bases.preprocessing import ImagePreprocessing
+from tlkit.preprocessing import ImagePreprocessing
 from tlkit.blocks import build_block_map
 from tlkit.errors import TlkitError
 from tlkit.visualize import TILE_PX, TITLE_PX, plot_activations, plot_filters

@@ -2,7 +2,7 @@
 
 As in timm, a block map is written as an ordered list of (block name, regex) pairs; each layer of
 the base goes to the first block whose regex matches its name (`re.match`). Layers without
-weights that no pattern names (inputs, preprocessing, reshapes) belong to no block.
+trainable weights that no pattern names (inputs, preprocessing, reshapes) belong to no block.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def build_block_map(model: keras.Model, spec: BlockSpec) -> list[Block]:
     for layer in model.layers:
         block = next((name for name, rx in compiled if rx.match(layer.name)), None)
         if block is None:
-            if layer.weights:
+            if layer.trainable_weights:  # frozen constants (a caffe preprocessing) need no block
                 raise ValueError(f"layer '{layer.name}' of {model.name} has weights but no block")
             continue
         members[block].append(layer.name)

@@ -1,16 +1,23 @@
-"""The `tlkit` command line: thin click commands over the library's functions."""
+"""The `tlkit` command line: thin click commands over the library's functions.
+
+Commands import the library inside their function, so that `tlkit --help` and the commands that
+need no TensorFlow answer at once.
+"""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
+import typing
 
 import click
 
 from tlkit.errors import TlkitError
-# Light to import (TensorFlow is loaded only when exporting): the --format and --quantize choices.
-from tlkit.exporters import FORMATS as EXPORT_FORMATS
+from tlkit.exporters import FORMATS as EXPORT_FORMATS  # no TensorFlow until an export runs
 from tlkit.exporters.tflite import QUANTIZATIONS
+from tlkit.recipe import POOLINGS, Recipe, Stage, builtin_recipes, tomllib
+from tlkit.stages.autoencoder import Autoencoder
 
 
 def _quiet_tensorflow() -> None:
@@ -33,6 +40,55 @@ def _quiet_tensorflow() -> None:
         os.close(devnull)
 
 
+def _tensorflow() -> None:
+    """Import TensorFlow for a command, its start-up chatter silenced unless --debug."""
+    if not click.get_current_context().obj["debug"]:
+        _quiet_tensorflow()
+
+
+class _Lines(logging.Formatter):
+    """The library's messages as the lines the CLI prints: as they are, warnings marked."""
+
+    def format(self, record):
+        message = record.getMessage()
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
+def _install_logging(level: int) -> None:
+    logger = logging.getLogger("tlkit")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_Lines())
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _stage_options(values: tuple[str, ...]) -> dict:
+    """--stage-option STAGE:KEY=VALUE (STAGE a kind or a stage number; VALUE as in TOML)."""
+    stages: dict = {}
+    for text in values:
+        stage, _, assignment = text.partition(":")
+        key, equals, value = assignment.partition("=")
+        if not (stage and key and equals and value):
+            raise TlkitError(f"--stage-option {text}: write STAGE:KEY=VALUE, e.g. 2:unfreeze=3 or finetune:epochs=4")
+        try:
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value  # a bare word: a string
+        stages.setdefault(int(stage) if stage.isdigit() else stage, {})[key.strip()] = parsed
+    return stages
+
+
+def _with_stage(stages: dict, kind: str, **params) -> dict:
+    """`stages` with the given (not None) parameters of the stage(s) of `kind` added."""
+    given = {k: v for k, v in params.items() if v is not None}
+    if given:
+        stages = {**stages, kind: {**stages.get(kind, {}), **given}}
+    return stages
+
+
 def training_options(command):
     """Options every training command shares; they override the recipe's settings."""
     options = [
@@ -49,20 +105,57 @@ def training_options(command):
         click.option("--early-stopping", type=int, metavar="PATIENCE", help="Stop a stage after PATIENCE epochs without a better val_loss."),
         click.option("--mixed-precision", is_flag=True, default=None, help="mixed_float16 compute, float32 output (GPU)."),
         click.option("--dropout", type=float, help="Dropout before the new head's dense layer."),
-        click.option("--pooling", type=click.Choice(["avg", "max", "flatten"]),
+        click.option("--cache-images", type=click.Choice(typing.get_args(typing.get_type_hints(Recipe)["cache_images"])),
+                     help="Keep the decoded, resized images for later epochs: in memory when they fit a budget, on "
+                          "disk (under $TLKIT_CACHE), or not (default auto)."),
+        click.option("--pooling", type=click.Choice(POOLINGS),
                      help="How the new head reduces the base's feature map (default avg; flatten keeps the layout)."),
+        click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE:KEY=VALUE",
+                     help="Set a parameter of one stage, named by kind or number: 3:unfreeze=2, finetune:epochs=4."),
     ]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
 
+def _settings(options: dict) -> dict:
+    """The library's keyword arguments from click's: the options the user gave, with the
+    --stage-option values as the `stages` mapping."""
+    stages = _stage_options(options.pop("stage_option", ()) or ())
+    settings = {k: v for k, v in options.items() if v is not None}
+    return {**settings, "stages": stages}
+
+
+JOB_RECIPES = {"finetune": "classic", "extract": "extract", "train": "scratch", "pretrain": "autoencoder"}
+
+
+def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, **settings) -> None:
+    """Check the job's recipe and every option over it (tlkit.core.kinds.resolve: no TensorFlow,
+    so a mistake is told at once), then import TensorFlow and run the job on the result."""
+    import tlkit.stages  # noqa: F401  (registers the stage kinds; imports no TensorFlow)
+    from tlkit.core.kinds import needs_base, resolve
+
+    if job == "train":
+        settings.update(base=args[0], weights="none")
+    resolved = resolve(recipe or JOB_RECIPES[job], stages=stages, **settings)
+    if not resolved.base and needs_base(resolved):
+        raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
+    _tensorflow()
+    from tlkit import jobs
+
+    getattr(jobs, job)(*args, recipe=recipe or JOB_RECIPES[job], stages=stages, out=out, verbose=obj["fit_verbose"],
+                       **{k: v for k, v in settings.items() if job != "train" or k not in ("base", "weights")})
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show the full stack trace of an error.")
+@click.option("--debug", is_flag=True, help="Show the full stack trace of an error, and TensorFlow's start-up messages.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors (no progress bars).")
+@click.option("-v", "--verbose", is_flag=True, help="Print more detail.")
 @click.pass_context
-def cli(ctx, debug):
+def cli(ctx, debug, quiet, verbose):
     """Transfer learning on a folder of images: fine-tune, extract, pretrain, evaluate, export."""
-    ctx.obj = {"debug": debug}
-    if not debug:
-        _quiet_tensorflow()
+    ctx.obj = {"debug": debug, "fit_verbose": 0 if quiet else "auto"}
+    _install_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    # Commands import TensorFlow (`_tensorflow`) only after checking their options, so that a
+    # mistake is told at once.
 
 
 @cli.command()
@@ -71,21 +164,18 @@ def cli(ctx, debug):
 @click.option("--base-layer", help="Cut the base at this layer: its output becomes the features.")
 @click.option("--hub-range", help="Pixel range a hub: base expects: 0,1 (default), -1,1 or 0,255.")
 @training_options
-@click.option("--epochs-head", type=int, help="Epochs of the head stage(s).")
-@click.option("--epochs-finetune", type=int, help="Epochs of the finetune stage(s).")
-@click.option("--unfreeze", type=int, metavar="N", help="Blocks of the base to unfreeze in finetune stages.")
+@click.option("--epochs-head", type=int, help="Epochs of the head stage.")
+@click.option("--epochs-finetune", type=int, help="Epochs of the finetune stage.")
+@click.option("--unfreeze", type=int, metavar="N", help="Blocks of the base to unfreeze in the finetune stage.")
 @click.option("--lr-head", type=float)
 @click.option("--lr-finetune", type=float)
-def finetune(**options):
+@click.pass_obj
+def finetune(obj, epochs_head, epochs_finetune, unfreeze, lr_head, lr_finetune, **options):
     """Fine-tune a pretrained base: train a new head, then unfreeze the top blocks."""
-    from tlkit.engine import finetune as run
-
-    run(**_given(options))
-
-
-def _given(options: dict) -> dict:
-    """The library's keyword arguments from click's, dropping options the user did not give."""
-    return {k: v for k, v in options.items() if v is not None}
+    settings = _settings(options)
+    stages = _with_stage(settings.pop("stages"), "head", epochs=epochs_head, learning_rate=lr_head)
+    stages = _with_stage(stages, "finetune", epochs=epochs_finetune, learning_rate=lr_finetune, unfreeze=unfreeze)
+    _run_job("finetune", obj, stages=stages, **settings)
 
 
 @cli.command()
@@ -93,33 +183,35 @@ def _given(options: dict) -> dict:
 @training_options
 @click.option("--epochs", type=int, help="Epochs of the train stage.")
 @click.option("--lr", "learning_rate", type=float, help="Learning rate of the train stage.")
-def train(arch, **options):
+@click.pass_obj
+def train(obj, arch, epochs, learning_rate, **options):
     """Train a classic CNN from scratch (recipe: scratch)."""
-    from tlkit.engine import train as run
-
-    run(arch, **_given(options))
+    settings = _settings(options)
+    stages = _with_stage(settings.pop("stages"), "train", epochs=epochs, learning_rate=learning_rate)
+    _run_job("train", obj, arch, stages=stages, **settings)
 
 
 @cli.command()
 @click.option("--base", help="A base name (see `tlkit bases`), hub:HANDLE, a .keras file or a run directory.")
 @click.option("--weights", help="imagenet (default), none, or a weights file.")
 @training_options
-@click.option("--epochs", type=int, help="Epochs of the extract stage(s).")
-@click.option("--lr", "learning_rate", type=float, help="Learning rate of the extract stage(s).")
+@click.option("--epochs", type=int, help="Epochs of the extract stage.")
+@click.option("--lr", "learning_rate", type=float, help="Learning rate of the extract stage.")
 @click.option("--cache", type=click.Path(), help="Feature cache folder (default $TLKIT_CACHE/features, "
               "else ~/.cache/tlkit/features).")
-def extract(**options):
+@click.pass_obj
+def extract(obj, epochs, learning_rate, **options):
     """Feature extraction: run the frozen base once (features cached on disk), train a head on them."""
-    from tlkit.engine import extract as run
-
-    run(**_given(options))
+    settings = _settings(options)
+    stages = _with_stage(settings.pop("stages"), "extract", epochs=epochs, learning_rate=learning_rate)
+    _run_job("extract", obj, stages=stages, **settings)
 
 
 @cli.command()
 @click.option("--data", type=click.Path(), help="Folder of images, with or without sub-folders (labels are not used).")
 @click.option("--recipe", help="A built-in recipe name or a .toml file (default: autoencoder).")
 @click.option("--out", type=click.Path(), help="Run directory (default runs/autoencoder-<time>).")
-@click.option("--decoder", type=click.Choice(["unpool", "transpose"]),
+@click.option("--decoder", type=click.Choice(typing.get_args(typing.get_type_hints(Autoencoder)["decoder"])),
               help="Max-unpooling with the pooling switches (default), or transposed convolutions.")
 @click.option("--noise", type=float, metavar="STD",
               help="Denoising: Gaussian noise of this std on [0, 1]-scaled inputs.")
@@ -131,11 +223,12 @@ def extract(**options):
 @click.option("--val-split", type=float)
 @click.option("--seed", type=int)
 @click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them.")
-def pretrain(channels, **options):
+@click.pass_obj
+def pretrain(obj, decoder, noise, channels, epochs, learning_rate, **options):
     """Pretrain a convolutional autoencoder on unlabeled images; its encoder becomes a base."""
-    from tlkit.pretrain import pretrain as run
-
-    run(channels=int(channels) if channels else None, **_given(options))
+    stages = _with_stage({}, "autoencoder", decoder=decoder, noise=noise, channels=int(channels) if channels else None,
+                         epochs=epochs, learning_rate=learning_rate)
+    _run_job("pretrain", obj, stages=stages, **{k: v for k, v in options.items() if v is not None})
 
 
 @cli.command()
@@ -146,6 +239,7 @@ def pretrain(channels, **options):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect(arch, model, image_size, batch_size, as_json):
     """Per-layer shapes, parameters, MACs/FLOPs and memory; the memory of one training step."""
+    _tensorflow()
     from tlkit.inspect import build_for_inspect, format_report, inspect_model
 
     if bool(arch) == bool(model):
@@ -160,31 +254,67 @@ def inspect(arch, model, image_size, batch_size, as_json):
     click.echo(report.to_json() if as_json else format_report(report))
 
 
+def checkpoint_option(command):
+    return click.option(
+        "--checkpoint", type=click.Choice(["final", "best"]), default="final", show_default=True,
+        help="Which weights of a run directory: final = RUN/model.keras (as the run ended; with early stopping, "
+             "its best epoch), best = RUN/checkpoints/best.keras (lowest validation loss of all epochs).")(command)
+
+
+def _load(model: str, checkpoint: str):
+    """Load a run and say which model file is used."""
+    from tlkit.rundir import load_run
+
+    run = load_run(model, checkpoint)
+    click.echo(f"model: {run.describe()}")
+    return run
+
+
 @cli.group()
 def visualize():
-    """Pictures of what a model learned."""
+    """Pictures of what a model learned, and where it looks (Grad-CAM)."""
 
 
 @visualize.command("filters")
 @click.option("--model", required=True, type=click.Path(), help="A run directory or .keras file.")
 @click.option("--out", required=True, type=click.Path(), help="The PNG to write.")
-def visualize_filters(model, out):
+@checkpoint_option
+def visualize_filters(model, out, checkpoint):
     """The first convolution's kernels as an image grid."""
-    from tlkit.rundir import load_run
+    _tensorflow()
     from tlkit.visualize import plot_filters
 
-    click.echo(f"wrote {plot_filters(load_run(model).model, out)}")
+    click.echo(f"wrote {plot_filters(_load(model, checkpoint).model, out)}")
 
 
 @visualize.command("activations")
 @click.option("--model", required=True, type=click.Path(), help="A run directory or .keras file.")
 @click.option("--image", required=True, type=click.Path(), help="One image.")
 @click.option("--out", required=True, type=click.Path(), help="Folder for one PNG per stage.")
-def visualize_activations(model, image, out):
+@checkpoint_option
+def visualize_activations(model, image, out, checkpoint):
     """The feature maps after each stage (block) of the network, for one image."""
+    _tensorflow()
     from tlkit.visualize import plot_run_activations
 
-    for path in plot_run_activations(model, image, out):
+    for path in plot_run_activations(_load(model, checkpoint), image, out):
+        click.echo(f"wrote {path}")
+
+
+@visualize.command("gradcam")
+@click.option("--model", required=True, type=click.Path(), help="A run directory.")
+@click.option("--class", "class_name", help="Show the evidence for this class (default: the predicted one).")
+@click.option("--out", required=True, type=click.Path(), help="Folder for one PNG per image.")
+@checkpoint_option
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+def visualize_gradcam(model, class_name, out, checkpoint, images):
+    """Grad-CAM: where in each IMAGE (files or folders) the evidence for a class lies, at the last
+    block of the base."""
+    _tensorflow()
+    from tlkit.inference import image_files
+    from tlkit.visualize import plot_gradcam
+
+    for path in plot_gradcam(_load(model, checkpoint), image_files(images), out, class_name):
         click.echo(f"wrote {path}")
 
 
@@ -192,8 +322,9 @@ def visualize_activations(model, image, out):
 @click.pass_context
 def bases(ctx):
     """List every base: source, default input size, blocks, parameters, and whether its weights are here."""
+    _tensorflow()
     if ctx.invoked_subcommand is None:
-        from tlkit.bases.catalog import format_bases, list_bases
+        from tlkit.catalog import format_bases, list_bases
 
         click.echo(format_bases(list_bases()))
 
@@ -204,7 +335,8 @@ def bases(ctx):
 def bases_import(name, file):
     """Put FILE, the ImageNet weights of base NAME obtained elsewhere, where Keras' cache expects
     them, after checking its hash (for machines with no network)."""
-    from tlkit.bases.catalog import import_weights
+    _tensorflow()
+    from tlkit.catalog import import_weights
 
     click.echo(f"wrote {import_weights(name, file)}")
 
@@ -213,44 +345,73 @@ def bases_import(name, file):
 @click.argument("what", required=False, type=click.Choice(["list"]), default="list")
 def recipes(what):
     """List the built-in recipes."""
-    from tlkit.recipe import builtin_recipes
-
     for name, recipe in builtin_recipes().items():
-        stages = " -> ".join(
-            f"{s.kind}({s.epochs} ep, lr {s.learning_rate:g}{f', top {s.unfreeze}' if s.unfreeze else ''})"
-            for s in recipe.stages
-        )
+        stages = " -> ".join(_describe_stage(stage) for stage in recipe.stages)
         click.echo(f"{name:12s} {stages}")
         click.echo(f"{'':12s} {recipe.description}")
+
+
+def _describe_stage(stage: Stage) -> str:
+    p = stage.params
+    parts = [f"{p['epochs']} ep" if "epochs" in p else None, f"lr {p['learning_rate']:g}" if "learning_rate" in p else None,
+             f"top {p['unfreeze']}" if p.get("unfreeze") else None]
+    return f"{stage.kind}({', '.join(part for part in parts if part)})"
 
 
 @cli.command()
 @click.option("--model", required=True, type=click.Path(), help="A run directory.")
 @click.option("--top", default=3, show_default=True, help="How many classes to show per image.")
-@click.argument("images", nargs=-1, required=True, type=click.Path())
-def predict(model, top, images):
-    """Print the most probable classes of each IMAGE."""
+@click.option("--out", type=click.Path(), help="Also write the predictions to FILE.csv or FILE.json.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--tta", default=1, show_default=True, metavar="N",
+              help="Test-time augmentation: average over N views (mirror, crops), at most 12.")
+@click.option("--skip-bad", is_flag=True, help="Skip (and name) files that do not decode; predict the others.")
+@checkpoint_option
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
+    """Print the most probable classes of each image in PATHS (image files, or folders searched
+    recursively)."""
+    _tensorflow()
     from tlkit.inference import predict as run
 
-    for result in run(model, list(images), top=top):
+    results = run(_load(model, checkpoint), list(paths), top=top, batch_size=batch_size, skip_bad=skip_bad,
+                  tta=tta, out=out, progress=True)
+    for path, why in results.skipped:
+        click.echo(f"skipped {path}: {why}")
+    for result in results:
         ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top)
         click.echo(f"{result.path}: {ranked}")
+    if out:
+        click.echo(f"wrote {len(results)} predictions to {out}")
 
 
 @cli.command()
 @click.option("--model", required=True, type=click.Path(), help="A run directory.")
 @click.option("--data", required=True, type=click.Path(), help="A labelled folder (one sub-folder per class).")
-@click.option("--out", type=click.Path(), help="Metrics file (default RUN/evaluation.json).")
+@click.option("--out", type=click.Path(), help="Folder for the report (default RUN/eval-<data folder name>).")
 @click.option("--batch-size", default=32, show_default=True)
+@click.option("--tta", default=1, show_default=True, metavar="N",
+              help="Test-time augmentation: average over N views (mirror, crops), at most 12.")
+@click.option("--top-losses", default=9, show_default=True, help="Images in top_losses.png.")
+@click.option("--min-accuracy", type=float, metavar="X", help="Exit with status 1 when the accuracy is below X (CI).")
 @click.option("--skip-bad", is_flag=True)
-def evaluate(model, data, out, batch_size, skip_bad):
-    """Accuracy of a run on a labelled folder; writes a metrics file."""
+@checkpoint_option
+def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_bad, checkpoint):
+    """Evaluate a run on a labelled folder: per-class precision, recall, F1; confusion matrix,
+    the images with the highest loss and their Grad-CAM, every prediction as CSV."""
+    _tensorflow()
     from tlkit.inference import evaluate as run
+    from tlkit.report import format_report
 
-    metrics = run(model, data, out, batch_size=batch_size, skip_bad=skip_bad)
-    click.echo(f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  on {metrics['images']} images")
-    for label, accuracy in metrics["per_class_accuracy"].items():
-        click.echo(f"  {label:20s} {accuracy:.4f}")
+    report = run(_load(model, checkpoint), data, out, batch_size=batch_size, skip_bad=skip_bad, tta=tta,
+                 progress=True, top_losses=top_losses)
+    for path, why in report["skipped"]:
+        click.echo(f"skipped {path}: {why}")
+    click.echo(format_report(report))
+    click.echo(f"wrote report.json, predictions.csv, confusion.png, top_losses.png to {report['out']}")
+    if min_accuracy is not None and report["accuracy"] < min_accuracy:
+        click.echo(f"error: accuracy {report['accuracy']:.4f} is below --min-accuracy {min_accuracy}", err=True)
+        sys.exit(1)
 
 
 @cli.command()
@@ -267,6 +428,7 @@ def evaluate(model, data, out, batch_size, skip_bad):
 @click.option("--verbose", is_flag=True, help="Show the converters' own output.")
 def export(model, out, fmt, version, quantize, calibration_images, check, verbose):
     """Export a run as a SavedModel for TF Serving, TFLite or ONNX, and check it."""
+    _tensorflow()
     from tlkit.exporters import export as run
 
     done = run(model, out, fmt, version, quantize=quantize, calibration_images=calibration_images,

@@ -5,12 +5,20 @@ class are searched too). Every image goes through one decoder, `decode_image`, w
 TensorFlow so that the exported serving signature decodes exactly as training did. TensorFlow
 reads JPEG, PNG, GIF and WebP; the other formats Pillow opens (BMP, TIFF, ...) are re-encoded
 by Pillow as PNG on the way in, so they too end up in `decode_image`.
+
+Every scanned file is also hashed (SHA-256 of its bytes, from the same read that checks it), so
+that copies of one content are found: within a class they count once, across two classes they
+are an error (the label is ambiguous), and a split never puts one content on both sides.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
+import logging
 import os
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,11 +27,22 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
+from tlkit import imagecache
 from tlkit.errors import TlkitError
 
+log = logging.getLogger(__name__)
+
+# progress(done, total): called while files are checked, first with done=0
+Progress = Callable[[int, int], None]
+
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-# Modes Pillow can write as PNG unchanged; any other mode is converted to RGB first.
-_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA", "I;16", "I;16B")
+# Modes Pillow writes as 8-bit PNG unchanged; `_eight_bit` converts the others.
+_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
+JPEG_RATIOS = (8, 4, 2)  # the scales libjpeg decodes at, largest reduction first
+# A reduced JPEG keeps at least this many times the target size on each side. 1, because a
+# bilinear resize from under twice the size hardly aliases: on photos of 2,000-4,000 px it came
+# closest to an area-averaged downscale, nearer than margin 2 and than the full decode.
+JPEG_MARGIN = 1
 _MAX_LISTED = 50  # bad files listed in one error; the rest are counted
 
 
@@ -37,15 +56,27 @@ class ImageSet:
     labels: list[int] = field(repr=False)
     # files the scan skipped, with the reason; kept on subsets so a split still reports them
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    # SHA-256 of each file's bytes, parallel to `files` (empty for a set not made by a scan)
+    digests: list[str] = field(default_factory=list, repr=False)
+    # (copy, kept): files left out because an earlier file of the same class has the same content
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def subset(self, indices: Sequence[int]) -> ImageSet:
-        return replace(self, files=[self.files[i] for i in indices], labels=[self.labels[i] for i in indices])
+        return replace(
+            self, files=[self.files[i] for i in indices], labels=[self.labels[i] for i in indices],
+            digests=[self.digests[i] for i in indices] if self.digests else [],
+        )
+
+    def counts(self) -> list[int]:
+        """Images per class, in the order of `classes`."""
+        return np.bincount(np.asarray(self.labels, np.int64), minlength=len(self.classes)).tolist()
 
 
-def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, min_per_class: int = 1) -> ImageSet:
+def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, min_per_class: int = 1,
+         progress: Progress | None = None) -> ImageSet:
     """Find the classes and images under `root` and check that every image decodes.
 
     Classes are the sub-folders, sorted by name, unless `classes` gives the list and its order
@@ -53,28 +84,34 @@ def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, 
     folder are allowed. Hidden files and folders and files without an image extension are ignored.
     Each image is decoded in full, the way training will decode it, so a bad file is found now
     rather than mid-training: by default one TlkitError lists them all; with `skip_bad` they are
-    left out and recorded in `skipped`.
+    left out and recorded in `skipped`. `progress(done, total)` is called as files are checked.
+
+    Files with the same content (SHA-256 of the bytes): within a class the first in scan order is
+    kept and the copies are left out, listed in `duplicates`; in two classes they are an error
+    naming both paths, or with `skip_bad` every copy is skipped, with the reason.
     """
     root = _folder(root, "give a folder with one sub-folder per class")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         loose = any(_is_image_name(p) for p in root.iterdir() if p.is_file())
         raise TlkitError(
-            f"no class sub-folders in '{root}': put each class's images in '{root}/<class>/'"
+            f"no class sub-folders in '{printable(root)}': put each class's images in '{printable(root)}/<class>/'"
             + (" (the images directly inside it have no class)" if loose else "")
         )
+    for name in folders:
+        _check_class_name(name, root)
     if classes is None:
         classes = folders
         if len(classes) == 1:
             raise TlkitError(
-                f"only one class folder ('{classes[0]}') in '{root}': a classifier needs at least 2 classes"
+                f"only one class folder ('{classes[0]}') in '{printable(root)}': a classifier needs at least 2 classes"
             )
     else:
         classes = list(classes)
         for name in folders:
             if name not in classes:
                 raise TlkitError(
-                    f"folder '{name}' in '{root}' is not one of the model's classes ({', '.join(classes)}); "
+                    f"folder '{name}' in '{printable(root)}' is not one of the model's classes ({', '.join(classes)}); "
                     "remove it or use a folder with only those classes"
                 )
 
@@ -84,47 +121,88 @@ def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, 
             continue
         found = _list_images(root / name)
         if not found:
-            raise TlkitError(f"class '{name}' has no images in '{root / name}'; add some or remove the folder")
+            raise TlkitError(
+                f"class '{name}' has no images in '{printable(root / name)}'; add some or remove the folder"
+            )
         files += found
         labels += [label] * len(found)
 
-    problems = _check_all(files, root, skip_bad)
-    bad = {path for path, _ in problems}
-    good = [i for i, f in enumerate(files) if f not in bad]
-    images = ImageSet(root, classes, [files[i] for i in good], [labels[i] for i in good], problems)
+    digests, problems = _check_all(files, root, skip_bad, progress)
+    images = _without_copies(ImageSet(root, classes, files, labels, problems, digests), skip_bad)
 
-    counts = np.bincount(images.labels, minlength=len(classes))
-    skipped = np.bincount(labels, minlength=len(classes)) - counts
+    counts = images.counts()
+    label_of = dict(zip(files, labels))
+    skipped = np.bincount([label_of[path] for path, _ in images.skipped], minlength=len(classes))
+    copies = np.bincount([label_of[copy] for copy, _ in images.duplicates], minlength=len(classes))
     for label, name in enumerate(classes):
         if name in folders and counts[label] < min_per_class:
             raise TlkitError(
                 f"class '{name}' has {_images(counts[label])}"
                 + (f" ({skipped[label]} bad skipped)" if skipped[label] else "")
+                + (f" ({copies[label]} copies of its other images counted once)" if copies[label] else "")
                 + f"; need at least {min_per_class}"
             )
     return images
 
 
-def scan_unlabeled(root, *, skip_bad: bool = False) -> ImageSet:
+def scan_unlabeled(root, *, skip_bad: bool = False, progress: Progress | None = None) -> ImageSet:
     """Every image under `root`, directly in it or in sub-folders at any depth, for training without
     labels (an autoencoder). Folder names are ignored: the set has one class, "unlabeled", so that
-    `split` draws a plain random validation split from it. Images are validated as in `scan`.
+    `split` draws a plain random validation split from it. Images are validated as in `scan`, and
+    copies of one content count once.
     """
     root = _folder(root, "give a folder of images (sub-folders are searched too)")
     files = _list_images(root)
     if not files:
-        raise TlkitError(f"no images in '{root}' or its sub-folders")
-    problems = _check_all(files, root, skip_bad)
-    bad = {path for path, _ in problems}
-    good = [f for f in files if f not in bad]
-    if not good:
-        raise TlkitError(f"every image in '{root}' is bad ({len(files)} skipped)")
-    return ImageSet(root, ["unlabeled"], good, [0] * len(good), problems)
+        raise TlkitError(f"no images in '{printable(root)}' or its sub-folders")
+    digests, problems = _check_all(files, root, skip_bad, progress)
+    images = _without_copies(ImageSet(root, ["unlabeled"], files, [0] * len(files), problems, digests), skip_bad)
+    if not images.files:
+        raise TlkitError(f"every image in '{printable(root)}' is bad ({len(files)} skipped)")
+    return images
+
+
+def _without_copies(images: ImageSet, skip_bad: bool) -> ImageSet:
+    """`images` (all checked, bad ones in `skipped`) without bad files and extra copies of a content.
+
+    A scanned set holds each content once, so `split` cannot put one content on both sides."""
+    bad = {path for path, _ in images.skipped}
+    by_digest = defaultdict(list)  # digest -> indices of the good files with it, in scan order
+    for i, (path, digest) in enumerate(zip(images.files, images.digests)):
+        if path not in bad:
+            by_digest[digest].append(i)
+    keep, duplicates, conflicts = [], [], []
+    for indices in by_digest.values():
+        if len({images.labels[i] for i in indices}) > 1:
+            conflicts.append(indices)
+            continue
+        keep.append(indices[0])
+        duplicates += [(images.files[i], images.files[indices[0]]) for i in indices[1:]]
+    skipped = list(images.skipped)
+    if conflicts:
+        def where(i):
+            return f"'{printable(images.files[i])}' (class '{images.classes[images.labels[i]]}')"
+
+        if not skip_bad:
+            lines = [f"{len(conflicts)} {'image is' if len(conflicts) == 1 else 'images are'} filed under two "
+                     f"classes in '{printable(images.root)}' (same file content, so the label is ambiguous); "
+                     "keep each in one class, or pass --skip-bad to skip them:"]
+            lines += [f"  {' = '.join(where(i) for i in indices)}" for indices in conflicts[:_MAX_LISTED]]
+            if len(conflicts) > _MAX_LISTED:
+                lines.append(f"  ... and {len(conflicts) - _MAX_LISTED} more")
+            raise TlkitError("\n".join(lines))
+        for indices in conflicts:
+            for i in indices:
+                others = ", ".join(where(j) for j in indices if j != i)
+                skipped.append((images.files[i], f"same content as {others}: ambiguous label"))
+    keep.sort()
+    return replace(images.subset(keep), skipped=skipped, duplicates=duplicates)
 
 
 def split(images: ImageSet, val_split: float, seed: int) -> tuple[ImageSet, ImageSet]:
     """A seeded, stratified train/validation split: each class gives `val_split` of its images
-    (rounded, at least one) to validation and keeps at least one for training."""
+    (rounded, at least one) to validation and keeps at least one for training. A scanned set holds
+    each file content once, so no content lands on both sides."""
     if not 0 < val_split < 1:
         raise TlkitError(f"validation split must be between 0 and 1, got {val_split}")
     labels = np.asarray(images.labels)
@@ -151,9 +229,12 @@ def decode_image(data: tf.Tensor, image_size: tuple[int, int], channels: int = 3
     Pure TensorFlow, so it serves as the decoder of the exported model: JPEG, PNG (8 or 16 bits),
     GIF (first frame), WebP and 24/32-bit BMP. Alpha is dropped; grayscale is repeated to RGB; RGB
     is made gray with `tf.image.rgb_to_grayscale`; the resize is bilinear, as in
-    `keras.utils.image_dataset_from_directory`.
+    `keras.utils.image_dataset_from_directory`. A JPEG at least 2 x JPEG_MARGIN times the target
+    size on each side is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg scales while it decodes),
+    keeping at least JPEG_MARGIN times the target size: on photos of 2,000-4,000 px about twice
+    as fast, and nearer an antialiased downscale than a full decode (bench/jpeg_decode.py).
     """
-    return tf.image.resize(_to_channels(_decode(data), channels), image_size)
+    return tf.image.resize(_to_channels(_decode_for(data, image_size), channels), image_size)
 
 
 def load_images(paths: Sequence, image_size: tuple[int, int], channels: int = 3) -> np.ndarray:
@@ -161,7 +242,7 @@ def load_images(paths: Sequence, image_size: tuple[int, int], channels: int = 3)
     paths = [Path(p) for p in paths]
     if not paths:
         return np.zeros((0, *image_size, channels), np.float32)
-    problems = [(p, "no such file") for p in paths if not p.is_file()] or check_images(paths)
+    problems = check_images(paths)
     if problems:
         raise TlkitError(_bad_files_message(problems, ""))
     return np.concatenate([batch.numpy() for batch in _decoded(paths, image_size, channels).batch(64)])
@@ -181,22 +262,37 @@ def make_dataset(
     shuffle: bool = False,
     augment: bool = False,
     seed: int = 0,
+    cache: str | imagecache.DecodedImages | None = "none",
 ) -> tf.data.Dataset:
     """A tf.data pipeline of (float32 images (B, h, w, channels) in [0, 255], int32 labels (B,)).
 
     Decoding runs in parallel and keeps the order. With `shuffle`, the order changes every epoch;
     with `augment`, each image gets a random horizontal flip, a zoom (a random crop of 80-100% of
     each side, resized back) and a brightness shift, drawn afresh every epoch. Both are seeded
-    from `seed`: the same seed gives the same batches, epoch after epoch.
+    from `seed`: the same seed gives the same batches, epoch after epoch, with or without a cache.
+
+    `cache` ("auto", "memory", "disk", "none", or what `decode_once` made for these images) keeps
+    the decoded, resized images after the first decode, before augmentation (tlkit.imagecache).
+    Only the file names and labels are held in the pipeline otherwise; images stream through it.
     """
-    ds = tf.data.Dataset.from_tensor_slices(([str(f) for f in images.files], np.asarray(images.labels, np.int32)))
+    if isinstance(cache, str):
+        cache = decode_once(images, image_size, channels, cache)
+    labels = np.asarray(images.labels, np.int32)
+    if cache is None:
+        ds = tf.data.Dataset.from_tensor_slices((_tf_paths(images.files), labels))
+
+        def load(path):
+            return _load(path, image_size, channels)
+    else:
+        if len(cache) != len(images) or cache.shape != (*image_size, channels):
+            raise ValueError(f"decoded images of {len(cache)} x {cache.shape}, not of these {len(images)} images "
+                             f"at {(*image_size, channels)}")
+        # indices in place of paths: the same shuffle, so the same batches as without a cache
+        ds = tf.data.Dataset.from_tensor_slices((np.arange(len(images), dtype=np.int64), labels))
+        load = cache.lookup
     if shuffle:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(
-        lambda path, label: (_load(path, image_size, channels), label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+    ds = ds.map(lambda item, label: (load(item), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment:
         # One random number per image and epoch from a seeded stream drives stateless ops, so
         # the result does not depend on the order in which parallel calls run (Keras' Random*
@@ -210,20 +306,66 @@ def make_dataset(
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def check_images(paths: Sequence[Path]) -> list[tuple[Path, str]]:
+def decode_once(images: ImageSet, image_size: tuple[int, int], channels: int = 3, mode: str = "auto", *,
+                cache_dir: str | Path | None = None,
+                memory_budget: int | None = None) -> imagecache.DecodedImages | None:
+    """The images of `images` decoded once and kept (`mode`: "auto", "memory", "disk" or "none"),
+    for `make_dataset(..., cache=...)`: make it once and pass it to every stage's dataset."""
+    digests = images.digests or file_digests(images.files)
+    return imagecache.decoded(images.files, digests, image_size, channels, mode, _decode_files,
+                              cache=cache_dir, memory_budget=memory_budget)
+
+
+def _decode_files(files: list[Path], image_size, channels: int):
+    for batch in _decoded(files, image_size, channels).batch(64):
+        yield from batch.numpy()
+
+
+def check_images(paths: Sequence[Path], progress: Progress | None = None) -> list[tuple[Path, str]]:
     """(path, problem) for each file that does not decode the way training decodes it."""
+    return [(p, problem) for p, (_, problem) in zip(paths, _inspect_all(paths, progress)) if problem]
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digests(paths: Sequence[Path]) -> list[str]:
+    # threads: hashlib releases the GIL while it hashes
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        problems = pool.map(_problem, paths)
-    return [(p, problem) for p, problem in zip(paths, problems) if problem]
+        return list(pool.map(file_digest, paths))
 
 
-def _check_all(files: list[Path], root: Path, skip_bad: bool) -> list[tuple[Path, str]]:
-    """The bad files among `files`; unless `skip_bad`, one error that names them all."""
-    problems = check_images(files)
+def _inspect_all(paths: Sequence[Path], progress: Progress | None) -> list[tuple[str | None, str | None]]:
+    """(digest, problem) of each file, in order; `progress` hears of each as it is done."""
+    total = len(paths)
+    if progress:
+        progress(0, total)
+    results = []
+    # threads: reading, hashing and both decoders release the GIL
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for done, result in enumerate(pool.map(_inspect, paths), start=1):
+            results.append(result)
+            if progress:
+                progress(done, total)
+    return results
+
+
+def _check_all(files: list[Path], root: Path, skip_bad: bool, progress: Progress | None):
+    """The digest of every file (None for a file that cannot be read) and the bad files among
+    them; unless `skip_bad`, one error that names every bad file."""
+    log.info("checking %s in %s", _images(len(files)), printable(root))
+    results = _inspect_all(files, progress)
+    problems = [(path, problem) for path, (_, problem) in zip(files, results) if problem]
     if problems and not skip_bad:
-        advice = f" in '{root}'; fix or remove them, or pass --skip-bad to skip them"
+        advice = f" in '{printable(root)}'; fix or remove them, or pass --skip-bad to skip them"
         raise TlkitError(_bad_files_message(problems, advice))
-    return problems
+    return [digest for digest, _ in results], problems
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -236,6 +378,22 @@ def _decode(data: tf.Tensor) -> tf.Tensor:
     # and so gray and RGB conversions are done one way for all formats in `_to_channels`.
     image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
     return tf.cast(image, tf.float32)
+
+
+def _decode_for(data: tf.Tensor, size, margin: int | None = None) -> tf.Tensor:
+    """`_decode`, but a large JPEG at the largest of 1/8, 1/4, 1/2 of its size that leaves at least
+    `margin` (JPEG_MARGIN) times `size` on each side."""
+    margin = JPEG_MARGIN if margin is None else margin
+
+    def reduced():
+        shape = tf.image.extract_jpeg_shape(data)  # reads the header only
+        fits = [tf.logical_and(shape[0] // r >= margin * size[0], shape[1] // r >= margin * size[1])
+                for r in JPEG_RATIOS]
+        index = tf.argmax(tf.cast(tf.stack([*fits, True]), tf.int32), output_type=tf.int32)  # first that fits
+        branches = [lambda r=r: tf.cast(tf.io.decode_jpeg(data, channels=0, ratio=r), tf.float32) for r in JPEG_RATIOS]
+        return tf.switch_case(index, [*branches, lambda: _decode(data)])
+
+    return tf.cond(tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff", reduced, lambda: _decode(data))
 
 
 def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
@@ -278,19 +436,37 @@ def _tf_reads(data: tf.Tensor) -> tf.Tensor:
 
 
 def _png_bytes(data: bytes) -> np.ndarray:
-    """Any image Pillow reads, re-encoded as PNG (the few modes PNG cannot hold become RGB)."""
+    """Any image Pillow reads, re-encoded as PNG with 8 bits a sample (see `_eight_bit`)."""
     with Image.open(io.BytesIO(data)) as image:
-        if image.mode not in _PNG_MODES:
-            image = image.convert("RGB")
         out = io.BytesIO()
-        image.save(out, "PNG", compress_level=1)
+        _eight_bit(image).save(out, "PNG", compress_level=1)
     # an object array: numpy's fixed-width bytes would drop trailing NUL bytes
     return np.array(out.getvalue(), dtype=object)
 
 
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """An image PNG holds at 8 bits a sample, the values kept on the 0-255 scale: 16-bit integers
+    by their high byte (as TensorFlow decodes a 16-bit PNG), floats in [0, 1] times 255 (the float
+    image convention of tf.image and scikit-image), other floats and 32-bit integers rounded and
+    clipped to [0, 255] (as Pillow's conversion to "L" does). Pillow's own conversion of these
+    modes to RGB is not used: it turns a float image in [0, 1] black."""
+    if image.mode.startswith("I;16"):
+        return Image.fromarray((np.clip(np.asarray(image), 0, None).astype(np.uint32) >> 8).astype(np.uint8))
+    if image.mode in ("F", "I"):
+        values = np.nan_to_num(np.asarray(image, np.float64))
+        if image.mode == "F" and values.min() >= 0 and values.max() <= 1:
+            values = values * 255
+        return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
+    return image if image.mode in _PNG_MODES else image.convert("RGB")
+
+
 def _file_bytes(path: tf.Tensor) -> tf.Tensor:
     """The bytes of an image file in a format `decode_image` reads."""
-    data = tf.io.read_file(path)
+    return _decodable(tf.io.read_file(path))
+
+
+def _decodable(data: tf.Tensor) -> tf.Tensor:
+    """Encoded image bytes in a format `decode_image` reads (others re-encoded by Pillow)."""
     return tf.cond(
         _tf_reads(data),
         lambda: data,
@@ -303,36 +479,58 @@ def _load(path: tf.Tensor, image_size, channels: int) -> tf.Tensor:
 
 
 def _decoded(paths: Sequence[Path], image_size, channels: int) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices([str(p) for p in paths]).map(
+    return tf.data.Dataset.from_tensor_slices(_tf_paths(paths)).map(
         lambda path: _load(path, image_size, channels), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
 
 
 @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
-def _decoded_shape(path):
-    return tf.shape(_decode(_file_bytes(path)))
+def _decoded_shape(data):
+    return tf.shape(_decode(_decodable(data)))
 
 
-def _problem(path: Path) -> str | None:
-    """None if the file decodes in full, by Pillow and the way training decodes it, else what is
-    wrong with it. Both, because each accepts some damage the other refuses: TensorFlow decodes
-    a JPEG cut short (greying the missing rows), Pillow a PNG missing its last bytes."""
-    if not os.access(path, os.R_OK):
-        return "cannot be read (no permission)"
-    if path.stat().st_size == 0:
-        return "empty file"
+def _inspect(path: Path) -> tuple[str | None, str | None]:
+    """(SHA-256 of the bytes, None if the file decodes in full, by Pillow and the way training
+    decodes it, else what is wrong with it). Both decoders, because each accepts some damage the
+    other refuses: TensorFlow decodes a JPEG cut short (greying the missing rows), Pillow a PNG
+    missing its last bytes. The file is read once, for the hash and both decoders."""
     try:
-        with Image.open(path) as image:
+        data = path.read_bytes()
+    except OSError as error:
+        return None, _unreadable(path, error)
+    digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        return digest, "empty file"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()
     except UnidentifiedImageError:
-        return "not an image (no image format recognised in it)"
+        if data[:4] in (b"II*\0", b"MM\0*"):
+            return digest, ("a TIFF of a kind Pillow cannot read (for example float RGB or 64-bit samples); "
+                            "save it as 8- or 16-bit, or as float gray")
+        return digest, "not an image (no image format recognised in it)"
     except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad data
-        return f"{'truncated' if 'truncated' in str(error).lower() else 'corrupt'} image ({error})"
+        return digest, f"{'truncated' if 'truncated' in str(error).lower() else 'corrupt'} image ({error})"
     try:
-        _decoded_shape(tf.constant(str(path)))
+        _decoded_shape(tf.constant(data))
     except tf.errors.OpError:
-        return "corrupt or truncated image (Pillow reads it but TensorFlow cannot decode it; often a file cut short)"
-    return None
+        return digest, ("corrupt or truncated image "
+                        "(Pillow reads it but TensorFlow cannot decode it; often a file cut short)")
+    return digest, None
+
+
+def _unreadable(path: Path, error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop (the link leads back to itself); remove it or point it at an image"
+    if error.errno == errno.ENOENT:
+        if path.is_symlink():
+            return f"dangling symbolic link (its target '{printable(os.readlink(path))}' does not exist)"
+        return "no such file"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "cannot be read (no permission)"
+    if error.errno == errno.EISDIR:
+        return "is a folder, not an image file"
+    return f"cannot be read ({error.strerror})"
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -341,10 +539,35 @@ def _problem(path: Path) -> str | None:
 def _folder(root, advice: str) -> Path:
     root = Path(root)
     if not root.exists():
-        raise TlkitError(f"data folder '{root}' does not exist")
+        raise TlkitError(f"data folder '{printable(root)}' does not exist")
     if not root.is_dir():
-        raise TlkitError(f"data path '{root}' is not a folder; {advice}")
+        raise TlkitError(f"data path '{printable(root)}' is not a folder; {advice}")
     return root
+
+
+def printable(path) -> str:
+    """A path as text, the bytes of a name that is not valid UTF-8 shown as \\x escapes (such a
+    name is held as lone surrogates, which no console or UTF-8 file can print)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _tf_paths(paths: Sequence[Path]) -> list[bytes]:
+    """Paths as TensorFlow reads them: the file system's bytes, so names that are not UTF-8 work."""
+    return [os.fsencode(p) for p in paths]
+
+
+def _check_class_name(name: str, root: Path) -> None:
+    """A class name must be one line of valid UTF-8: labels.txt holds one name a line."""
+    if printable(name) != name:
+        raise TlkitError(
+            f"class folder name '{printable(name)}' in '{printable(root)}' is not valid UTF-8, so it cannot be "
+            "written to labels.txt: rename the folder"
+        )
+    if name.splitlines() != [name]:
+        raise TlkitError(
+            f"class folder name {name!r} in '{printable(root)}' holds a line break, so it cannot be one line "
+            "of labels.txt: rename the folder"
+        )
 
 
 def _is_image_name(path: Path) -> bool:
@@ -366,7 +589,7 @@ def _images(n: int) -> str:
 def _bad_files_message(problems: list[tuple[Path, str]], advice: str) -> str:
     n = len(problems)
     lines = [f"{n} bad image {'file' if n == 1 else 'files'}{advice}:"]
-    lines += [f"  {path}: {problem}" for path, problem in problems[:_MAX_LISTED]]
+    lines += [f"  {printable(path)}: {problem}" for path, problem in problems[:_MAX_LISTED]]
     if n > _MAX_LISTED:
         lines.append(f"  ... and {n - _MAX_LISTED} more")
     return "\n".join(lines)

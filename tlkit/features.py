@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import zipfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -35,11 +35,15 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit import data as tldata
+from tlkit.data import file_digests
 from tlkit.bases import Base
+from tlkit.core.run import HEAD_POOLING
 from tlkit.io import write_atomic, write_json_atomic
 
+log = logging.getLogger(__name__)
+
 # Bump when decoding, resizing or pooling change, so entries made the old way are not reused.
-FORMAT = 1
+FORMAT = 2  # 2: JPEGs decoded at reduced size when much larger than the target
 
 
 def cache_dir(path: str | Path | None = None) -> Path:
@@ -47,21 +51,6 @@ def cache_dir(path: str | Path | None = None) -> Path:
     if path:
         return Path(path)
     return Path(os.environ.get("TLKIT_CACHE") or Path.home() / ".cache" / "tlkit") / "features"
-
-
-def file_digest(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, in hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_digests(paths: Sequence[Path]) -> list[str]:
-    # threads: hashlib releases the GIL while it hashes
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(file_digest, paths))
 
 
 def model_fingerprint(model: keras.Model) -> str:
@@ -89,8 +78,6 @@ def _without_names(config):
 
 def pooled_model(model: keras.Model, pooling: str = "avg") -> keras.Model:
     """The base in inference mode, its feature map pooled as the head pools it (HEAD_POOLING)."""
-    from tlkit.engine import HEAD_POOLING
-
     inputs = keras.Input(model.input_shape[1:])
     x = model(inputs, training=False)
     if len(x.shape) == 4:
@@ -128,8 +115,8 @@ def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, p
         path_of = dict(zip(digests, files))
         start = time.perf_counter()
         stored = run_base(base.model, [path_of[d] for d in distinct], image_size, batch_size, pooling, verbose)
-        print(f"extracted features of {len(distinct)} images with {base.name} in "
-              f"{time.perf_counter() - start:.1f} s; cached in {entry}", flush=True)
+        log.info("extracted features of %d images with %s in %.1f s; cached in %s", len(distinct), base.name,
+                 time.perf_counter() - start, entry)
         write_atomic(entry, lambda tmp: np.savez(tmp, features=stored, digests=np.array(distinct)))
         write_json_atomic(entry.with_suffix(".json"), {
             "base": base.name, "source": base.source, "weights": base.weights, "image_size": list(image_size),
@@ -138,7 +125,7 @@ def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, p
         })
         features = dict(zip(distinct, stored))
     else:
-        print(f"features of {len(distinct)} images from the cache: {entry}", flush=True)
+        log.info("features of %d images from the cache: %s", len(distinct), entry)
     return np.stack([features[d] for d in digests])
 
 
@@ -150,7 +137,7 @@ def _read(entry: Path) -> dict[str, np.ndarray] | None:
         with np.load(entry, allow_pickle=False) as stored:
             return dict(zip(stored["digests"].tolist(), stored["features"]))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        print(f"ignoring unreadable cache entry {entry} ({err}); extracting again", flush=True)
+        log.warning("ignoring unreadable cache entry %s (%s); extracting again", entry, err)
         return None
 
 

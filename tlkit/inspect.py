@@ -40,9 +40,13 @@ from dataclasses import asdict, dataclass, field
 
 import keras
 
-from tlkit.bases.preprocessing import ImagePreprocessing
 from tlkit.errors import TlkitError
+from tlkit.bases import BASES, load_base
+from tlkit.bases.keras_apps import APPS
+from tlkit.compat import is_functional, run_through_graph
 from tlkit.layers import LocalResponseNormalization, MaxPoolingWithArgmax2D, MaxUnpooling2D
+from tlkit.models import ZOO
+from tlkit.preprocessing import ImagePreprocessing, is_bgr
 
 Shape = tuple[int, ...]  # one sample, without the batch axis
 CostFn = Callable[[keras.layers.Layer, list[Shape], list[Shape]], tuple[int, int] | None]
@@ -116,6 +120,8 @@ def _separable(layer, ins, outs):
 
 @register_cost(keras.layers.Dense)
 def _dense(layer, ins, outs):
+    if is_bgr(layer):  # the caffe preprocessing: a channel flip and a subtraction, not a matrix product
+        return 0, _size(outs[0])
     return _linear(layer, _size(ins[0]) * layer.units, outs[0])
 
 
@@ -207,7 +213,7 @@ def _unpooling(layer, ins, outs):
 
 
 def is_graph_model(op) -> bool:
-    return isinstance(op, keras.Sequential) or (isinstance(op, keras.Model) and hasattr(op, "_run_through_graph"))
+    return isinstance(op, keras.Sequential) or (isinstance(op, keras.Model) and is_functional(op))
 
 
 def walk(model: keras.Model, inputs, visit, path: tuple[str, ...] = (), descend=is_graph_model):
@@ -215,8 +221,7 @@ def walk(model: keras.Model, inputs, visit, path: tuple[str, ...] = (), descend=
 
     `visit(layer, path, args, kwargs)` computes the outputs of every other layer (call it for real
     values, `compute_output_spec` for symbolic ones); `path` names the enclosing nested models.
-    Keras has no public per-layer graph runner; `Functional._run_through_graph` is what
-    `Functional.call` itself uses, and it routes each node's own call arguments.
+    Keras has no public per-layer graph runner (see `tlkit.compat.run_through_graph`).
     """
     if isinstance(model, keras.Sequential):
         x = inputs
@@ -232,7 +237,7 @@ def walk(model: keras.Model, inputs, visit, path: tuple[str, ...] = (), descend=
 
         return call
 
-    return model._run_through_graph(inputs, operation_fn=operation_fn)
+    return run_through_graph(model, inputs, operation_fn)
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -461,10 +466,6 @@ def format_report(report: Report) -> str:
 def build_for_inspect(name: str, image_size: int | None = None) -> keras.Model:
     """The whole network called `name` (with its classifier, as the papers count it): a zoo
     architecture, a keras.applications model, or else a base without its top."""
-    from tlkit.bases import BASES, load_base
-    from tlkit.bases.keras_apps import APPS
-    from tlkit.models import ZOO
-
     if name in ZOO:
         arch = ZOO.get(name)
         height, width, channels = arch.input_shape

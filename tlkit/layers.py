@@ -3,11 +3,19 @@
 Transposed, dilated, grouped, 1x1 and depthwise-separable convolutions are Keras' own
 (`Conv2DTranspose`, `Conv2D(dilation_rate=...)`, `Conv2D(groups=...)`, `SeparableConv2D`); only
 Local Response Normalization and max-pooling with switches / max-unpooling are missing there.
+Also here: `HubLayer`, Keras' `TFSMLayer` made fit to fine-tune and reload (bases from TF Hub).
 """
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
 import keras
 import tensorflow as tf
+
+from tlkit.compat import in_safe_mode
+from tlkit.errors import TlkitError
 
 
 def conv_output_size(w: int, f: int, p: int, s: int, dilation: int = 1) -> int:
@@ -144,3 +152,64 @@ class MaxUnpooling2D(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "size": self.size}
+
+
+# --- SavedModels as layers -------------------------------------------------------------
+
+TRUST_ENV = "TLKIT_TRUSTED_SAVEDMODELS"
+
+_trusted_savedmodels: set[Path] = set()  # SavedModels the user named as a base in this process
+
+
+def trust_savedmodel(path: str | Path) -> None:
+    """Trust the SavedModel at `path` for the rest of the process (the user named it as a base)."""
+    _trusted_savedmodels.add(Path(path).resolve())
+
+
+def is_trusted(path: str | Path) -> bool:
+    path = Path(path).resolve()
+    folders = [Path(p).resolve() for p in os.environ.get(TRUST_ENV, "").split(os.pathsep) if p]
+    return path in _trusted_savedmodels or any(path == f or f in path.parents for f in folders)
+
+
+@keras.saving.register_keras_serializable(package="tlkit")
+class HubLayer(keras.layers.TFSMLayer):
+    """`keras.layers.TFSMLayer` that can be fine-tuned and reloaded.
+
+    Where TFSMLayer falls short (Keras 3.15):
+    - it names its variables after TF's (`conv/kernel:0` -> `conv_kernel:0`); the ':' is not
+      valid in a name scope, so the optimizer fails on the first training step;
+    - a signature returns a dict even for one output, which no head can take;
+    - it never loads in safe mode; this layer does for a SavedModel the user trusts: one named as a
+      base in this process, or one inside a folder listed in $TLKIT_TRUSTED_SAVEDMODELS.
+    The Keras variables wrap the SavedModel's own, so training them is training the SavedModel.
+    """
+
+    def _add_existing_weight(self, weight):
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", weight.name.split(":")[0])
+        self._track_variable(keras.Variable(weight, trainable=weight.trainable, name=name))
+
+    def call(self, inputs, training=False):
+        outputs = super().call(inputs)
+        if isinstance(outputs, dict):
+            if len(outputs) != 1:
+                raise TlkitError(
+                    f"the SavedModel {self.filepath} returns {len(outputs)} outputs ({', '.join(outputs)}); "
+                    "a base must return one tensor of features"
+                )
+            (outputs,) = outputs.values()
+        return outputs
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None, safe_mode=None):
+        path = config["filepath"]
+        if in_safe_mode() and not is_trusted(path):
+            raise TlkitError(
+                f"this model runs the TF Hub SavedModel {path}, whose graph is a program from outside the "
+                f".keras file: if you trust it, set {TRUST_ENV}={path} and run again"
+            )
+        if not Path(path, "saved_model.pb").is_file():
+            raise TlkitError(
+                f"this model runs the TF Hub SavedModel {path}, which is gone: put the SavedModel back there"
+            )
+        return cls(**config)

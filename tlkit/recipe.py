@@ -8,65 +8,100 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any, Literal
 
 import tomli_w
 
 from tlkit.errors import TlkitError, unknown_name
+from tlkit.io import write_text_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-STAGE_KINDS = ("head", "finetune", "extract", "autoencoder", "train")
-DECODERS = ("unpool", "transpose")
-POOLINGS = ("avg", "max", "flatten")
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096  # a base may need more: it says so when it is built
+Pooling = Literal["avg", "max", "flatten"]  # how a new head reduces the base's feature map
+POOLINGS = typing.get_args(Pooling)
 
 
-@dataclass
+@dataclass(init=False)
 class Stage:
-    """One step of a recipe.
-
-    head: base frozen (inference mode), train a new head. finetune: unfreeze the top `unfreeze`
-    blocks of the base (BatchNorm stays in inference mode), train jointly. extract: cache the
-    frozen base's features, train the head on them. autoencoder: pretrain a conv autoencoder whose
-    encoder becomes the base. train: every layer trainable (a model from scratch).
+    """One step of a recipe, as a recipe file writes it: its kind and that kind's parameters
+    (`Stage("finetune", epochs=3, unfreeze=2)`; `stage.unfreeze` reads one). The registered kind
+    (`tlkit.core.kinds.STAGES`) checks them and fills in its defaults when a recipe is resolved.
     """
 
     kind: str
-    epochs: int = 5
-    learning_rate: float = 1e-3
-    unfreeze: int = 0
-    # autoencoder stages only (None elsewhere, and left out of TOML files)
-    decoder: str | None = None  # "unpool" (max-unpooling with the switches) or "transpose"
-    noise: float | None = None  # std of Gaussian noise on the [0, 1]-scaled training inputs: denoising
-    channels: int | None = None  # 1 or 3; default: the run's base's
-    data: str | None = None  # unlabeled images to pretrain on; default: the run's training images
+    params: dict[str, Any]
 
-    def __post_init__(self):
-        if self.kind not in STAGE_KINDS:
-            raise unknown_name("stage kind", self.kind, STAGE_KINDS)
-        if self.epochs < 0:
-            raise TlkitError(f"stage {self.kind}: epochs must be >= 0, not {self.epochs}")
-        if self.learning_rate <= 0:
-            raise TlkitError(f"stage {self.kind}: learning_rate must be > 0, not {self.learning_rate}")
-        autoencoding = {"decoder": self.decoder, "noise": self.noise, "channels": self.channels, "data": self.data}
-        if self.kind != "autoencoder":
-            given = [key for key, value in autoencoding.items() if value is not None]
-            if given:
-                raise TlkitError(f"stage {self.kind}: {given[0]} only applies to autoencoder stages")
-            return
-        self.decoder = self.decoder or "unpool"
-        if self.decoder not in DECODERS:
-            raise unknown_name("decoder", self.decoder, DECODERS)
-        self.noise = float(self.noise or 0.0)
-        if self.noise < 0:
-            raise TlkitError(f"stage autoencoder: noise must be >= 0, not {self.noise}")
-        if self.channels not in (None, 1, 3):
-            raise TlkitError(f"stage autoencoder: channels must be 1 or 3, not {self.channels}")
+    def __init__(self, kind: str, **params):
+        self.kind = kind
+        self.params = params
+
+    def __getattr__(self, name: str):
+        try:
+            return self.__dict__["params"][name]
+        except KeyError:
+            raise AttributeError(f"stage {self.__dict__.get('kind')} has no parameter {name!r}") from None
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, **{k: v for k, v in self.params.items() if v is not None}}
+
+    def replace(self, **changes) -> Stage:
+        return Stage(self.kind, **{**self.params, **changes})
+
+
+def checked_fields(cls, values: dict, where: str) -> dict:
+    """`values` for the dataclass `cls`, each checked against its field's annotation (int, float,
+    str, bool, a `Literal`, or one of them `| None`); an unknown key or a value of the wrong type is
+    one line that names `where`, the key and what it takes."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key, value in values.items():
+        if key not in fields:
+            raise TlkitError(f"{where}: {unknown_name('key', key, fields)}")
+        if not _fits(value, hints[key]):
+            words = [a for a in _choices(hints[key]) if isinstance(a, str)]
+            if words and isinstance(value, str):
+                raise TlkitError(f"{where}: {unknown_name(key, value, words)}")
+            raise TlkitError(f"{where}: {key} = {value!r} is not {_describe(hints[key])}")
+    return values
+
+
+def _choices(hint) -> tuple:
+    """The values a `Literal` (or a `Literal | None`) hint allows; () for other hints."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(a for h in typing.get_args(hint) for a in _choices(h))
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+
+
+def _fits(value, hint) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+            type(None): "left out"}.get(hint, str(hint))
 
 
 @dataclass
@@ -89,36 +124,50 @@ class Recipe:
     seed: int = 0
     augment: bool = False
     dropout: float = 0.2
-    pooling: str = "avg"  # how the head reduces the base's feature map: avg, max or flatten
+    pooling: Pooling = "avg"
     early_stopping: int = 0  # patience in epochs; 0 is off
     mixed_precision: bool = False
     cache: str | None = None  # feature cache folder of extract stages; None: tlkit.features.cache_dir()
+    # decoded, resized images kept for later epochs: in memory when they fit, on disk, or not at all
+    cache_images: Literal["auto", "memory", "disk", "none"] = "auto"
 
-    def __post_init__(self):
-        if self.pooling not in POOLINGS:
-            raise unknown_name("head pooling", self.pooling, POOLINGS)
+    def problem(self) -> str | None:
+        """What is wrong with the recipe's settings, naming the setting and what it takes, or None."""
+        if not 0 <= self.seed < 2 ** 32:
+            return f"seed must be a whole number from 0 to 2**32 - 1, not {self.seed}"
+        if self.batch_size < 1:
+            return f"batch_size must be >= 1, not {self.batch_size}"
+        if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            return f"image_size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, not {self.image_size}"
+        if not 0 < self.val_split < 1:
+            return f"val_split must be between 0 and 1 (a fraction of each class), not {self.val_split}"
+        if not 0 <= self.dropout < 1:
+            return f"dropout must be at least 0 and below 1, not {self.dropout}"
+        if self.early_stopping < 0:
+            return f"early_stopping must be >= 0 (0 is off), not {self.early_stopping}"
+        return None
 
     def to_dict(self) -> dict:
-        data = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        data["stages"] = [{k: v for k, v in stage.items() if v is not None} for stage in data["stages"]]
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        data["stages"] = [stage.to_dict() for stage in self.stages]
         return data
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "recipe") -> Recipe:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise unknown_name(f"key in {source}", sorted(unknown)[0], known)
-        stage_fields = {f.name for f in dataclasses.fields(Stage)}
+        """A recipe from the tables of a recipe file; its values are checked against the fields'
+        types here, the stages' parameters when the recipe is resolved."""
+        data = dict(data)
+        raw_stages = data.pop("stages", [])
+        if not isinstance(raw_stages, list):
+            raise TlkitError(f"{source}: stages must be a list of [[stages]] tables")
+        checked_fields(cls, data, source)
         stages = []
-        for raw in data.get("stages", []):
-            bad = set(raw) - stage_fields
-            if bad:
-                raise unknown_name(f"stage key in {source}", sorted(bad)[0], stage_fields)
-            if "kind" not in raw:
-                raise TlkitError(f"{source}: every [[stages]] entry needs a kind ({', '.join(STAGE_KINDS)})")
-            stages.append(Stage(**raw))
-        return cls(**{**data, "stages": stages})
+        for index, raw in enumerate(raw_stages, start=1):
+            if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str):
+                raise TlkitError(f"{source}: stage {index} needs a kind, a string (head, finetune, extract, ...)")
+            params = dict(raw)
+            stages.append(Stage(params.pop("kind"), **params))
+        return cls(**data, stages=stages)
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -135,20 +184,20 @@ class Recipe:
     def load(cls, path: str | Path) -> Recipe:
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise TlkitError(f"cannot read recipe {path}: {err.strerror}") from err
+        except UnicodeDecodeError as err:
+            raise TlkitError(f"recipe {path} is not a text file (TOML)") from err
         return cls.from_toml(text, str(path))
 
     def save(self, path: str | Path) -> None:
-        from tlkit.io import write_text_atomic
-
         write_text_atomic(path, self.to_toml())
 
     def with_stages(self, kind: str, **changes) -> Recipe:
         """A copy whose stages of `kind` have `changes` applied (None values are ignored)."""
         changes = {k: v for k, v in changes.items() if v is not None}
-        stages = [dataclasses.replace(s, **changes) if s.kind == kind else s for s in self.stages]
+        stages = [s.replace(**changes) if s.kind == kind else s for s in self.stages]
         return dataclasses.replace(self, stages=stages)
 
 

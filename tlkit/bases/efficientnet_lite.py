@@ -21,10 +21,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlkit.bases import BASES, Base, BaseSpec
-from tlkit.bases.preprocessing import ImagePreprocessing
+from tlkit.bases._registry import BASES, Base, BaseSpec
 from tlkit.blocks import BlockSpec, build_block_map
 from tlkit.errors import TlkitError
+from tlkit.preprocessing import preprocessing_layer
 from tlkit.torchfile import load_torch_checkpoint
 
 # TF's Lite builder normalises with mean 127 and stddev 128 ("inception-style ... for better
@@ -225,7 +225,7 @@ def efficientnet_lite(
 
     # PyTorch's Conv2dStaticSamePadding pads (total // 2, total - total // 2) with TF's total, i.e.
     # it is TF "same" (as the TF checkpoints were trained), so Keras' padding="same" reproduces it.
-    x = ImagePreprocessing(PREPROCESSING, name="preprocessing")(image)
+    x = preprocessing_layer(PREPROCESSING)(image)
     x = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = _bn("stem_bn")(x)
     x = keras.layers.ReLU(6.0, name="stem_activation")(x)

@@ -17,74 +17,21 @@ process, or one inside a folder listed in $TLKIT_TRUSTED_SAVEDMODELS (os.pathsep
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import keras
-from keras.src.saving import serialization_lib
 
-from tlkit.bases import Base
-from tlkit.bases.preprocessing import ImagePreprocessing
+from tlkit.bases._registry import Base
+from tlkit.basecatalog import HUB_PREFIX
 from tlkit.blocks import single_block
 from tlkit.errors import TlkitError, unknown_name
+from tlkit.layers import HubLayer, trust_savedmodel
+from tlkit.preprocessing import preprocessing_layer
 
-PREFIX = "hub:"
-RANGES = {"0,1": "unit", "-1,1": "tf", "0,255": "none"}  # --hub-range -> ImagePreprocessing mode
+PREFIX = HUB_PREFIX
+RANGES = {"0,1": "unit", "-1,1": "tf", "0,255": "none"}  # --hub-range -> preprocessing mode
 DEFAULT_SIZE = 224
-TRUST_ENV = "TLKIT_TRUSTED_SAVEDMODELS"
-
-_loaded_as_bases: set[Path] = set()  # SavedModels the user named as a base in this process
-
-
-def is_trusted(path: str | Path) -> bool:
-    path = Path(path).resolve()
-    folders = [Path(p).resolve() for p in os.environ.get(TRUST_ENV, "").split(os.pathsep) if p]
-    return path in _loaded_as_bases or any(path == f or f in path.parents for f in folders)
-
-
-@keras.saving.register_keras_serializable(package="tlkit")
-class HubLayer(keras.layers.TFSMLayer):
-    """`keras.layers.TFSMLayer` that can be fine-tuned and reloaded.
-
-    Where TFSMLayer falls short (Keras 3.15):
-    - it names its variables after TF's (`conv/kernel:0` -> `conv_kernel:0`); the ':' is not
-      valid in a name scope, so the optimizer fails on the first training step;
-    - a signature returns a dict even for one output, which no head can take;
-    - it never loads in safe mode; this layer does for a trusted SavedModel (see the module).
-    The Keras variables wrap the SavedModel's own, so training them is training the SavedModel.
-    """
-
-    def _add_existing_weight(self, weight):
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", weight.name.split(":")[0])
-        self._track_variable(keras.Variable(weight, trainable=weight.trainable, name=name))
-
-    def call(self, inputs, training=False):
-        outputs = super().call(inputs)
-        if isinstance(outputs, dict):
-            if len(outputs) != 1:
-                raise TlkitError(
-                    f"the SavedModel {self.filepath} returns {len(outputs)} outputs ({', '.join(outputs)}); "
-                    "a base must return one tensor of features"
-                )
-            (outputs,) = outputs.values()
-        return outputs
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None, safe_mode=None):
-        path = config["filepath"]
-        if serialization_lib.in_safe_mode() is not False and not is_trusted(path):
-            raise TlkitError(
-                f"this model runs the TF Hub SavedModel {path}, whose graph is a program from outside the "
-                f".keras file: if you trust it, set {TRUST_ENV}={path} and run again"
-            )
-        if not Path(path, "saved_model.pb").is_file():
-            raise TlkitError(
-                f"this model runs the TF Hub SavedModel {path}, which is gone: put the SavedModel back there"
-            )
-        return cls(**config)
-
-
 def resolve_handle(handle: str) -> Path:
     """The local folder of the SavedModel `handle` (a folder, or a URL tensorflow_hub downloads)."""
     path = Path(handle).expanduser()
@@ -140,14 +87,14 @@ def load_hub(handle: str, weights: str = "imagenet", image_size: tuple[int, int]
     if value_range not in RANGES:
         raise unknown_name("--hub-range", value_range, RANGES)
     path = resolve_handle(handle)
-    _loaded_as_bases.add(path)
+    trust_savedmodel(path)
     layer = hub_layer(path)
     fixed = fixed_size(layer)
     size = image_size or fixed or (DEFAULT_SIZE, DEFAULT_SIZE)
     if fixed and tuple(size) != fixed:
         raise TlkitError(f"the SavedModel {path} takes {fixed[0]}x{fixed[1]} images only: pass --image-size {fixed[0]}")
     inputs = keras.Input((*size, 3), name="image")
-    x = ImagePreprocessing(RANGES[value_range], name="preprocessing")(inputs)
+    x = preprocessing_layer(RANGES[value_range])(inputs)
     try:
         features = layer(x)
     except (ValueError, TypeError) as err:

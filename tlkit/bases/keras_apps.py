@@ -19,19 +19,19 @@ from functools import partial
 from pathlib import Path
 
 import keras
-from keras.src.backend.config import keras_home
-from keras.src.utils.naming import to_snake_case
 
-from tlkit.bases import BASES, Base, BaseSpec
-from tlkit.bases.preprocessing import ImagePreprocessing
+from tlkit.bases._registry import BASES, Base, BaseSpec
+from tlkit.basecatalog import load_catalog
 from tlkit.blocks import BlockSpec, build_block_map
+from tlkit.compat import keras_home, to_snake_case
 from tlkit.errors import TlkitError
+from tlkit.preprocessing import preprocessing_layer
 
 
 @dataclass(frozen=True)
 class App:
     constructor: str  # attribute of keras.applications
-    preprocessing: str  # an ImagePreprocessing mode ("none": the Keras model has its own inside)
+    preprocessing: str  # a tlkit.preprocessing mode ("none": the Keras model has its own inside)
     size: int  # default input side
     blocks: BlockSpec
     # Where layers that Keras named by its counter (`conv2d_7`) go: the block of the nearest
@@ -198,7 +198,7 @@ def build_app(name: str, weights: str | None, size: tuple[int, int]) -> keras.Mo
     preprocessing it expects; `weights` as Keras takes it (None, "imagenet" or a file)."""
     app = APPS[name]
     inputs = keras.Input((*size, 3), name="image")
-    x = ImagePreprocessing(app.preprocessing, name="preprocessing")(inputs)
+    x = preprocessing_layer(app.preprocessing)(inputs)
     constructor = getattr(keras.applications, app.constructor)
     # input_shape beside input_tensor makes Keras check the model's minimum input size
     model = constructor(include_top=False, weights=weights, input_tensor=x, input_shape=(*size, 3))
@@ -226,8 +226,6 @@ def load_app(name: str, weights: str = "imagenet", image_size: tuple[int, int] |
 
 
 def _fetch_hint(name: str) -> str:
-    from tlkit.bases.catalog import load_catalog
-
     file = load_catalog()[name].weights
     return (
         f"download {file.origin} elsewhere and run `tlkit bases import {name} FILE` (or put it in "
@@ -237,8 +235,6 @@ def _fetch_hint(name: str) -> str:
 
 def weights_status(name: str, weights: str) -> str:
     """Whether the ImageNet weights of `name` are in Keras' cache, for `tlkit bases`."""
-    from tlkit.bases.catalog import load_catalog
-
     if weights != "imagenet":
         return "random initialisation" if weights == "none" else f"file {weights}"
     file = load_catalog()[name].weights.file

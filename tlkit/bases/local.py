@@ -23,9 +23,13 @@ from pathlib import Path
 
 import keras
 
-from tlkit.bases import Base
+import tlkit.layers  # noqa: F401  (registers tlkit's layers, which a model file may hold)
+import tlkit.preprocessing  # noqa: F401  (likewise)
+from tlkit.bases._registry import Base
+from tlkit.bases.zoo import load_zoo
 from tlkit.blocks import Block, build_block_map, single_block
 from tlkit.errors import TlkitError, unknown_name
+from tlkit.recipe import Recipe
 
 BASE_FILE = "base.keras"
 BLOCKS_FILE = "blocks.json"
@@ -44,8 +48,6 @@ def load_local(path: str | Path, weights: str = "imagenet", image_size: tuple[in
             return _finish(path, _load_keras(path / BASE_FILE), path / BLOCKS_FILE, image_size, base_layer)
         recipe = _train_recipe(path)
         if recipe:
-            from tlkit.bases.zoo import load_zoo
-
             size = image_size or ((recipe.image_size,) * 2 if recipe.image_size else None)
             base = load_zoo(recipe.base, str(path), size)
             return cut_base(base, base_layer) if base_layer else base
@@ -77,8 +79,6 @@ def _finish(path: Path, model: keras.Model, blocks_file: Path, image_size, base_
 
 def _train_recipe(path: Path):
     """The recipe of a run directory of `tlkit train` (a zoo model from scratch), else None."""
-    from tlkit.recipe import Recipe
-
     if not (path / "recipe.toml").is_file():
         return None
     recipe = Recipe.load(path / "recipe.toml")
@@ -86,8 +86,6 @@ def _train_recipe(path: Path):
 
 
 def _load_keras(path: Path) -> keras.Model:
-    import tlkit.custom_objects  # noqa: F401  (registers tlkit's layers for deserialization)
-
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except TlkitError:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import keras
 
-from tlkit.bases import BASES, Base, BaseSpec
-from tlkit.bases.preprocessing import ImagePreprocessing
+from tlkit.bases._registry import BASES, Base, BaseSpec
 from tlkit.blocks import build_block_map
 from tlkit.errors import TlkitError
 from tlkit.models import ZOO, Arch
+from tlkit.preprocessing import preprocessing_layer
+from tlkit.rundir import load_run
 
 PREFIX = "zoo:"
 
@@ -23,7 +24,7 @@ def zoo_input(arch: Arch, image_size: tuple[int, int] | None):
     """The Input and the [0, 1] scaling that zoo models are trained on, ahead of the arch."""
     height, width, channels = arch.input_shape
     inputs = keras.Input((*(image_size or (height, width)), channels), name="image")
-    return inputs, ImagePreprocessing("unit", name="preprocessing")(inputs)
+    return inputs, preprocessing_layer("unit")(inputs)
 
 
 def load_zoo(key: str, weights: str, image_size: tuple[int, int] | None) -> Base:
@@ -49,8 +50,6 @@ def load_zoo_weights(model: keras.Model, path: Path) -> None:
     """Weights from a weights file, or from the model of a `tlkit train` run (matched by layer
     name, so the trained top is left out)."""
     if path.is_dir():
-        from tlkit.rundir import load_run
-
         trained = load_run(path).model
         for layer in model.layers:
             if layer.weights:

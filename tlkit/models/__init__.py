@@ -1,38 +1,6 @@
-"""The classic CNN zoo: builders registered by name, each with the block map of its base.
+"""The classic CNN zoo (LeNet-5 to ResNet), exact to the papers; see `tlkit.models._registry`.
 
-Builders follow the `keras.applications` signature
-`NAME(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-classes=1000, classifier_activation="softmax")`; `weights` is None or a path to a weights file.
+Importing a family module registers its architectures in `ZOO`.
 """
-from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import keras
-
-from tlkit.blocks import BlockSpec
-from tlkit.registry import Registry
-
-
-@dataclass(frozen=True)
-class Arch:
-    name: str
-    build: Callable[..., keras.Model]
-    blocks: BlockSpec  # block map of the model built with include_top=False
-    input_shape: tuple[int, int, int]  # the paper's input
-
-
-ZOO: Registry[Arch] = Registry("architecture")
-
-
-def register(name: str, blocks: BlockSpec, input_shape: tuple[int, int, int]):
-    def decorator(build):
-        ZOO.add(name, Arch(name, build, blocks, input_shape))
-        return build
-
-    return decorator
-
-
-# Importing a family module registers its architectures.
-from tlkit.models import alexnet, googlenet, lenet, resnet, vgg  # noqa: E402,F401
+from tlkit.models import alexnet, googlenet, lenet, resnet, vgg  # noqa: F401
+from tlkit.models._registry import ZOO, Arch, register  # noqa: F401

@@ -16,12 +16,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from tlkit.bases.preprocessing import ImagePreprocessing
 from tlkit.blocks import BlockSpec
 from tlkit.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
-from tlkit.recipe import DECODERS
+from tlkit.preprocessing import preprocessing_layer
 
 FILTERS = (32, 64, 128)
+DECODERS = ("unpool", "transpose")
 DEFAULT_SIZE = 64
 
 
@@ -46,7 +46,7 @@ def conv_autoencoder(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 3), filters=FILTER
         raise ValueError(f"the encoder halves the image {len(filters)} times: its sides must be multiples of "
                          f"{side}, not {input_shape[0]}x{input_shape[1]}")
     inputs = keras.Input(input_shape, name="image")
-    x = ImagePreprocessing("unit", name="preprocessing")(inputs)
+    x = preprocessing_layer("unit")(inputs)
     if noise:
         x = layers.GaussianNoise(noise, seed=0, name="noise")(x)
     switches = []

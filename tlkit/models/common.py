@@ -7,7 +7,7 @@ import keras
 from keras import layers
 
 from tlkit.errors import TlkitError
-from tlkit.models import register
+from tlkit.models._registry import register
 
 
 def image_input(input_tensor, input_shape, default_shape):

@@ -3,11 +3,10 @@
 Each is read from the TOML file of the same name beside this module (also `recipes/` at the top
 of the repository), so editing a file changes the recipe.
 """
+from tlkit.recipe import builtin_recipes
 
 
 def __getattr__(name):
-    from tlkit.recipe import builtin_recipes
-
     recipes = builtin_recipes()
     if name in recipes:
         return recipes[name]
@@ -15,6 +14,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    from tlkit.recipe import builtin_recipes
-
     return list(builtin_recipes())

@@ -4,7 +4,7 @@ Like timm's pretrained config per model: for every base its source, default inpu
 parameter count, block names and, for a keras.applications base, the ImageNet weights file Keras
 downloads (name, origin, hash). It is generated from the models themselves:
 
-    python -m tlkit.bases.catalog --update      # rebuild every base, rewrite catalog.json
+    python -m tlkit.catalog --update      # rebuild every base, rewrite tlkit/bases/catalog.json
 
 and tests/test_block_maps.py checks it against freshly built models. Keras does not publish its
 weights files in a table: each application passes them to `get_file` as it builds, so the
@@ -14,46 +14,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from functools import cache
 from pathlib import Path
-from unittest import mock
 
 import keras
-from keras.src.utils import file_utils
 
 from tlkit.bases import BASES, Base
+from tlkit.basecatalog import CATALOG_FILE, Entry, WeightsFile, load_catalog
 from tlkit.bases.keras_apps import keras_cache_dir, load_app
+from tlkit.compat import hash_file, replaced_downloads, validate_file
 from tlkit.errors import TlkitError, unknown_name
 from tlkit.inspect import human_count
-from tlkit.io import write_atomic, write_json_atomic
+from tlkit.io import write_atomic, write_text_atomic
 
-CATALOG_FILE = Path(__file__).with_name("catalog.json")
+log = logging.getLogger(__name__)
 _RECORDED = "recorded-download:"  # prefix of the path a recorded download returns
-
-
-@dataclass(frozen=True)
-class WeightsFile:
-    file: str  # its name in Keras' cache folder
-    origin: str  # the URL Keras downloads it from
-    hash: str | None  # md5 or sha256 (by its length, as Keras' validate_file reads it); None: Keras has none
-
-
-@dataclass(frozen=True)
-class Entry:
-    source: str
-    size: tuple[int, int]
-    params: int  # every variable of the base, BatchNorm statistics included
-    blocks: tuple[str, ...]
-    weights: WeightsFile | None = None  # the ImageNet weights of a keras.applications base
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Entry:
-        weights = WeightsFile(**data["weights"]) if data.get("weights") else None
-        return cls(data["source"], tuple(data["size"]), data["params"], tuple(data["blocks"]), weights)
 
 
 @contextmanager
@@ -71,7 +50,7 @@ def recorded_downloads() -> Iterator[list[WeightsFile]]:
         if not str(filepath).startswith(_RECORDED):
             load_weights(model, filepath, *args, **kwargs)
 
-    with mock.patch.object(file_utils, "get_file", get_file), mock.patch.object(keras.Model, "load_weights", load_recorded):
+    with replaced_downloads(get_file, load_recorded):
         yield records
 
 
@@ -89,11 +68,6 @@ def build_entry(name: str) -> Entry:
     with recorded_downloads() as downloads:
         base = spec.load("imagenet" if spec.source == "keras" else "none", None)
     return describe(base, downloads)
-
-
-@cache
-def load_catalog() -> dict[str, Entry]:
-    return {name: Entry.from_dict(data) for name, data in json.loads(CATALOG_FILE.read_text()).items()}
 
 
 @dataclass(frozen=True)
@@ -155,11 +129,11 @@ def import_weights(name: str, file: str | Path, catalog: dict[str, Entry] | None
         )
     if not file.is_file():
         raise TlkitError(f"weights file {file} does not exist")
-    if weights.hash and not file_utils.validate_file(str(file), weights.hash):
+    if weights.hash and not validate_file(str(file), weights.hash):
         kind = "sha256" if len(weights.hash) == 64 else "md5"
         raise TlkitError(
             f"{file} is not the ImageNet weights file of {name}: its {kind} hash is "
-            f"{file_utils.hash_file(str(file), kind)}, {weights.file} has {weights.hash} (download {weights.origin})"
+            f"{hash_file(str(file), kind)}, {weights.file} has {weights.hash} (download {weights.origin})"
         )
 
     def copy(tmp: Path) -> None:
@@ -176,18 +150,19 @@ def import_weights(name: str, file: str | Path, catalog: dict[str, Entry] | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tlkit.bases.catalog", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tlkit.catalog", description=__doc__.split("\n\n")[0])
     parser.add_argument("--update", action="store_true", help=f"rebuild the bases and rewrite {CATALOG_FILE.name}")
     parser.add_argument("names", nargs="*", help="only these bases (default: every registered one)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.update:
         parser.error("nothing to do: pass --update")
     entries = {name: asdict(entry) for name, entry in load_catalog().items()} if CATALOG_FILE.is_file() else {}
     for name in args.names or list(BASES):
         entries[name] = asdict(build_entry(name))
-        print(f"{name}: {entries[name]['params']} parameters, {len(entries[name]['blocks'])} blocks", flush=True)
+        log.info("%s: %d parameters, %d blocks", name, entries[name]["params"], len(entries[name]["blocks"]))
         keras.backend.clear_session()
-    write_json_atomic(CATALOG_FILE, entries)
+    write_text_atomic(CATALOG_FILE, json.dumps(entries, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

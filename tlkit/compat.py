@@ -1,0 +1,48 @@
+"""Every use of private Keras (`keras.src`) in tlkit, in one place.
+
+Each is something Keras does but does not export; checked on Keras 3.15. When Keras changes,
+this module is the one to fix.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import keras
+from keras.src.backend.config import keras_home  # noqa: F401  (where get_file caches; no public getter)
+from keras.src.saving import serialization_lib
+from keras.src.utils import file_utils
+from keras.src.utils.naming import to_snake_case  # noqa: F401  (how Keras names layers it numbers)
+
+# keras.utils.get_file checks hashes with these, but does not export them.
+validate_file = file_utils.validate_file
+hash_file = file_utils.hash_file
+
+
+def in_safe_mode() -> bool:
+    """Whether a `.keras` file is being loaded in safe mode: a layer that runs code from outside
+    the file (a SavedModel graph) must refuse then. Keras keeps the flag in a private scope."""
+    return serialization_lib.in_safe_mode() is not False
+
+
+def run_through_graph(model: keras.Model, inputs, operation_fn):
+    """Run `inputs` through a functional model calling `operation_fn(op)(*args, **kwargs)` for
+    each node: what `Functional.call` itself uses, and the only per-layer graph runner Keras has."""
+    return model._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+def is_functional(model) -> bool:
+    return hasattr(model, "_run_through_graph")
+
+
+@contextmanager
+def replaced_downloads(get_file, load_weights) -> Iterator[None]:
+    """Within this, keras.applications call `get_file` and `load_weights(model, path, ...)` in
+    place of Keras' own: the applications look `get_file` up in `file_utils` at each build, and
+    load their weights through `keras.Model.load_weights`."""
+    saved_get_file, saved_load = file_utils.get_file, keras.Model.load_weights
+    file_utils.get_file, keras.Model.load_weights = get_file, load_weights
+    try:
+        yield
+    finally:
+        file_utils.get_file, keras.Model.load_weights = saved_get_file, saved_load

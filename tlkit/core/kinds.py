@@ -1,0 +1,149 @@
+"""Stage kinds and the resolution of a recipe against them.
+
+A stage kind is one module of `tlkit.stages`: a parameters dataclass (a subclass of
+`StageParams`), a run function, and a `StageKind` registered in `STAGES`, the only list of kinds.
+This module imports no TensorFlow, so that a recipe and the options over it are checked before
+anything slow happens.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tlkit.basecatalog import HUB_PREFIX, load_catalog
+from tlkit.errors import TlkitError, unknown_name
+from tlkit.recipe import Recipe, Stage, checked_fields, get_recipe
+from tlkit.registry import Registry
+
+
+@dataclass
+class StageParams:
+    """What every stage has; a kind's parameters dataclass adds its own fields."""
+
+    epochs: int = 5
+    learning_rate: float = 1e-3
+
+    def problem(self) -> str | None:
+        """What is wrong with these values, or None. Kinds extend it with their own rules."""
+        if self.epochs < 0:
+            return f"epochs must be >= 0, not {self.epochs}"
+        if self.learning_rate <= 0:
+            return f"learning_rate must be > 0, not {self.learning_rate}"
+        return None
+
+    def resolved(self) -> StageParams:
+        """These parameters with what depends on the working folder (paths) made absolute."""
+        return self
+
+
+@dataclass(frozen=True)
+class StageKind:
+    name: str
+    params: type[StageParams]
+    run: Callable[..., Any]  # run(ctx: RunContext, index: int, params) -> StageResult
+    summary: str  # one line for `tlkit recipes` and the docs
+    needs_labels: bool = True  # False: trains on images alone (autoencoder)
+    # make_base(recipe, params) -> Base: a kind that, as a recipe's first stage, makes the run's base
+    make_base: Callable[..., Any] | None = None
+
+
+STAGES: Registry[StageKind] = Registry("stage kind")
+
+
+def stage_params(stage: Stage, where: str = "recipe") -> StageParams:
+    """The parameters of `stage`, checked against its registered kind, with its defaults."""
+    kind = STAGES.get(stage.kind)
+    values = checked_fields(kind.params, dict(stage.params), f"{where}, {stage.kind} stage")
+    params = kind.params(**values)
+    problem = params.problem()
+    if problem:
+        raise TlkitError(f"{where}, {stage.kind} stage: {problem}")
+    return params
+
+
+StageOverrides = Mapping[str | int, Mapping[str, Any]]
+
+
+def resolve(recipe: Recipe | str | Path | None, *, stages: StageOverrides | None = None, **fields) -> Recipe:
+    """`recipe` (a Recipe, a built-in name or a TOML path; None: classic) with `fields` (recipe
+    fields; None values are left alone) and `stages` (per-stage parameters, keyed by a kind, or
+    by a stage's 1-based number when the recipe has several of that kind) set over it; every
+    stage checked and completed with its kind's defaults, and data paths made absolute, so that
+    the recipe written into a run directory repeats the run from any folder."""
+    r = get_recipe(recipe)
+    fields = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in fields.items() if v is not None}
+    checked_fields(Recipe, fields, "the settings")
+    r = dataclasses.replace(r, **fields)
+    checked_fields(Recipe, {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name != "stages"},
+                   f"recipe {r.name}")
+    problem = r.problem()
+    if problem:
+        raise TlkitError(f"recipe {r.name}: {problem}")
+    staged = list(r.stages)
+    for key, changes in (stages or {}).items():
+        for i in _stage_indices(r, key):
+            staged[i] = staged[i].replace(**{k: v for k, v in changes.items() if v is not None})
+    where = f"recipe {r.name}"
+    if not staged:
+        raise TlkitError(f"{where} has no stages: add at least one [[stages]] table (see `tlkit recipes`)")
+    staged = [Stage(s.kind, **dataclasses.asdict(stage_params(s, f"{where}, stage {i}").resolved()))
+              for i, s in enumerate(staged, start=1)]
+    paths = {key: str(Path(getattr(r, key)).resolve()) for key in ("data", "val_data", "cache") if getattr(r, key)}
+    resolved = dataclasses.replace(r, stages=staged, **paths)
+    check_base(resolved)
+    return resolved
+
+
+
+def needs_base(recipe: Recipe) -> bool:
+    """Whether the recipe needs a base named: not when its first stage makes its own."""
+    return not recipe.stages or STAGES.get(recipe.stages[0].kind).make_base is None
+
+
+def check_base(recipe: Recipe) -> None:
+    """The recipe's base against the catalogue of registered bases, before anything is loaded:
+    its name (close matches for a typo) and its number of blocks against every stage's
+    `unfreeze`. Files, run directories and hub handles are checked when they are loaded."""
+    spec = recipe.base
+    if not spec or spec.startswith(HUB_PREFIX) or Path(spec).exists():
+        return
+    catalog = load_catalog()
+    if spec not in catalog:
+        if "/" in spec or os.sep in spec or spec.endswith(".keras"):
+            raise TlkitError(f"base {spec} does not exist: pass a .keras file, a run directory, hub:HANDLE or a "
+                             "base name (see `tlkit bases`)")
+        raise unknown_name("base", spec, catalog, hint="run `tlkit bases` to list them")
+    blocks = catalog[spec].blocks
+    if recipe.base_layer:  # a cut base keeps only the blocks before the cut: known once it is loaded
+        return
+    for number, stage in enumerate(recipe.stages, start=1):
+        unfreeze = stage.params.get("unfreeze")
+        if isinstance(unfreeze, int) and unfreeze > len(blocks):
+            raise TlkitError(
+                f"recipe {recipe.name}, stage {number}: cannot unfreeze {unfreeze} blocks: base {spec} has "
+                f"{len(blocks)} ({', '.join(blocks)}); choose --unfreeze between 1 and {len(blocks)}")
+
+
+def _stage_indices(recipe: Recipe, key: str | int) -> list[int]:
+    """The positions (0-based) of the stages an override key names."""
+    if isinstance(key, int) or str(key).isdigit():
+        number = int(key)
+        if not 1 <= number <= len(recipe.stages):
+            raise TlkitError(f"recipe {recipe.name} has {len(recipe.stages)} stages: there is no stage {number}")
+        return [number - 1]
+    kind = STAGES.get(str(key)).name
+    found = [i for i, stage in enumerate(recipe.stages) if stage.kind == kind]
+    if not found:
+        kinds = ", ".join(s.kind for s in recipe.stages) or "none"
+        raise TlkitError(f"recipe {recipe.name} has no {kind} stage (its stages: {kinds}): drop the {kind} options")
+    if len(found) > 1:
+        numbers = " and ".join(str(i + 1) for i in found)
+        raise TlkitError(
+            f"recipe {recipe.name} has {len(found)} {kind} stages ({numbers}): say which one, by its number "
+            f"(--stage-option N:KEY=VALUE, or stages={{N: {{...}}}} in Python), or edit a copy of the recipe"
+        )
+    return found

@@ -1,0 +1,152 @@
+"""`autoencoder`: pretraining without labels. A convolutional autoencoder is trained on images
+(the run's, or the folder `data`); its encoder becomes the run's base, so the stages after it
+train on that. It writes a base directory, which `tlkit finetune --base DIR` takes:
+
+    base.keras          the encoder: float32 [0, 255] images -> the code feature map ([0, 1]
+                        scaling inside), reloadable in safe mode
+    blocks.json         its block map ({block: [layer names]}, in order)
+    autoencoder.keras   the whole autoencoder
+    reconstructions.png validation images beside their reconstructions
+
+A recipe that is this one stage (`tlkit pretrain`) makes the run directory itself that base
+directory; in a longer recipe it is RUN/autoencoder/.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from tlkit.core.kinds import STAGES, StageKind, StageParams
+from tlkit.errors import TlkitError
+from tlkit.io import save_model_atomic, write_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+GRID_IMAGES = 8
+GRID_TILE = 64  # smallest side of a tile in the grid, in pixels: small images are enlarged
+
+
+@dataclass
+class Autoencoder(StageParams):
+    epochs: int = 20
+    decoder: Literal["unpool", "transpose"] = "unpool"  # max-unpooling with the switches, or transposed convs
+    noise: float = 0.0  # std of Gaussian noise on the [0, 1]-scaled training inputs: denoising
+    channels: Literal[1, 3] | None = None  # default: the run's base's, else 3
+    data: str | None = None  # unlabeled images to pretrain on; default: the run's training images
+
+    def problem(self) -> str | None:
+        if self.noise < 0:
+            return f"noise must be >= 0, not {self.noise}"
+        return super().problem()
+
+    def resolved(self) -> Autoencoder:
+        return replace(self, data=str(Path(self.data).resolve())) if self.data else self
+
+
+def build_autoencoder(params: Autoencoder, image_size: tuple[int, int], channels: int):
+    from tlkit.models.autoencoder import FILTERS, conv_autoencoder  # TensorFlow: imported when a stage runs,
+    # so that checking a recipe stays fast
+
+    try:
+        return conv_autoencoder((*image_size, channels), FILTERS, params.decoder, params.noise)
+    except ValueError as err:
+        raise TlkitError(f"{err}; pass --image-size N with N a multiple of {2 ** len(FILTERS)}") from err
+
+
+def encoder_base(autoencoder, weights: str):
+    """The autoencoder's encoder as a `Base`, with its block map."""
+    from tlkit.bases import Base  # TensorFlow, as above
+    from tlkit.blocks import build_block_map
+    from tlkit.models.autoencoder import encoder_blocks, encoder_model
+
+    model = encoder_model(autoencoder)
+    return Base("conv_encoder", model, build_block_map(model, encoder_blocks()), tuple(model.input_shape[1:3]),
+                "autoencoder", weights)
+
+
+def untrained_base(recipe, params: Autoencoder):
+    """The encoder with random weights: the base a run starts from when its first stage
+    pretrains its own."""
+    from tlkit.models.autoencoder import DEFAULT_SIZE  # TensorFlow, as above
+
+    size = recipe.image_size or DEFAULT_SIZE
+    return encoder_base(build_autoencoder(params, (size, size), params.channels or 3), "none")
+
+
+def run(ctx, index: int, params: Autoencoder):
+    """Train the autoencoder on `params.data` (split as the recipe says) or, without it, on the
+    run's images, whose labels are not used; write the base directory and make the encoder the
+    run's base."""
+    from tlkit import data as tldata  # TensorFlow, as above
+
+    r = ctx.recipe
+    if params.data:
+        train, val = tldata.split(tldata.scan_unlabeled(params.data, skip_bad=r.skip_bad), r.val_split, r.seed)
+        log.info("autoencoder: %d training and %d validation images from %s", len(train), len(val), params.data)
+    else:
+        train, val = ctx.train, ctx.val
+    channels = params.channels or ctx.base.channels
+
+    def pairs(images, training: bool):
+        ds = tldata.make_dataset(images, ctx.image_size, r.batch_size, channels=channels, shuffle=training,
+                                 augment=training and r.augment, seed=r.seed)
+        return ds.map(lambda x, _: (x, x / 255.0))  # the target is the clean image on the [0, 1] scale
+
+    with ctx.strategy.scope():
+        autoencoder = build_autoencoder(params, ctx.image_size, channels)
+    # a reconstruction loss is not a classifier's: no best-classifier checkpoint
+    result = ctx.fit(index, "autoencoder", params, autoencoder, (pairs(train, True), pairs(val, False)),
+                     loss="mse", metrics=(), checkpoint=False, detail=f"{params.decoder} decoder"
+                     + (f", denoising (noise {params.noise:g})" if params.noise else ""))
+    folder = ctx.out if len(r.stages) == 1 else ctx.out / "autoencoder"
+    spread = np.linspace(0, len(val) - 1, min(GRID_IMAGES, len(val))).round().astype(int)  # across classes too
+    ctx.base = save_pretrained(autoencoder, folder, [val.files[i] for i in spread], params.noise)
+    ctx.model = None
+    return result
+
+
+def save_pretrained(autoencoder, folder: Path, grid_files, noise: float):
+    """Write the base directory of a trained autoencoder; returns its encoder as a base."""
+    from tlkit.data import load_images  # TensorFlow, as above
+
+    base = encoder_base(autoencoder, str(folder))
+    save_model_atomic(base.model, folder / "base.keras")
+    write_json_atomic(folder / "blocks.json", {block.name: list(block.layers) for block in base.blocks})
+    save_model_atomic(autoencoder, folder / "autoencoder.keras")
+    images = load_images(grid_files, autoencoder.input_shape[1:3], autoencoder.input_shape[-1])
+    grid = reconstruction_grid(autoencoder, images, noise)
+    write_atomic(folder / "reconstructions.png", lambda tmp: Image.fromarray(grid).save(tmp))
+    return base
+
+
+def reconstruction_grid(autoencoder, images: np.ndarray, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """uint8 image: one row per image, the input beside its reconstruction; with `noise`, the
+    noisy input the autoencoder was given sits between them (denoising)."""
+    columns = [images / 255.0]
+    if noise:
+        noisy = np.clip(columns[0] + np.random.default_rng(seed).normal(0, noise, images.shape), 0, 1)
+        columns.append(noisy.astype(np.float32))
+    columns.append(autoencoder.predict(columns[-1] * 255.0, verbose=0))
+    scale = max(1, -(-GRID_TILE // min(images.shape[1:3])))  # ceiling division
+    gap = 2
+    rows = []
+    for tiles in zip(*columns):
+        tiles = [np.kron(t, np.ones((scale, scale, 1))) for t in tiles]  # nearest-neighbour enlargement
+        height = tiles[0].shape[0]
+        spacer = np.ones((height, gap, tiles[0].shape[2]))
+        rows.append(np.concatenate([x for t in tiles for x in (t, spacer)][:-1], axis=1))
+        rows.append(np.ones((gap, rows[-1].shape[1], rows[-1].shape[2])))
+    grid = np.concatenate(rows[:-1], axis=0)
+    grid = np.round(np.clip(grid, 0, 1) * 255).astype(np.uint8)
+    return grid[..., 0] if grid.shape[-1] == 1 else grid
+
+
+STAGES.add("autoencoder", StageKind(
+    "autoencoder", Autoencoder, run, "a convolutional autoencoder pretrained on images alone; its encoder becomes the base",
+    needs_labels=False, make_base=untrained_base,
+))

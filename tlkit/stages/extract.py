@@ -1,0 +1,40 @@
+"""`extract`: the head stage on features the frozen base computes once, or finds in the on-disk
+cache (`tlkit.features`); the head trained on them is the classifier's own."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tlkit.core.kinds import STAGES, StageKind, StageParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Extract(StageParams):
+    epochs: int = 10
+
+
+def run(ctx, index: int, params: Extract):
+    # TensorFlow: imported when a stage runs, so checking a recipe stays fast
+    from tlkit import features
+    from tlkit.core.run import BASE_LAYER
+
+    if ctx.recipe.augment:
+        log.info("stage %d (extract): augment=true gives new images every epoch, so features are not cached: "
+                 "training the head on the frozen base, as a head stage does", index)
+    ctx.classifier.get_layer(BASE_LAYER).trainable = False
+    if ctx.recipe.augment:
+        return ctx.fit(index, "extract", params, detail="base frozen, new head")
+    r = ctx.recipe
+    found = features.extract(ctx.base, ctx.train.files + ctx.val.files, ctx.image_size, pooling=r.pooling,
+                             batch_size=r.batch_size, cache=r.cache, verbose=ctx.verbose)
+    train, val = found[:len(ctx.train)], found[len(ctx.train):]
+    return ctx.fit(index, "extract", params, features.feature_head(ctx.classifier, BASE_LAYER), (
+        features.dataset(train, ctx.train.labels, r.batch_size, shuffle=True, seed=r.seed),
+        features.dataset(val, ctx.val.labels, r.batch_size),
+    ), detail="new head on the cached features")
+
+
+STAGES.add("extract", StageKind("extract", Extract, run,
+                                "base frozen, its features computed once (cached on disk), a new head trained on them"))

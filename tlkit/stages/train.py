@@ -1,0 +1,32 @@
+"""`train`: every layer trainable (a model from scratch, `tlkit train`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tlkit.core.kinds import STAGES, StageKind, StageParams
+
+
+@dataclass
+class Train(StageParams):
+    pass
+
+
+def run(ctx, index: int, params: Train):
+    from tlkit.preprocessing import NAME as PREPROCESSING  # TensorFlow: imported when a stage runs, so that
+    # checking a recipe stays fast
+
+    ctx.classifier.trainable = True
+    for layer in _all_layers(ctx.classifier):
+        if layer.name == PREPROCESSING:  # fixed arithmetic (a caffe channel flip has weights), not to be learnt
+            layer.trainable = False
+    return ctx.fit(index, "train", params, detail="every layer trainable")
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):  # a nested model: the base inside a classifier
+            yield from _all_layers(layer)
+
+
+STAGES.add("train", StageKind("train", Train, run, "every layer trained (from scratch)"))
