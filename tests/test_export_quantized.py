@@ -13,7 +13,7 @@ from PIL import Image
 from tlkit.bases import load_base
 from tlkit.core.run import configure
 from tlkit.data import load_images, scan, split
-from tlkit.exporters import export
+from tlkit.exporters import check_export, export
 from tlkit.jobs import run_recipe
 from tlkit.recipe import Recipe, Stage
 from tlkit.rundir import load_run
@@ -65,13 +65,14 @@ def test_quantized_tflite_keeps_the_top_class(lite_run, tmp_path):
             for q in ("none", "dynamic", "float16", "int8")}
     np.save(tmp_path / "x.npy", images)
     subprocess.run([sys.executable, "-c", LITERT, str(tmp_path / "x.npy"), str(tmp_path / "p.npz"),
-                    *(str(d.path) for d in done.values())], check=True, capture_output=True)
+                    *map(str, done.values())], check=True, capture_output=True)
     with np.load(tmp_path / "p.npz") as theirs:
         agreement = {q: float((theirs[str(i)].argmax(1) == ours.argmax(1)).mean()) for i, q in enumerate(done)}
         np.testing.assert_allclose(theirs["0"], ours, atol=1e-4)
     assert agreement["dynamic"] >= 0.95 and agreement["float16"] >= 0.95 and agreement["int8"] >= 0.90, agreement
-    for q, exported in done.items():  # the export's own check saw the same
-        assert exported.check.images == 24 and exported.check.agree / 24 == pytest.approx(agreement[q])
-    size = {q: d.size for q, d in done.items()}
+    for q, path in done.items():  # the export's own check sees the same
+        check = check_export(lite_run, path, "tflite")
+        assert check.images == 24 and check.agree / 24 == pytest.approx(agreement[q])
+    size = {q: path.stat().st_size for q, path in done.items()}
     assert size["dynamic"] < 0.35 * size["none"] and size["int8"] < 0.35 * size["none"]
     assert 0.45 * size["none"] < size["float16"] < 0.55 * size["none"]

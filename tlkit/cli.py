@@ -431,9 +431,8 @@ def export(model, out, fmt, version, quantize, calibration_images, check, verbos
     _tensorflow()
     from tlkit.exporters import export as run
 
-    done = run(model, out, fmt, version, quantize=quantize, calibration_images=calibration_images,
-               check=check, verbose=verbose)
-    click.echo(done.summary())
+    run(model, out, fmt, version, quantize=quantize, calibration_images=calibration_images, check=check,
+        verbose=verbose)  # logs its one line: path, size, agreement
 
 
 def main(argv=None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import logging
 import os
 import sys
 import tempfile
@@ -21,6 +22,8 @@ import numpy as np
 from tlkit.errors import TlkitError
 from tlkit.exporters._registry import FORMATS
 from tlkit.io import write_atomic
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,40 +38,19 @@ class Check:
         return f"top-1 agreement {self.agree}/{self.images}  max |Δp| {self.max_diff:.2g}"
 
 
-@dataclass(frozen=True)
-class Exported:
-    """What `export` wrote; path-like (`str` and `os.fspath` give the path), `summary` is the line
-    the CLI prints."""
-
-    path: Path
-    format: str
-    quantize: str
-    size: int  # bytes, of the file or the whole SavedModel folder
-    check: Check | None
-
-    def __fspath__(self) -> str:
-        return str(self.path)
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-    def summary(self) -> str:
-        kind = self.format if self.quantize == "none" else f"{self.format} {self.quantize}"
-        line = f"{self.path}  {self.size / 1e6:.1f} MB  {kind}"
-        return f"{line}  {self.check}" if self.check else line
-
-
 def export(model: str | Path, out: str | Path, format: str = "savedmodel", version: int = 1, *,
            quantize: str = "none", calibration_images: int = 100, check: bool = True,
-           verbose: bool = False) -> Exported:
-    """Export the run at `model` into the folder `out`, with labels.txt beside it.
+           verbose: bool = False) -> Path:
+    """Export the run at `model` into the folder `out`, with labels.txt beside it; returns the
+    path written.
 
     savedmodel: `out/<version>/` as TF Serving expects (an existing version is never replaced).
     tflite: `out/model.tflite` with metadata, quantized by `quantize` (none, dynamic, float16,
     or int8, which calibrates on `calibration_images` training images of the run).
     onnx: `out/model.onnx` (needs the `onnx` extra).
-    With `check`, the export is run in its own runtime on the run's validation images and
-    compared with the Keras model. The converters' own output is shown only when `verbose`.
+    Logs one line: the path, its size and, with `check`, how the export run in its own runtime
+    agrees with the Keras model on the run's validation images (see `check_export`). The
+    converters' own output is shown only when `verbose`.
     """
     spec = FORMATS.get(format)
     if quantize not in spec.quantizations:
@@ -92,7 +74,20 @@ def export(model: str | Path, out: str | Path, format: str = "savedmodel", versi
     write_atomic(out / "labels.txt", lambda tmp: tmp.write_bytes(labels))
     with quiet(not verbose):
         spec.write(run, target, quantize, lambda: _load(run, _spread(train.files, calibration_images)))
-    return Exported(target, format, quantize, _size(target), _check(run, spec, target, val, verbose) if check else None)
+    kind = format if quantize == "none" else f"{format} {quantize}"
+    line = f"{target}  {_size(target) / 1e6:.1f} MB  {kind}"
+    log.info(f"{line}  {_check(run, spec, target, val, verbose)}" if check else line)
+    return target
+
+
+def check_export(model: str | Path, path: str | Path, format: str = "savedmodel", *, verbose: bool = False) -> Check:
+    """Run the export at `path` (of the run at `model`) in its own runtime on the run's validation
+    images, and compare it with the run's Keras model."""
+    from tlkit.rundir import load_run
+
+    run = load_run(model)
+    _, val = _split(run, "check the export on")
+    return _check(run, FORMATS.get(format), Path(path), val, verbose)
 
 
 def _split(run, needed_for: str | None):
