@@ -13,6 +13,7 @@ import typing
 
 import click
 
+from tlkit import __version__
 from tlkit.errors import TlkitError
 from tlkit.exporters import FORMATS as EXPORT_FORMATS  # no TensorFlow until an export runs
 from tlkit.exporters.tflite import QUANTIZATIONS
@@ -127,12 +128,24 @@ def _settings(options: dict) -> dict:
 JOB_RECIPES = {"finetune": "classic", "extract": "extract", "train": "scratch", "pretrain": "autoencoder"}
 
 
-def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, **settings) -> None:
+def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, resume=None, **settings) -> None:
     """Check the job's recipe and every option over it (tlkit.core.kinds.resolve: no TensorFlow,
     so a mistake is told at once), then import TensorFlow and run the job on the result."""
     import tlkit.stages  # noqa: F401  (registers the stage kinds; imports no TensorFlow)
     from tlkit.core.kinds import needs_base, resolve
 
+    if resume:
+        given = [name for name, value in {"recipe": recipe, "out": out, **settings}.items() if value is not None]
+        if stages or any(args) or given:
+            options = ", ".join(f"--{name.replace('_', '-')}" for name in given) or "stage options"
+            raise TlkitError(f"--resume goes on with the run as its recipe.toml says: drop {options}")
+        _tensorflow()
+        from tlkit import jobs
+
+        jobs.resume(resume, verbose=obj["fit_verbose"])
+        return
+    if job == "train" and not args[0]:
+        raise TlkitError("pass --arch NAME (a zoo architecture: lenet5, alexnet, vgg16, resnet18, ...)")
     if job == "train":
         settings.update(base=args[0], weights="none")
     resolved = resolve(recipe or JOB_RECIPES[job], stages=stages, **settings)
@@ -146,6 +159,7 @@ def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, **s
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tlkit")
 @click.option("--debug", is_flag=True, help="Show the full stack trace of an error, and TensorFlow's start-up messages.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors (no progress bars).")
 @click.option("-v", "--verbose", is_flag=True, help="Print more detail.")
@@ -169,6 +183,8 @@ def cli(ctx, debug, quiet, verbose):
 @click.option("--unfreeze", type=int, metavar="N", help="Blocks of the base to unfreeze in the finetune stage.")
 @click.option("--lr-head", type=float)
 @click.option("--lr-finetune", type=float)
+@click.option("--resume", type=click.Path(exists=True, file_okay=False), metavar="RUN",
+              help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
 @click.pass_obj
 def finetune(obj, epochs_head, epochs_finetune, unfreeze, lr_head, lr_finetune, **options):
     """Fine-tune a pretrained base: train a new head, then unfreeze the top blocks."""
@@ -179,10 +195,12 @@ def finetune(obj, epochs_head, epochs_finetune, unfreeze, lr_head, lr_finetune, 
 
 
 @cli.command()
-@click.option("--arch", required=True, help="A zoo architecture: lenet5, alexnet, vgg16, googlenet, resnet18, ...")
+@click.option("--arch", help="A zoo architecture: lenet5, alexnet, vgg16, googlenet, resnet18, ...")
 @training_options
 @click.option("--epochs", type=int, help="Epochs of the train stage.")
 @click.option("--lr", "learning_rate", type=float, help="Learning rate of the train stage.")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False), metavar="RUN",
+              help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
 @click.pass_obj
 def train(obj, arch, epochs, learning_rate, **options):
     """Train a classic CNN from scratch (recipe: scratch)."""
@@ -199,6 +217,8 @@ def train(obj, arch, epochs, learning_rate, **options):
 @click.option("--lr", "learning_rate", type=float, help="Learning rate of the extract stage.")
 @click.option("--cache", type=click.Path(), help="Feature cache folder (default $TLKIT_CACHE/features, "
               "else ~/.cache/tlkit/features).")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False), metavar="RUN",
+              help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
 @click.pass_obj
 def extract(obj, epochs, learning_rate, **options):
     """Feature extraction: run the frozen base once (features cached on disk), train a head on them."""
@@ -223,6 +243,8 @@ def extract(obj, epochs, learning_rate, **options):
 @click.option("--val-split", type=float)
 @click.option("--seed", type=int)
 @click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them.")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False), metavar="RUN",
+              help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
 @click.pass_obj
 def pretrain(obj, decoder, noise, channels, epochs, learning_rate, **options):
     """Pretrain a convolutional autoencoder on unlabeled images; its encoder becomes a base."""
@@ -440,6 +462,9 @@ def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="tlkit", standalone_mode=False)
     except TlkitError as err:
+        if type(err).__name__ == "RunInterrupted":  # Ctrl-C in a run: saved, and how to go on
+            click.echo(str(err), err=True)
+            sys.exit(130)
         if debug:
             raise
         click.echo(f"error: {err}", err=True)

@@ -19,6 +19,12 @@ validate_file = file_utils.validate_file
 hash_file = file_utils.hash_file
 
 
+# Iterators `fit` makes over a dataset of known length per epoch: one as the epoch begins, and one
+# it makes as the epoch ends and then drops (EpochIterator._enumerate_iterator). A resumed run
+# makes as many to draw the same shuffle and augmentation seeds (tests/test_resume.py checks it).
+ITERATORS_PER_EPOCH = 2
+
+
 def in_safe_mode() -> bool:
     """Whether a `.keras` file is being loaded in safe mode: a layer that runs code from outside
     the file (a SavedModel graph) must refuse then. Keras keeps the flag in a private scope."""

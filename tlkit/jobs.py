@@ -15,9 +15,10 @@ from tlkit.bases import Base
 from tlkit.bases.zoo import zoo_input
 from tlkit.blocks import build_block_map
 from tlkit.core.kinds import StageOverrides, resolve  # noqa: F401  (tlkit.resolve)
-from tlkit.core.run import RunContext, run_recipe
+from tlkit.core.run import RESUME_FOLDER, ResumeState, RunContext, run_recipe
 from tlkit.errors import TlkitError
 from tlkit.models import ZOO
+from tlkit.recipe import Recipe
 
 
 def default_out(name: str) -> Path:
@@ -25,14 +26,16 @@ def default_out(name: str) -> Path:
 
 
 def finetune(base: str | None = None, data: str | None = None, recipe=None, out: str | Path | None = None, *,
-             stages: StageOverrides | None = None, verbose: str | int = "auto", **settings) -> RunContext:
+             stages: StageOverrides | None = None, verbose: str | int = "auto", job: str = "finetune",
+             **settings) -> RunContext:
     """Fine-tune a pretrained base on a folder of images; returns the finished run.
 
     `recipe` is a Recipe, a built-in name or a TOML path (default: classic). A recipe whose first
     stage is `autoencoder` needs no base: it pretrains its own.
     """
     recipe = resolve(recipe, base=base, data=data, stages=stages, **settings)
-    return run_recipe(recipe, None, Path(out) if out else default_out(recipe.base or "run"), verbose=verbose)
+    return run_recipe(recipe, None, Path(out) if out else default_out(recipe.base or "run"), verbose=verbose,
+                      job=job)
 
 
 def extract(base: str | None = None, data: str | None = None, recipe="extract", out: str | Path | None = None, *,
@@ -40,15 +43,21 @@ def extract(base: str | None = None, data: str | None = None, recipe="extract", 
     """Feature-extraction mode: the frozen base runs once over the images (or its cached features
     are reused, see tlkit.features), a head is trained on the features and attached to the base.
     The run directory is the same as `finetune`'s; `cache=DIR` sets the cache folder."""
-    return finetune(base, data, recipe, out, stages=stages, verbose=verbose, **settings)
+    return finetune(base, data, recipe, out, stages=stages, verbose=verbose, job="extract", **settings)
 
 
 def train(arch: str, data: str | None = None, recipe="scratch", out: str | Path | None = None, *,
           stages: StageOverrides | None = None, verbose: str | int = "auto", **settings) -> RunContext:
     """Train a zoo architecture from scratch, with its own top, through the same engine and run
     directory as `finetune` (so the result evaluates, predicts and exports the same way)."""
-    spec = ZOO.get(arch)
     recipe = resolve(recipe, base=arch, weights="none", data=data, stages=stages, **settings)
+    return run_recipe(recipe, None, Path(out) if out else default_out(arch), build=_zoo_builder(arch, recipe),
+                      verbose=verbose, job="train")
+
+
+def _zoo_builder(arch: str, recipe):
+    """What `train` builds once the classes are known: the zoo model with its own top."""
+    spec = ZOO.get(arch)
     size = (recipe.image_size, recipe.image_size) if recipe.image_size else None
 
     def build(classes: list[str]):
@@ -62,7 +71,7 @@ def train(arch: str, data: str | None = None, recipe="scratch", out: str | Path 
         blocks = build_block_map(model, [*spec.blocks, ("top", r"(?!image$|preprocessing$)")])
         return Base(arch, model, blocks, spec.input_shape[:2], "zoo", "none"), model
 
-    return run_recipe(recipe, None, Path(out) if out else default_out(arch), build=build, verbose=verbose)
+    return build
 
 
 def pretrain(data: str | None = None, out: str | Path | None = None, recipe="autoencoder", *,
@@ -73,4 +82,18 @@ def pretrain(data: str | None = None, out: str | Path | None = None, recipe="aut
     if [s.kind for s in recipe.stages] != ["autoencoder"]:
         raise TlkitError(f"recipe {recipe.name} is not one autoencoder stage: run recipes with more stages "
                          "through `tlkit finetune --recipe`")
-    return run_recipe(recipe, None, Path(out) if out else default_out("autoencoder"), verbose=verbose)
+    return run_recipe(recipe, None, Path(out) if out else default_out("autoencoder"), verbose=verbose, job="pretrain")
+
+
+def resume(run: str | Path, *, verbose: str | int = "auto") -> RunContext:
+    """Go on with the run in `run` that stopped (a crash, Ctrl-C, a killed machine) from the end
+    of its last saved epoch, with the recipe it resolved; it ends as it would have."""
+    run = Path(run)
+    state = ResumeState.read(run)
+    if state is None:
+        raise TlkitError(f"{run} has nothing to resume from (no {RESUME_FOLDER / 'state.json'}): "
+                         + ("it finished" if (run / "model.keras").is_file() else "it stopped before its first epoch "
+                            "ended, or is not a run directory") + "; run it again")
+    recipe = Recipe.load(run / "recipe.toml")
+    build = _zoo_builder(recipe.base, recipe) if state.job == "train" else None
+    return run_recipe(recipe, None, run, build=build, verbose=verbose, job=state.job, resume=True)

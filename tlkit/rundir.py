@@ -20,6 +20,8 @@ loss over all stages.
 """
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,8 @@ import tlkit.preprocessing  # noqa: F401  (likewise: the preprocessing of runs s
 from tlkit.errors import TlkitError
 from tlkit.io import write_text_atomic
 from tlkit.recipe import Recipe
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = {
     "final": ("model.keras", "the model as the run ended: last epoch of the last stage, or its best epoch "
@@ -92,6 +96,13 @@ def load_run(path: str | Path, checkpoint: str = "final") -> Run:
     folder = path if path.is_dir() else path.parent
     if folder.name == "checkpoints" and not (folder / "labels.txt").is_file():
         folder = folder.parent  # RUN/checkpoints/best.keras given as a file
+    best = folder / CHECKPOINTS["best"][0]
+    if checkpoint == "final" and path.is_dir() and not model_file.is_file() and best.is_file():
+        state = folder / "checkpoints" / "resume" / "state.json"
+        job = json.loads(state.read_text(encoding="utf-8"))["job"] if state.is_file() else "finetune"
+        log.warning("%s is unfinished (it stopped before writing %s; `tlkit %s --resume %s` goes on with it): "
+                    "using its best checkpoint, %s", folder, model_file.name, job, folder, best)
+        model_file, checkpoint = best, "best"
     if not model_file.is_file():
         hint = ("; it is written at the first epoch with a validation loss" if checkpoint == "best" and path.is_dir()
                 else ": pass a run directory made by `tlkit finetune` or `tlkit train`")

@@ -49,6 +49,9 @@ class StageKind:
     needs_labels: bool = True  # False: trains on images alone (autoencoder)
     # make_base(recipe, params) -> Base: a kind that, as a recipe's first stage, makes the run's base
     make_base: Callable[..., Any] | None = None
+    # skipped(ctx, index, params): what a stage that had ended leaves for the stages after it when
+    # its run is resumed (the autoencoder's encoder as the base)
+    skipped: Callable[..., Any] | None = None
 
 
 STAGES: Registry[StageKind] = Registry("stage kind")

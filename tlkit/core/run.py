@@ -3,7 +3,9 @@ compiles and fits, and `run_recipe`, which every job goes through."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,10 +18,11 @@ import tensorflow as tf
 from tlkit import data as tldata
 from tlkit import datareport
 from tlkit.bases import Base, load_base
+from tlkit.compat import ITERATORS_PER_EPOCH
 from tlkit.core.kinds import STAGES, StageKind, StageParams, stage_params
 from tlkit.curves import TrainingCurves
 from tlkit.errors import TlkitError
-from tlkit.io import save_model_atomic, write_json_atomic
+from tlkit.io import save_model_atomic, write_atomic, write_json_atomic
 from tlkit.recipe import POOLINGS, Recipe
 from tlkit.report import write_run_report
 from tlkit.rundir import write_labels
@@ -123,6 +126,8 @@ class RunContext:
     best: float = np.inf  # the lowest validation loss of the classifier so far, over all stages
     decoded: dict = field(default_factory=dict)  # the decode-once image cache of each split, for every stage
     curves: TrainingCurves | None = None  # curves.png, redrawn after every epoch of every stage
+    job: str = "finetune"  # the job that made the run, for the command that resumes it
+    resume: ResumeState | None = None  # where a resumed run goes on
 
     @property
     def classifier(self) -> keras.Model:
@@ -168,25 +173,173 @@ class RunContext:
             best = BestCheckpoint(self.out / "checkpoints" / "best.keras", self.classifier)
             best.best = self.best
             callbacks.append(best)
+        stopping = None
         if self.recipe.early_stopping:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=self.recipe.early_stopping, restore_best_weights=True))
+            stopping = ResumableEarlyStopping(monitor="val_loss", patience=self.recipe.early_stopping,
+                                              restore_best_weights=True)
+            callbacks.append(stopping)
+        done, earlier = 0, {}
+        if self.resume is not None and self.resume.stage == index:
+            done, earlier = self.resume.restore(self.saved_model(model), model, optimizer, stopping, train)
+            self.curves.stages[-1] = (self.curves.stages[-1][0], {k: list(v) for k, v in earlier.items()})
+            log.info("stage %d resumed after epoch %d of %d", index, done, params.epochs)
+        self.resume = None
+        snapshot = Snapshot(self, index, model, optimizer, stopping, earlier, best if checkpoint else None)
+        callbacks.append(snapshot)
         start = time.perf_counter()
         history = model.fit(
-            train, validation_data=val, epochs=params.epochs, callbacks=callbacks, verbose=self.verbose,
-            shuffle=False,  # the dataset shuffles
-        ) if params.epochs else None
+            train, validation_data=val, epochs=params.epochs, initial_epoch=done, callbacks=callbacks,
+            verbose=self.verbose, shuffle=False,  # the dataset shuffles
+        ) if params.epochs > done else None
         if checkpoint:
             self.best = best.best
         scores = model.evaluate(val, verbose=0, return_dict=True)
         val_loss, val_accuracy = float(scores["loss"]), scores.get("accuracy")
-        result = StageResult(params, kind, history.history if history else {}, val_loss,
+        result = StageResult(params, kind, snapshot.history, val_loss,
                              None if val_accuracy is None else float(val_accuracy), optimizer,
                              time.perf_counter() - start)
         self.results.append(result)
         accuracy = "" if val_accuracy is None else f"val_accuracy={val_accuracy:.4f} "
         log.info("stage %d (%s): %sval_loss=%.4f", len(self.results), kind, accuracy, val_loss)
+        save_state(self, index + 1, 0, variables(self.saved_model(model), "model"))
         return result
+
+    def saved_model(self, fitted: keras.Model) -> keras.Model:
+        """The model whose variables hold everything trained so far: the classifier (whose head
+        an extract stage fits), or, in a run without labels, the model being fitted."""
+        return self.classifier if self.classes else fitted
+
+
+RESUME_FOLDER = Path("checkpoints") / "resume"
+
+
+class RunInterrupted(TlkitError):
+    """Ctrl-C during a run: what was saved, and the command that goes on from there."""
+
+    def __init__(self, out: Path, job: str, state: ResumeState | None):
+        where = (f"stage {state.stage}, after epoch {state.epoch}" if state and state.epoch
+                 else f"the start of stage {state.stage}" if state else "the start")
+        super().__init__(f"interrupted: {out} is saved at {where}; go on with: tlkit {job} --resume {out}")
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' EarlyStopping whose count of epochs without improvement, best value and best
+    weights can be saved at an epoch's end and given back to a resumed stage."""
+
+    restored: dict | None = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.restored:
+            self.wait, self.best, self.best_epoch = (self.restored["wait"], self.restored["best"],
+                                                     self.restored["best_epoch"])
+            self.best_weights = self.restored.get("best_weights")
+
+    def state(self) -> dict:
+        return {"wait": self.wait, "best": float(self.best), "best_epoch": self.best_epoch}
+
+
+class Snapshot(keras.callbacks.Callback):
+    """At the end of every epoch, atomically, what a run needs to go on after a crash: the
+    weights (every variable, the random generators' states too) of the model being fitted, the
+    optimizer's state, the stage and epoch, the history so far, the early-stopping and
+    best-checkpoint state (tlkit.core.run.ResumeState reads it back)."""
+
+    def __init__(self, ctx: RunContext, index: int, model, optimizer, stopping, earlier: dict, best):
+        super().__init__()
+        self.ctx, self.index, self.saved, self.optimizer = ctx, index, ctx.saved_model(model), optimizer
+        self.stopping, self.best_checkpoint = stopping, best
+        self.history = {k: list(v) for k, v in earlier.items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        if self.best_checkpoint is not None:
+            self.ctx.best = self.best_checkpoint.best
+        arrays = {**variables(self.saved, "model"), **variables(self.optimizer, "optimizer")}
+        stopping = None
+        if self.stopping is not None:
+            stopping = self.stopping.state()
+            arrays.update({f"stopping_{i}": np.asarray(w) for i, w in enumerate(self.stopping.best_weights or [])})
+        save_state(self.ctx, self.index, epoch + 1, arrays, self.history, stopping)
+
+
+def variables(holder, prefix: str) -> dict[str, np.ndarray]:
+    """Every variable of a model or optimizer (random generators' states too), by position."""
+    return {f"{prefix}_{i}": np.asarray(v) for i, v in enumerate(holder.variables)}
+
+
+def save_state(ctx: RunContext, stage: int, epoch: int, arrays: dict | None = None, history: dict | None = None,
+               stopping: dict | None = None) -> None:
+    """Write the resume state: the arrays first, then state.json naming them, so that a crash
+    between the two leaves the previous, whole state."""
+    folder = ctx.out / RESUME_FOLDER
+    name = f"stage{stage}-epoch{epoch}.npz"
+    if arrays is not None:
+        write_atomic(folder / name, lambda tmp: np.savez(tmp, **arrays))
+    previous = ResumeState.read(ctx.out)
+    write_json_atomic(folder / "state.json", {
+        "job": ctx.job, "stage": stage, "epoch": epoch, "arrays": name if arrays is not None else None,
+        "history": history or {}, "early_stopping": stopping, "best": float(ctx.best),
+        "results": [{"kind": r.kind, "history": r.history, "val_loss": r.val_loss, "val_accuracy": r.val_accuracy,
+                     "seconds": r.seconds} for r in ctx.results],
+    })
+    if previous and previous.arrays and previous.arrays != name:
+        (folder / previous.arrays).unlink(missing_ok=True)
+
+
+@dataclass
+class ResumeState:
+    """Where an interrupted run stopped: the stage in progress (1-based) and the epochs of it
+    done, with everything saved at that epoch's end."""
+
+    folder: Path
+    job: str
+    stage: int
+    epoch: int
+    arrays: str | None
+    history: dict
+    early_stopping: dict | None
+    best: float
+    results: list[dict]
+
+    @classmethod
+    def read(cls, run: Path) -> ResumeState | None:
+        path = run / RESUME_FOLDER / "state.json"
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(path.parent, **data)
+
+    def result(self, index: int, params: StageParams) -> StageResult:
+        """The result of stage `index`, which ended before the run stopped."""
+        done = self.results[index - 1]
+        return StageResult(params, done["kind"], done["history"], done["val_loss"], done["val_accuracy"], None,
+                           done["seconds"])
+
+    def restore(self, saved_model, fitted, optimizer, stopping, train: tf.data.Dataset) -> tuple[int, dict]:
+        """Give `saved_model` (see RunContext.saved_model), the optimizer of `fitted` and
+        `stopping` their saved state and replay the data order of the epochs done, so that the
+        stage goes on as if it had never stopped; returns the epochs done and the history so far."""
+        if self.arrays is None:
+            return 0, {}
+        with np.load(self.folder / self.arrays) as saved:
+            for i, variable in enumerate(saved_model.variables):
+                variable.assign(saved[f"model_{i}"])
+            if not self.epoch:  # saved at the end of the stage before: a fresh optimizer
+                return 0, {}
+            optimizer.build(fitted.trainable_variables)
+            for i, variable in enumerate(optimizer.variables):
+                variable.assign(saved[f"optimizer_{i}"])
+            if stopping is not None and self.early_stopping is not None:
+                best = [saved[k] for k in sorted((k for k in saved.files if k.startswith("stopping_")),
+                                                 key=lambda k: int(k.split("_")[1]))]
+                stopping.restored = {**self.early_stopping, "best_weights": best or None}
+        # Each iterator made over the training set draws the next shuffle and augmentation seeds;
+        # `fit` makes ITERATORS_PER_EPOCH of them per epoch: make as many, reading nothing.
+        for _ in range(self.epoch * ITERATORS_PER_EPOCH):
+            iter(train)
+        return self.epoch, self.history
 
 
 def load_data(recipe: Recipe, labelled: bool = True, progress: tldata.Progress | None = None):
@@ -212,7 +365,8 @@ BaseBuilder = Callable[[list[str]], tuple[Base, "keras.Model | None"]]
 
 
 def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.Model | None = None,
-               build: BaseBuilder | None = None, data=None, verbose: str | int = "auto") -> RunContext:
+               build: BaseBuilder | None = None, data=None, verbose: str | int = "auto", job: str = "finetune",
+               resume: bool = False) -> RunContext:
     """Run every stage of the resolved `recipe` (see `tlkit.core.kinds.resolve`) and write the
     run directory `out`.
 
@@ -220,8 +374,16 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     job makes its own), else what the first stage makes (autoencoder), else the recipe's base
     loaded by name; all of it is built inside the run's strategy scope. `data` is (classes,
     train, val), loaded from the recipe unless given.
+
+    At every epoch's end the run saves what it needs to go on (`Snapshot`); with `resume`, the
+    run in `out` goes on from there: the stages done are not run again, the stage in progress
+    goes on from its next epoch. `job` names the job, for the line that tells how to resume.
     """
     out = Path(out)
+    state = ResumeState.read(out) if resume else None
+    if resume and state is None:
+        raise TlkitError(f"{out} has nothing to resume from (no {RESUME_FOLDER / 'state.json'}): it finished, or "
+                         "stopped before its first epoch ended; run it again")
     kinds: list[StageKind] = [STAGES.get(stage.kind) for stage in recipe.stages]
     params = [stage_params(stage, f"recipe {recipe.name}, stage {i}") for i, stage in enumerate(recipe.stages, 1)]
     labelled = any(kind.needs_labels for kind in kinds)
@@ -258,21 +420,48 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
                  len(train), len(val), len(classes), base.name, base.source, base.weights, out)
     else:
         log.info("%d training and %d validation images; run directory %s", len(train), len(val), out)
-    ctx = RunContext(resolved, base, classes, train, val, image_size, out, strategy, verbose, model)
+    ctx = RunContext(resolved, base, classes, train, val, image_size, out, strategy, verbose, model, job=job,
+                     resume=state)
     if labelled:
         write_labels(out / "labels.txt", classes)
     resolved.save(out / "recipe.toml")
     report.save(out / datareport.REPORT_FILE)
-    for index, (kind, stage) in enumerate(zip(kinds, params), start=1):
-        kind.run(ctx, index, stage)
+    try:
+        for index, (kind, stage) in enumerate(zip(kinds, params), start=1):
+            if state is not None and index < state.stage:
+                ctx.results.append(state.result(index, stage))
+                if kind.skipped:
+                    kind.skipped(ctx, index, stage)
+                continue
+            kind.run(ctx, index, stage)
+    except KeyboardInterrupt:
+        saved = ResumeState.read(out)
+        raise RunInterrupted(out, job, saved) from None
+    if state is not None and state.stage > len(kinds) and classes:  # every stage had ended: the last one's weights
+        state.restore(ctx.classifier, None, None, None, None)
     if labelled:
         # after the stages: an autoencoder stage replaces the base
         write_json_atomic(out / "blocks.json", {block.name: list(block.layers) for block in ctx.base.blocks})
         save_model_atomic(ctx.classifier, out / "model.keras")
     write_results(ctx)
+    shutil.rmtree(out / RESUME_FOLDER, ignore_errors=True)  # finished: nothing to resume
     if labelled:
         write_run_report(out, ctx.classifier, classes, train, val, resolved, ctx.results)
+        log_summary(ctx)
     return ctx
+
+
+def log_summary(ctx: RunContext) -> None:
+    """The end of a run on the console: where its models are, its best epoch, what to run next."""
+    epochs = [(loss, i, epoch) for i, r in enumerate(ctx.results, start=1)
+              for epoch, loss in enumerate(r.history.get("val_loss", []), start=1)]
+    log.info("run directory %s: model.keras (the model as the run ended)", ctx.out)
+    if epochs:
+        loss, stage, epoch = min(epochs)
+        log.info("best epoch: stage %d (%s), epoch %d, val_loss %.4f: checkpoints/best.keras", stage,
+                 ctx.results[stage - 1].kind, epoch, loss)
+    log.info("next: tlkit evaluate --model %s --data DIR;  tlkit export --model %s --out exported/NAME",
+             ctx.out, ctx.out)
 
 
 def check_unfreeze(recipe: Recipe, base: Base) -> None:

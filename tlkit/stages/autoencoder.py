@@ -103,11 +103,23 @@ def run(ctx, index: int, params: Autoencoder):
     result = ctx.fit(index, "autoencoder", params, autoencoder, (pairs(train, True), pairs(val, False)),
                      loss="mse", metrics=(), checkpoint=False, detail=f"{params.decoder} decoder"
                      + (f", denoising (noise {params.noise:g})" if params.noise else ""))
-    folder = ctx.out if len(r.stages) == 1 else ctx.out / "autoencoder"
+    folder = base_folder(ctx)
     spread = np.linspace(0, len(val) - 1, min(GRID_IMAGES, len(val))).round().astype(int)  # across classes too
     ctx.base = save_pretrained(autoencoder, folder, [val.files[i] for i in spread], params.noise)
     ctx.model = None
     return result
+
+
+def base_folder(ctx) -> Path:
+    return ctx.out if len(ctx.recipe.stages) == 1 else ctx.out / "autoencoder"
+
+
+def skipped(ctx, index: int, params: Autoencoder) -> None:
+    """A resumed run past this stage: its encoder, as written, is the base."""
+    from tlkit.bases import load_base  # TensorFlow, as above
+
+    ctx.base = load_base(str(base_folder(ctx)))
+    ctx.model = None
 
 
 def save_pretrained(autoencoder, folder: Path, grid_files, noise: float):
@@ -148,5 +160,5 @@ def reconstruction_grid(autoencoder, images: np.ndarray, noise: float = 0.0, see
 
 STAGES.add("autoencoder", StageKind(
     "autoencoder", Autoencoder, run, "a convolutional autoencoder pretrained on images alone; its encoder becomes the base",
-    needs_labels=False, make_base=untrained_base,
+    needs_labels=False, make_base=untrained_base, skipped=skipped,
 ))
