@@ -315,7 +315,8 @@ def test_tflite_export_prints_a_few_lines(trained_run, tmp_path):
                            "tflite", "--out", str(tmp_path)], capture_output=True, text=True, check=True)
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) <= 2, lines  # the scan of the validation images, then the answer
-    assert lines[-1].startswith(f"{tmp_path / 'model.tflite'}  ") and " MB  tflite  top-1 agreement 6/6  max |Δp| " in lines[-1]
+    assert lines[-1].startswith(f"{tmp_path / 'model.tflite'}  ")
+    assert " MB  tflite  top-1 agreement 6/6  max |Δp| " in lines[-1]
 
 
 def test_quiet_hides_what_python_and_c_print_unless_the_block_fails(capfd):

@@ -20,7 +20,8 @@ def mode(path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750), (0o077, 0o600, 0o700)])
+@pytest.mark.parametrize("mask, file_mode, dir_mode",
+                         [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750), (0o077, 0o600, 0o700)])
 def test_atomic_writes_follow_the_umask(umask, tmp_path, mask, file_mode, dir_mode):
     umask(mask)
     write_text_atomic(tmp_path / "a.txt", "a")
