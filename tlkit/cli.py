@@ -15,8 +15,11 @@ import click
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
+from tlkit.exporters import FORMATS as EXPORT_FORMATS  # no TensorFlow until an export runs
+from tlkit.exporters.tflite import QUANTIZATIONS
 from tlkit.recipe import POOLINGS, Recipe, Stage, builtin_recipes, tomllib
 from tlkit.stages.autoencoder import Autoencoder
+
 
 def _quiet_tensorflow() -> None:
     """Import TensorFlow and probe for a GPU with stderr closed.
@@ -436,15 +439,22 @@ def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_b
 @cli.command()
 @click.option("--model", required=True, type=click.Path(), help="A run directory.")
 @click.option("--out", required=True, type=click.Path(), help="Export folder.")
-@click.option("--format", "fmt", default="savedmodel", show_default=True,
-              type=click.Choice(["savedmodel", "tflite", "onnx"]))
+@click.option("--format", "fmt", default="savedmodel", show_default=True, type=click.Choice(list(EXPORT_FORMATS)))
 @click.option("--version", default=1, show_default=True, help="SavedModel version folder (TF Serving).")
-def export(model, out, fmt, version):
-    """Export a run as a SavedModel for TF Serving, TFLite or ONNX."""
+@click.option("--quantize", default="none", show_default=True, type=click.Choice(QUANTIZATIONS),
+              help="TFLite only: int8 weights (dynamic), float16 weights, or int8 weights and activations.")
+@click.option("--calibration-images", default=100, show_default=True,
+              help="Training images of the run that int8 calibrates its activation ranges on.")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Run the export in its own runtime on the run's validation images and compare with Keras.")
+@click.option("--verbose", is_flag=True, help="Show the converters' own output.")
+def export(model, out, fmt, version, quantize, calibration_images, check, verbose):
+    """Export a run as a SavedModel for TF Serving, TFLite or ONNX, and check it."""
     _tensorflow()
     from tlkit.exporters import export as run
 
-    click.echo(f"wrote {run(model, out, fmt, version)}")
+    run(model, out, fmt, version, quantize=quantize, calibration_images=calibration_images, check=check,
+        verbose=verbose)  # logs its one line: path, size, agreement
 
 
 def main(argv=None) -> None:

@@ -1,11 +1,29 @@
 """Files written atomically: to a temporary name beside the target, then renamed over it, so an
-interrupted run never leaves a half-written file where a whole one is expected."""
+interrupted run never leaves a half-written file where a whole one is expected.
+
+Everything written here gets the modes the umask gives an ordinary new file or folder (0644 and
+0755 under umask 022): `tempfile` makes its files 0600 and its folders 0700, which would lock
+out a model server running as its own user, `docker run --user`, or a colleague on a shared disk.
+"""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+
+def umask() -> int:
+    """The process's umask (read by setting it and putting it back: POSIX has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_modes(path: Path) -> None:
+    """Give `path` the modes `open` (a file) or `mkdir` (a folder) would have given it."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
 
 
 def write_atomic(path: Path, write) -> None:
@@ -14,10 +32,25 @@ def write_atomic(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
+        ordinary_modes(Path(tmp))  # before `write`: writers that reopen the file keep its modes
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_dir_atomic(path: Path, write) -> None:
+    """Fill a temporary folder beside `path` through `write(tmp_path)`, then rename it to `path`,
+    which must not exist (a folder cannot be renamed over a full one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write(tmp)
+        ordinary_modes(tmp)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
