@@ -201,7 +201,7 @@ def test_augmentation_is_not_cached_the_head_trains_on_the_frozen_base(tiny_imag
     before_calls = len(spy.calls)
     ctx = run_recipe(r, base, tmp_path / "run", verbose=0)
     out = caplog.text
-    assert "augment=true" in out and "not cached" in out
+    assert "augment=light" in out and "not cached" in out
     assert len(spy.calls) == before_calls and not (tmp_path / "cache").exists()
     assert all(np.array_equal(a, b) for a, b in zip(before, ctx.classifier.get_layer(BASE_LAYER).get_weights()))
     assert len(ctx.results[0].history["loss"]) == 1

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tlkit.errors import TlkitError, unknown_name
 from tlkit.recipe import Recipe, Stage, checked_fields, get_recipe
@@ -24,7 +24,10 @@ class StageParams:
     """What every stage has; a kind's parameters dataclass adds its own fields."""
 
     epochs: int = 5
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # the peak of the schedule
+    # how the rate moves over the stage (tlkit.training.schedule)
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup_epochs: float = 0  # the rate rises from low to learning_rate over these epochs
 
     def problem(self) -> str | None:
         """What is wrong with these values, or None. Kinds extend it with their own rules."""
@@ -32,6 +35,9 @@ class StageParams:
             return f"epochs must be >= 0, not {self.epochs}"
         if self.learning_rate <= 0:
             return f"learning_rate must be > 0, not {self.learning_rate}"
+        if self.warmup_epochs < 0 or (self.epochs and self.warmup_epochs >= self.epochs and self.schedule != "constant"):
+            return (f"warmup_epochs must be >= 0 and, with a {self.schedule} schedule, fewer than the stage's "
+                    f"{self.epochs} epochs, not {self.warmup_epochs}")
         return None
 
     def resolved(self) -> StageParams:
@@ -48,6 +54,9 @@ class StageKind:
     needs_labels: bool = True  # False: trains on images alone (autoencoder)
     # make_base(recipe, params) -> Base: a kind that, as a recipe's first stage, makes the run's base
     make_base: Callable[..., Any] | None = None
+    # prepare(ctx, params) -> (model, detail): the classifier made trainable as the stage trains it
+    # (frozen and unfrozen blocks), and a few words saying so; what `tlkit lr-find` sweeps
+    prepare: Callable[..., Any] | None = None
 
 
 STAGES: Registry[StageKind] = Registry("stage kind")
@@ -70,7 +79,8 @@ StageOverrides = Mapping[str | int, Mapping[str, Any]]
 def resolve(recipe: Recipe | str | Path | None, *, stages: StageOverrides | None = None, **fields) -> Recipe:
     """`recipe` (a Recipe, a built-in name or a TOML path; None: classic) with `fields` (recipe
     fields; None values are left alone) and `stages` (per-stage parameters, keyed by a kind, or
-    by a stage's 1-based number when the recipe has several of that kind) set over it; every
+    by a stage's 1-based number when the recipe has several of that kind, or by "*" for every
+    stage) set over it; every
     stage checked and completed with its kind's defaults, and data paths made absolute, so that
     the recipe written into a run directory repeats the run from any folder."""
     r = get_recipe(recipe)
@@ -79,6 +89,9 @@ def resolve(recipe: Recipe | str | Path | None, *, stages: StageOverrides | None
     r = dataclasses.replace(r, **fields)
     checked_fields(Recipe, {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name != "stages"},
                    f"recipe {r.name}")
+    problem = r.problem()
+    if problem:
+        raise TlkitError(f"recipe {r.name}: {problem}")
     staged = list(r.stages)
     for key, changes in (stages or {}).items():
         for i in _stage_indices(r, key):
@@ -89,11 +102,15 @@ def resolve(recipe: Recipe | str | Path | None, *, stages: StageOverrides | None
     staged = [Stage(s.kind, **dataclasses.asdict(stage_params(s, f"{where}, stage {i}").resolved()))
               for i, s in enumerate(staged, start=1)]
     paths = {key: str(Path(getattr(r, key)).resolve()) for key in ("data", "val_data", "cache") if getattr(r, key)}
+    if r.class_weight not in ("none", "balanced"):
+        paths["class_weight"] = str(Path(r.class_weight).resolve())
     return dataclasses.replace(r, stages=staged, **paths)
 
 
 def _stage_indices(recipe: Recipe, key: str | int) -> list[int]:
     """The positions (0-based) of the stages an override key names."""
+    if key == "*":
+        return list(range(len(recipe.stages)))
     if isinstance(key, int) or str(key).isdigit():
         number = int(key)
         if not 1 <= number <= len(recipe.stages):

@@ -13,8 +13,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tlkit import augment as tlaugment
 from tlkit import data as tldata
-from tlkit import datareport
+from tlkit import datareport, training
 from tlkit.bases import Base, load_base
 from tlkit.core.kinds import STAGES, StageKind, StageParams, stage_params
 from tlkit.errors import TlkitError
@@ -120,6 +121,7 @@ class RunContext:
     results: list[StageResult] = field(default_factory=list)
     best: float = np.inf  # the lowest validation loss of the classifier so far, over all stages
     decoded: dict = field(default_factory=dict)  # the decode-once image cache of each split, for every stage
+    class_weight: dict[int, float] | None = None  # fit's class_weight (recipe.class_weight), for every stage
 
     @property
     def classifier(self) -> keras.Model:
@@ -128,7 +130,11 @@ class RunContext:
                 self.model = build_classifier(self.base, len(self.classes), self.recipe.dropout, self.recipe.pooling)
         return self.model
 
-    def dataset(self, which: str, augment: bool | None = None) -> tf.data.Dataset:
+    @property
+    def augmentation(self) -> tlaugment.Augmentation:
+        return tlaugment.of(self.recipe)
+
+    def dataset(self, which: str) -> tf.data.Dataset:
         """The "train" or "val" images; only training images are shuffled and augmented."""
         training = which == "train"
         r = self.recipe
@@ -138,28 +144,73 @@ class RunContext:
             self.decoded[key] = tldata.decode_once(images, self.image_size, self.base.channels, r.cache_images)
         return tldata.make_dataset(
             images, self.image_size, r.batch_size, channels=self.base.channels, shuffle=training,
-            augment=training and (r.augment if augment is None else augment), seed=r.seed, cache=self.decoded[key],
+            augment=self.augmentation if training else False, seed=r.seed, cache=self.decoded[key],
         )
+
+    def compile(self, model: keras.Model, params: StageParams, learning_rate, loss=None,
+                metrics=("accuracy",)) -> keras.optimizers.Optimizer:
+        """Compile `model` for a stage, inside the run's strategy scope, with a fresh Adam (every
+        stage gets new optimizer state) at `learning_rate` (a float or a schedule), scaled per
+        block by the stage's `layer_decay`, and `loss` (None: the classifier's cross-entropy,
+        with the recipe's label smoothing, on soft labels when MixUp or CutMix mix them)."""
+        r = self.recipe
+        soft = self.augmentation.mixes
+        if loss is None:
+            loss = (training.Crossentropy(r.label_smoothing) if r.label_smoothing or soft
+                    else "sparse_categorical_crossentropy")
+        # Keras' "accuracy" picks sparse or categorical from the first batch it sees, and then
+        # takes validation labels (integers) the same way as the mixed training labels
+        metrics = [training.accuracy_metric() if m == "accuracy" and soft else m for m in metrics]
+        with self.strategy.scope():
+            scales = self.layer_scales(model, getattr(params, "layer_decay", 1.0))
+            optimizer = (training.ScaledAdam(learning_rate, scales) if scales
+                         else keras.optimizers.Adam(learning_rate))
+            model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+        return optimizer
+
+    def layer_scales(self, model: keras.Model, decay: float) -> dict[str, float]:
+        """The learning-rate factor of each trainable variable of the base in `model` (by its
+        path): the top trainable block of the base's block map 1, the next one down `decay`, the
+        next `decay`**2...; the head's variables are left at 1. {} when decay is 1."""
+        if decay == 1.0 or model is not self.model:
+            return {}
+        base = model.get_layer(BASE_LAYER)
+        trainable = [b for b in self.base.blocks if any(base.get_layer(n).trainable_weights for n in b.layers)]
+        scales = {}
+        for depth, block in enumerate(reversed(trainable)):
+            for name in block.layers:
+                scales.update({v.path: decay ** depth for v in base.get_layer(name).trainable_weights})
+        paths = [v.path for v in model.trainable_variables]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"{model.name}: two trainable variables share a path, so layer decay cannot tell them apart")
+        log.info("layer decay %g: %s", decay, ", ".join(f"{b.name} x{decay ** d:.3g}"
+                                                     for d, b in enumerate(reversed(trainable))))
+        return scales
 
     def fit(self, index: int, kind: str, params: StageParams, model: keras.Model | None = None,
             data: tuple[tf.data.Dataset, tf.data.Dataset] | None = None, *,
-            loss="sparse_categorical_crossentropy", metrics=("accuracy",), checkpoint: bool = True,
-            detail: str = "") -> StageResult:
-        """The one place that compiles and fits: `model` (the classifier by default), inside the
-        run's strategy scope, with a fresh optimizer at the stage's own learning rate (every stage
-        gets new optimizer state), `loss` and `metrics`, on `data` (train, val; default the
-        images), with the callbacks every stage has: TensorBoard, early stopping when the recipe
-        asks for it, and, with `checkpoint`, the best classifier of the run. `detail` says what
-        the stage trains, for the line that opens it."""
-        log.info("stage %d/%d %s: %s%d epochs, lr %g", index, len(self.recipe.stages), kind,
-                 f"{detail}, " if detail else "", params.epochs, params.learning_rate)
+            loss=None, metrics=("accuracy",), checkpoint: bool = True, detail: str = "") -> StageResult:
+        """The one place that compiles and fits: `model` (the classifier by default), compiled by
+        `compile` with the stage's learning-rate schedule, on `data` (train, val; default the
+        images), with the recipe's class weights when `loss` is the classifier's, and the
+        callbacks every stage has: the learning rate of every step (history and TensorBoard),
+        TensorBoard, early stopping when the recipe asks for it, and, with `checkpoint`, the best
+        classifier of the run. `detail` says what the stage trains, for the line that opens it."""
+        schedule = "" if params.schedule == "constant" and not params.warmup_epochs else \
+            f" ({params.schedule}" + (f", warmup {params.warmup_epochs:g} epochs)" if params.warmup_epochs else ")")
+        log.info("stage %d/%d %s: %s%d epochs, lr %g%s", index, len(self.recipe.stages), kind,
+                 f"{detail}, " if detail else "", params.epochs, params.learning_rate, schedule)
         model = model or self.classifier
         train, val = data or (self.dataset("train"), self.dataset("val"))
-        with self.strategy.scope():
-            optimizer = keras.optimizers.Adam(params.learning_rate)
-            model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
+        steps = int(train.cardinality())
+        if steps < 1:  # unknown or infinite: count the batches of the training images
+            steps = -(-len(self.train) // self.recipe.batch_size)
+        rate = training.schedule(params.schedule, params.learning_rate, steps, params.epochs, params.warmup_epochs)
+        classifying = loss is None
+        optimizer = self.compile(model, params, rate, loss, metrics)
+        rates = training.LearningRateLog()
         callbacks: list[keras.callbacks.Callback] = [
-            keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{kind}"))]
+            rates, keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{kind}"), update_freq="batch")]
         if checkpoint:
             best = BestCheckpoint(self.out / "checkpoints" / "best.keras", self.classifier)
             best.best = self.best
@@ -170,14 +221,15 @@ class RunContext:
         start = time.perf_counter()
         history = model.fit(
             train, validation_data=val, epochs=params.epochs, callbacks=callbacks, verbose=self.verbose,
+            class_weight=self.class_weight if classifying else None,
             shuffle=False,  # the dataset shuffles
         ) if params.epochs else None
         if checkpoint:
             self.best = best.best
         scores = model.evaluate(val, verbose=0, return_dict=True)
         val_loss, val_accuracy = float(scores["loss"]), scores.get("accuracy")
-        result = StageResult(params, kind, history.history if history else {}, val_loss,
-                             None if val_accuracy is None else float(val_accuracy), optimizer,
+        result = StageResult(params, kind, {**history.history, "step_learning_rate": rates.steps} if history else {},
+                             val_loss, None if val_accuracy is None else float(val_accuracy), optimizer,
                              time.perf_counter() - start)
         self.results.append(result)
         accuracy = "" if val_accuracy is None else f"val_accuracy={val_accuracy:.4f} "
@@ -217,7 +269,38 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     loaded by name; all of it is built inside the run's strategy scope. `data` is (classes,
     train, val), loaded from the recipe unless given.
     """
-    out = Path(out)
+    ctx, report = context(recipe, base, out, model=model, build=build, data=data, verbose=verbose)
+    labelled = any(STAGES.get(stage.kind).needs_labels for stage in recipe.stages)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    if labelled:
+        log.info("%d training and %d validation images in %d classes; base %s (%s, weights %s); run directory %s",
+                 len(ctx.train), len(ctx.val), len(ctx.classes), ctx.base.name, ctx.base.source, ctx.base.weights,
+                 ctx.out)
+    else:
+        log.info("%d training and %d validation images; run directory %s", len(ctx.train), len(ctx.val), ctx.out)
+    if ctx.class_weight:
+        log.info("class weights (%s): %s", recipe.class_weight,
+                 ", ".join(f"{c} {w:.3g}" for c, w in zip(ctx.classes, ctx.class_weight.values())))
+    if labelled:
+        write_labels(ctx.out / "labels.txt", ctx.classes)
+    ctx.recipe.save(ctx.out / "recipe.toml")
+    report.save(ctx.out / datareport.REPORT_FILE)
+    for index, stage in enumerate(ctx.recipe.stages, start=1):
+        STAGES.get(stage.kind).run(ctx, index, stage_params(stage))
+    if labelled:
+        # after the stages: an autoencoder stage replaces the base
+        write_json_atomic(ctx.out / "blocks.json", {block.name: list(block.layers) for block in ctx.base.blocks})
+        save_model_atomic(ctx.classifier, ctx.out / "model.keras")
+    write_results(ctx)
+    return ctx
+
+
+def context(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.Model | None = None,
+            build: BaseBuilder | None = None, data=None, verbose: str | int = "auto"
+            ) -> tuple[RunContext, datareport.DataReport]:
+    """What `run_recipe` does before the first stage, writing nothing: configure, load the data,
+    build the base; the run's context (with the recipe resolved against the base) and the data
+    report."""
     kinds: list[StageKind] = [STAGES.get(stage.kind) for stage in recipe.stages]
     params = [stage_params(stage, f"recipe {recipe.name}, stage {i}") for i, stage in enumerate(recipe.stages, 1)]
     labelled = any(kind.needs_labels for kind in kinds)
@@ -243,25 +326,11 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     if None in image_size:
         image_size = base.input_size
     resolved = dataclasses.replace(recipe, base=recipe.base or base.name, image_size=image_size[0])
-    out.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(resolved, base, classes, train, val, image_size, Path(out), strategy,
+                     verbose, model)
     if labelled:
-        log.info("%d training and %d validation images in %d classes; base %s (%s, weights %s); run directory %s",
-                 len(train), len(val), len(classes), base.name, base.source, base.weights, out)
-    else:
-        log.info("%d training and %d validation images; run directory %s", len(train), len(val), out)
-    ctx = RunContext(resolved, base, classes, train, val, image_size, out, strategy, verbose, model)
-    if labelled:
-        write_labels(out / "labels.txt", classes)
-    resolved.save(out / "recipe.toml")
-    report.save(out / datareport.REPORT_FILE)
-    for index, (kind, stage) in enumerate(zip(kinds, params), start=1):
-        kind.run(ctx, index, stage)
-    if labelled:
-        # after the stages: an autoencoder stage replaces the base
-        write_json_atomic(out / "blocks.json", {block.name: list(block.layers) for block in ctx.base.blocks})
-        save_model_atomic(ctx.classifier, out / "model.keras")
-    write_results(ctx)
-    return ctx
+        ctx.class_weight = training.class_weights(recipe.class_weight, classes, train.counts())
+    return ctx, report
 
 
 def write_results(ctx: RunContext) -> None:
@@ -274,6 +343,8 @@ def write_results(ctx: RunContext) -> None:
             for i, r in enumerate(ctx.results, start=1)
         ],
         "classes": ctx.classes,
+        # fit's class_weight, by class name (recipe.class_weight); null when off
+        "class_weights": dict(zip(ctx.classes, ctx.class_weight.values())) if ctx.class_weight else None,
         "train_images": len(ctx.train),
         "val_images": len(ctx.val),
     })
