@@ -97,7 +97,7 @@ def training_options(command):
                      help="Augmentation preset of the training images: none, light (flip, zoom, brightness; "
                           "--augment alone), standard (+ rotation), strong (RandAugment, erasing, MixUp/CutMix). "
                           "Default: the recipe's (none)."),
-        click.option("--no-augment", "augment", flag_value="none", help="The same as --augment none."),
+        click.option("--no-augment", is_flag=True, default=None, help="The same as --augment none."),
         click.option("--rotate", type=float, metavar="DEG", help="Random rotation up to DEG degrees either way "
                      "(default: the preset's; standard 10)."),
         click.option("--randaugment", metavar="N,M", help="RandAugment: N ops per image at magnitude M of 10 "
@@ -137,6 +137,8 @@ def _settings(options: dict) -> dict:
     """The library's keyword arguments from click's: the options the user gave, with the
     --stage-option values as the `stages` mapping."""
     stages = _stage_options(options.pop("stage_option", ()) or ())
+    if options.pop("no_augment", None):
+        options["augment"] = "none"
     every = {k: options.pop(k, None) for k in ("schedule", "warmup_epochs")}
     stages = _with_stage(stages, "*", **every)
     settings = {k: v for k, v in options.items() if v is not None}
