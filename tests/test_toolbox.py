@@ -207,7 +207,8 @@ def batches(ds):
 
 
 def same(a, b):
-    return len(a) == len(b) and all(np.array_equal(x1, x2) and np.array_equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    return len(a) == len(b) and all(np.array_equal(x1, x2) and np.array_equal(y1, y2)
+                                    for (x1, y1), (x2, y2) in zip(a, b))
 
 
 def test_augmentation_changes_training_batches_only_and_the_seed_repeats_them(tiny_images, tmp_path):

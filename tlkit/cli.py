@@ -112,7 +112,8 @@ def training_options(command):
                      "(default 0)."),
         click.option("--class-weight", metavar="balanced|none|FILE", help="Weigh the loss per class: balanced "
                      "(n / (K n_c)), none, or a TOML/JSON file of class = weight (default none)."),
-        click.option("--schedule", type=click.Choice(typing.get_args(typing.get_type_hints(StageParams)["schedule"])), help="Learning-rate schedule of every stage: "
+        click.option("--schedule", type=click.Choice(typing.get_args(typing.get_type_hints(StageParams)["schedule"])),
+                     help="Learning-rate schedule of every stage: "
                      "constant, cosine (decay to 0) or onecycle (fastai's) (default: the recipe's; constant)."),
         click.option("--warmup-epochs", type=float, metavar="E", help="Every stage's rate rises to its value "
                      "over its first E epochs (default: the recipe's; 0)."),

@@ -35,7 +35,8 @@ class StageParams:
             return f"epochs must be >= 0, not {self.epochs}"
         if self.learning_rate <= 0:
             return f"learning_rate must be > 0, not {self.learning_rate}"
-        if self.warmup_epochs < 0 or (self.epochs and self.warmup_epochs >= self.epochs and self.schedule != "constant"):
+        too_long = self.epochs and self.warmup_epochs >= self.epochs and self.schedule != "constant"
+        if self.warmup_epochs < 0 or too_long:
             return (f"warmup_epochs must be >= 0 and, with a {self.schedule} schedule, fewer than the stage's "
                     f"{self.epochs} epochs, not {self.warmup_epochs}")
         return None

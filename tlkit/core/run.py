@@ -158,8 +158,8 @@ class RunContext:
         if loss is None:
             loss = (training.Crossentropy(r.label_smoothing) if r.label_smoothing or soft
                     else "sparse_categorical_crossentropy")
-        # Keras' "accuracy" picks sparse or categorical from the first batch it sees, and then
-        # takes validation labels (integers) the same way as the mixed training labels
+        # Keras' "accuracy" turns sparse or categorical by the shape of the first labels it sees:
+        # categorical on mixed training labels, it would then misread integer validation labels
         metrics = [training.accuracy_metric() if m == "accuracy" and soft else m for m in metrics]
         with self.strategy.scope():
             scales = self.layer_scales(model, getattr(params, "layer_decay", 1.0))
@@ -182,7 +182,8 @@ class RunContext:
                 scales.update({v.path: decay ** depth for v in base.get_layer(name).trainable_weights})
         paths = [v.path for v in model.trainable_variables]
         if len(set(paths)) != len(paths):
-            raise ValueError(f"{model.name}: two trainable variables share a path, so layer decay cannot tell them apart")
+            raise ValueError(f"{model.name}: two trainable variables share a path, so layer decay cannot tell them "
+                             "apart")
         log.info("layer decay %g: %s", decay, ", ".join(f"{b.name} x{decay ** d:.3g}"
                                                      for d, b in enumerate(reversed(trainable))))
         return scales
