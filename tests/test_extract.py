@@ -95,8 +95,7 @@ def test_the_head_trains_on_features_and_the_run_directory_is_a_finetune_one(ext
     assert [layer.name for layer in model.layers] == [layer.name for layer in best.layers] == [
         "image", BASE_LAYER, "head_pool", "head_dense"]
     assert best.input_shape == model.input_shape == (None, *SIZE, 3)
-    assert Recipe.load(out / "recipe.toml").stages == [Stage("extract", epochs=3, learning_rate=1e-2, schedule="constant",
-                                                               warmup_epochs=0)]
+    assert Recipe.load(out / "recipe.toml").stages == [Stage("extract", epochs=3, learning_rate=1e-2)]
 
 
 def test_a_second_run_on_the_same_data_does_not_run_the_base_again(extracted, spy, tmp_path, caplog):
