@@ -218,9 +218,9 @@ def test_autoencoder_settings_are_validated_and_stay_out_of_other_stages():
     text = recipe.to_toml()
     assert "decoder" in text and text.count("noise") == 1
     assert Recipe.from_toml(text).stages == [
-        Stage("autoencoder", epochs=20, learning_rate=1e-3, decoder="unpool", noise=0.0,
-              data=str(Path("unlabeled").resolve())),
-        Stage("head", epochs=5, learning_rate=1e-3)]
+        Stage("autoencoder", epochs=20, learning_rate=1e-3, schedule="constant", warmup_epochs=0, decoder="unpool",
+              noise=0.0, data=str(Path("unlabeled").resolve())),
+        Stage("head", epochs=5, learning_rate=1e-3, schedule="constant", warmup_epochs=0)]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -10,7 +10,7 @@ import pytest
 from tlkit.bases import load_base
 from tlkit.core.kinds import STAGES, stage_params
 from tlkit.core.run import BASE_LAYER, RunContext, configure, load_data
-from tlkit.jobs import run_recipe
+from tlkit.jobs import resolve, run_recipe
 from tlkit.recipe import Recipe, Stage
 
 
@@ -107,7 +107,9 @@ def test_run_directory_holds_everything_to_repeat_the_run(tiny_images, tmp_path)
     assert (out / "labels.txt").read_text().split() == ctx.classes
     resolved = Recipe.load(out / "recipe.toml")
     assert resolved.base == "vgg16" and resolved.data == str(tiny_images) and resolved.image_size == 32
-    assert resolved.stages == stages
+    # the stages as given, completed with their kinds' defaults
+    assert resolved.stages == resolve(Recipe(stages=stages)).stages
+    assert resolved.stages[1].params == {**stages[1].params, "schedule": "constant", "warmup_epochs": 0, "layer_decay": 1.0}
     history = json.loads((out / "history.json").read_text())
     assert [len(h["loss"]) for h in history] == [2, 1]
     metrics = json.loads((out / "metrics.json").read_text())

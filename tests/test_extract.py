@@ -95,7 +95,8 @@ def test_the_head_trains_on_features_and_the_run_directory_is_a_finetune_one(ext
     assert [layer.name for layer in model.layers] == [layer.name for layer in best.layers] == [
         "image", BASE_LAYER, "head_pool", "head_dense"]
     assert best.input_shape == model.input_shape == (None, *SIZE, 3)
-    assert Recipe.load(out / "recipe.toml").stages == [Stage("extract", epochs=3, learning_rate=1e-2)]
+    assert Recipe.load(out / "recipe.toml").stages == [
+        Stage("extract", epochs=3, learning_rate=1e-2, schedule="constant", warmup_epochs=0)]
 
 
 def test_a_second_run_on_the_same_data_does_not_run_the_base_again(extracted, spy, tmp_path, caplog):
@@ -201,7 +202,7 @@ def test_augmentation_is_not_cached_the_head_trains_on_the_frozen_base(tiny_imag
     before_calls = len(spy.calls)
     ctx = run_recipe(r, base, tmp_path / "run", verbose=0)
     out = caplog.text
-    assert "augment=true" in out and "not cached" in out
+    assert "augment=light" in out and "not cached" in out
     assert len(spy.calls) == before_calls and not (tmp_path / "cache").exists()
     assert all(np.array_equal(a, b) for a, b in zip(before, ctx.classifier.get_layer(BASE_LAYER).get_weights()))
     assert len(ctx.results[0].history["loss"]) == 1

@@ -25,6 +25,7 @@ _LAZY = {
     "pretrain": "tlkit.jobs",
     "run_recipe": "tlkit.jobs",  # jobs registers the stage kinds
     "resolve": "tlkit.jobs",
+    "lr_find": "tlkit.lrfind",
     "predict": "tlkit.inference",
     "evaluate": "tlkit.inference",
     "export": "tlkit.exporters",

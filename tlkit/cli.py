@@ -15,9 +15,10 @@ import click
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
+from tlkit.core.kinds import StageParams
 from tlkit.exporters import FORMATS as EXPORT_FORMATS  # no TensorFlow until an export runs
 from tlkit.exporters.tflite import QUANTIZATIONS
-from tlkit.recipe import POOLINGS, Recipe, Stage, builtin_recipes, tomllib
+from tlkit.recipe import AUGMENT_PRESETS, POOLINGS, Recipe, Stage, builtin_recipes, tomllib
 from tlkit.stages.autoencoder import Autoencoder
 
 
@@ -99,7 +100,30 @@ def training_options(command):
         click.option("--val-split", type=float, help="Fraction of each class held out for validation."),
         click.option("--val-data", type=click.Path(), help="A separate validation folder instead of a split."),
         click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them."),
-        click.option("--augment/--no-augment", default=None, help="Random flips, crops and brightness in training."),
+        click.option("--augment", type=click.Choice(AUGMENT_PRESETS), is_flag=False, flag_value="light", default=None,
+                     help="Augmentation preset of the training images: none, light (flip, zoom, brightness; "
+                          "--augment alone), standard (+ rotation), strong (RandAugment, erasing, MixUp/CutMix). "
+                          "Default: the recipe's (none)."),
+        click.option("--no-augment", is_flag=True, default=None, help="The same as --augment none."),
+        click.option("--rotate", type=float, metavar="DEG", help="Random rotation up to DEG degrees either way "
+                     "(default: the preset's; standard 10)."),
+        click.option("--randaugment", metavar="N,M", help="RandAugment: N ops per image at magnitude M of 10 "
+                     "(default: the preset's; strong 2,9; 0 is off)."),
+        click.option("--erasing", type=float, metavar="P", help="Random erasing of a rectangle with probability P "
+                     "(default: the preset's; strong 0.25)."),
+        click.option("--mixup", type=float, metavar="ALPHA", help="MixUp with Beta(ALPHA, ALPHA) weights (default: "
+                     "the preset's; strong 0.2; 0 is off)."),
+        click.option("--cutmix", type=float, metavar="ALPHA", help="CutMix with Beta(ALPHA, ALPHA) areas (default: "
+                     "the preset's; strong 1; 0 is off). With MixUp too, each batch gets one of them."),
+        click.option("--label-smoothing", type=float, metavar="A", help="Cross-entropy against (1 - A) y + A / K "
+                     "(default 0)."),
+        click.option("--class-weight", metavar="balanced|none|FILE", help="Weigh the loss per class: balanced "
+                     "(n / (K n_c)), none, or a TOML/JSON file of class = weight (default none)."),
+        click.option("--schedule", type=click.Choice(typing.get_args(typing.get_type_hints(StageParams)["schedule"])),
+                     help="Learning-rate schedule of every stage: "
+                     "constant, cosine (decay to 0) or onecycle (fastai's) (default: the recipe's; constant)."),
+        click.option("--warmup-epochs", type=float, metavar="E", help="Every stage's rate rises to its value "
+                     "over its first E epochs (default: the recipe's; 0)."),
         click.option("--batch-size", type=int),
         click.option("--image-size", type=int, help="Square input side in pixels (default: the base's)."),
         click.option("--seed", type=int),
@@ -121,6 +145,10 @@ def _settings(options: dict) -> dict:
     """The library's keyword arguments from click's: the options the user gave, with the
     --stage-option values as the `stages` mapping."""
     stages = _stage_options(options.pop("stage_option", ()) or ())
+    if options.pop("no_augment", None):
+        options["augment"] = "none"
+    every = {k: options.pop(k, None) for k in ("schedule", "warmup_epochs")}
+    stages = _with_stage(stages, "*", **every)
     settings = {k: v for k, v in options.items() if v is not None}
     return {**settings, "stages": stages}
 
@@ -172,26 +200,66 @@ def cli(ctx, debug, quiet, verbose):
     # mistake is told at once.
 
 
+def finetune_options(command):
+    """The options of `tlkit finetune`, which `tlkit lr-find` takes too."""
+    options = [
+        click.option("--base", help="A base name (see `tlkit bases`), hub:HANDLE, a .keras file or a run directory."),
+        click.option("--weights", help="imagenet (default), none, or a weights file."),
+        click.option("--base-layer", help="Cut the base at this layer: its output becomes the features."),
+        click.option("--hub-range", help="Pixel range a hub: base expects: 0,1 (default), -1,1 or 0,255."),
+        training_options,
+        click.option("--epochs-head", type=int, help="Epochs of the head stage."),
+        click.option("--epochs-finetune", type=int, help="Epochs of the finetune stage."),
+        click.option("--unfreeze", type=int, metavar="N", help="Blocks of the base to unfreeze in the finetune stage."),
+        click.option("--lr-head", type=float, help="Learning rate of the head stage (`tlkit lr-find` suggests one)."),
+        click.option("--lr-finetune", type=float, help="Learning rate of the finetune stage."),
+        click.option("--layer-decay", type=float, metavar="F", help="In the finetune stage each unfrozen block "
+                     "trains at F times the rate of the one above it (the top one and the head at the stage's "
+                     "rate) (default 1: one rate)."),
+    ]
+    return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
+
+
 @cli.command()
-@click.option("--base", help="A base name (see `tlkit bases`), hub:HANDLE, a .keras file or a run directory.")
-@click.option("--weights", help="imagenet (default), none, or a weights file.")
-@click.option("--base-layer", help="Cut the base at this layer: its output becomes the features.")
-@click.option("--hub-range", help="Pixel range a hub: base expects: 0,1 (default), -1,1 or 0,255.")
-@training_options
-@click.option("--epochs-head", type=int, help="Epochs of the head stage.")
-@click.option("--epochs-finetune", type=int, help="Epochs of the finetune stage.")
-@click.option("--unfreeze", type=int, metavar="N", help="Blocks of the base to unfreeze in the finetune stage.")
-@click.option("--lr-head", type=float)
-@click.option("--lr-finetune", type=float)
+@finetune_options
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), metavar="RUN",
               help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
 @click.pass_obj
-def finetune(obj, epochs_head, epochs_finetune, unfreeze, lr_head, lr_finetune, **options):
+def finetune(obj, **options):
     """Fine-tune a pretrained base: train a new head, then unfreeze the top blocks."""
+    _run_job("finetune", obj, **_finetune_settings(options))
+
+
+def _finetune_settings(options: dict) -> dict:
+    """finetune's options (and lr-find's) as the library's arguments."""
+    head = dict(epochs=options.pop("epochs_head"), learning_rate=options.pop("lr_head"))
+    tune = dict(epochs=options.pop("epochs_finetune"), learning_rate=options.pop("lr_finetune"),
+                unfreeze=options.pop("unfreeze"), layer_decay=options.pop("layer_decay"))
     settings = _settings(options)
-    stages = _with_stage(settings.pop("stages"), "head", epochs=epochs_head, learning_rate=lr_head)
-    stages = _with_stage(stages, "finetune", epochs=epochs_finetune, learning_rate=lr_finetune, unfreeze=unfreeze)
-    _run_job("finetune", obj, stages=stages, **settings)
+    stages = _with_stage(settings.pop("stages"), "head", **head)
+    settings["stages"] = _with_stage(stages, "finetune", **tune)
+    return settings
+
+
+@cli.command("lr-find")
+@finetune_options
+@click.option("--stage", type=int, default=1, show_default=True, help="The stage of the recipe to sweep (1-based).")
+@click.option("--start-lr", type=float, default=1e-7, show_default=True, help="The first learning rate of the sweep.")
+@click.option("--end-lr", type=float, default=10.0, show_default=True, help="The last, if the loss has not blown up.")
+@click.option("--steps", type=int, default=100, show_default=True, help="Training steps of the sweep.")
+@click.pass_obj
+def lr_find(obj, stage, start_lr, end_lr, steps, **options):
+    """Sweep the learning rate of one stage; plot the loss (OUT/lr_find.png) and print the flag to use.
+
+    The model is the one the stage trains (the same frozen blocks, optimizer, loss and
+    augmentation), from the base's weights; nothing is written but the plot (OUT defaults to the
+    current folder)."""
+    from tlkit.lrfind import lr_find as run
+
+    settings = _finetune_settings(options)
+    settings["out"] = settings.get("out") or "."
+    result = run(stage=stage, start_lr=start_lr, end_lr=end_lr, steps=steps, verbose=obj["fit_verbose"], **settings)
+    click.echo(result.flag)
 
 
 @cli.command()
@@ -369,15 +437,29 @@ def recipes(what):
     """List the built-in recipes."""
     for name, recipe in builtin_recipes().items():
         stages = " -> ".join(_describe_stage(stage) for stage in recipe.stages)
-        click.echo(f"{name:12s} {stages}")
+        settings = _describe_training(recipe)
+        click.echo(f"{name:12s} {stages}" + (f"; {settings}" if settings else ""))
         click.echo(f"{'':12s} {recipe.description}")
 
 
 def _describe_stage(stage: Stage) -> str:
     p = stage.params
     parts = [f"{p['epochs']} ep" if "epochs" in p else None, f"lr {p['learning_rate']:g}" if "learning_rate" in p else None,
-             f"top {p['unfreeze']}" if p.get("unfreeze") else None]
+             f"top {p['unfreeze']}" if p.get("unfreeze") else None,
+             p["schedule"] if p.get("schedule", "constant") != "constant" else None,
+             f"warmup {p['warmup_epochs']:g}" if p.get("warmup_epochs") else None,
+             f"layer decay {p['layer_decay']:g}" if p.get("layer_decay", 1) != 1 else None]
     return f"{stage.kind}({', '.join(part for part in parts if part)})"
+
+
+def _describe_training(recipe: Recipe) -> str:
+    """The recipe's training settings that differ from plain training, in a few words."""
+    parts = [f"augment {recipe.augment}" if recipe.augment != "none" else None,
+             f"label smoothing {recipe.label_smoothing:g}" if recipe.label_smoothing else None,
+             f"class weight {recipe.class_weight}" if recipe.class_weight != "none" else None,
+             *(f"{key} {getattr(recipe, key)}" for key in ("rotate", "randaugment", "erasing", "mixup", "cutmix")
+               if getattr(recipe, key) is not None)]
+    return ", ".join(part for part in parts if part)
 
 
 @cli.command()

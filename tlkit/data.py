@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
+from tlkit import augment as augmentation
 from tlkit import imagecache
 from tlkit.errors import TlkitError
 
@@ -260,16 +261,16 @@ def make_dataset(
     *,
     channels: int = 3,
     shuffle: bool = False,
-    augment: bool = False,
+    augment: bool | str | augmentation.Augmentation = False,
     seed: int = 0,
     cache: str | imagecache.DecodedImages | None = "none",
 ) -> tf.data.Dataset:
     """A tf.data pipeline of (float32 images (B, h, w, channels) in [0, 255], int32 labels (B,)).
 
     Decoding runs in parallel and keeps the order. With `shuffle`, the order changes every epoch;
-    with `augment`, each image gets a random horizontal flip, a zoom (a random crop of 80-100% of
-    each side, resized back) and a brightness shift, drawn afresh every epoch. Both are seeded
-    from `seed`: the same seed gives the same batches, epoch after epoch, with or without a cache.
+    `augment` (a preset name, True for light, or a `tlkit.augment.Augmentation`) transforms the
+    batches, drawn afresh every epoch. Both are seeded from `seed`: the same seed gives the same
+    batches, epoch after epoch, with or without a cache.
 
     `cache` ("auto", "memory", "disk", "none", or what `decode_once` made for these images) keeps
     the decoded, resized images after the first decode, before augmentation (tlkit.imagecache).
@@ -293,17 +294,7 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda item, label: (load(item), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if augment:
-        # One random number per image and epoch from a seeded stream drives stateless ops, so
-        # the result does not depend on the order in which parallel calls run (Keras' Random*
-        # layers draw from a shared generator state instead).
-        def augment_one(example, draw):
-            image, label = example
-            return _augment(image, tf.stack([tf.constant(seed, tf.int64), draw])), label
-
-        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(ds, draws).map(augment_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return augmentation.apply(ds.batch(batch_size), augment, seed, len(images.classes)).prefetch(tf.data.AUTOTUNE)
 
 
 def decode_once(images: ImageSet, image_size: tuple[int, int], channels: int = 3, mode: str = "auto", *,
@@ -406,17 +397,6 @@ def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
     else:
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     return tf.ensure_shape(image, [None, None, channels])
-
-
-def _augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    flip, zoom, crop, light = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    image = tf.image.stateless_random_flip_left_right(image, flip)
-    height, width, channels = image.shape
-    size = tf.cast(tf.round(tf.random.stateless_uniform([], zoom, 0.8, 1.0) * [height, width]), tf.int32)
-    image = tf.image.stateless_random_crop(image, tf.concat([size, [channels]], 0), crop)
-    image = tf.image.resize(image, (height, width))
-    image = tf.image.stateless_random_brightness(image, 0.1 * 255, light)
-    return tf.clip_by_value(image, 0.0, 255.0)
 
 
 def _tf_reads(data: tf.Tensor) -> tf.Tensor:

@@ -28,6 +28,10 @@ else:  # pragma: no cover
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096  # a base may need more: it says so when it is built
 Pooling = Literal["avg", "max", "flatten"]  # how a new head reduces the base's feature map
 POOLINGS = typing.get_args(Pooling)
+# augmentation presets (tlkit.augment); a recipe's `augment = true` / `false` (tlkit 0.1) is light / none
+AugmentPreset = Literal["none", "light", "standard", "strong"]
+AUGMENT_PRESETS = typing.get_args(AugmentPreset)
+ClassWeight = str  # "none", "balanced", or a TOML or JSON file of class name -> weight
 
 
 @dataclass(init=False)
@@ -122,7 +126,15 @@ class Recipe:
     batch_size: int = 32
     val_split: float = 0.2
     seed: int = 0
-    augment: bool = False
+    augment: AugmentPreset | bool = "none"
+    # these replace the augment preset's value of theirs (None: the preset's; see tlkit.augment)
+    rotate: float | None = None  # degrees, either way
+    randaugment: str | None = None  # "N,M": N ops per image at magnitude M (0-10); "0": off
+    erasing: float | None = None  # probability of erasing a random rectangle of an image
+    mixup: float | None = None  # MixUp's alpha; 0: off
+    cutmix: float | None = None  # CutMix's alpha; 0: off
+    label_smoothing: float = 0.0  # the target of cross-entropy becomes (1 - a) y + a / K
+    class_weight: ClassWeight = "none"
     dropout: float = 0.2
     pooling: Pooling = "avg"
     early_stopping: int = 0  # patience in epochs; 0 is off
@@ -130,6 +142,10 @@ class Recipe:
     cache: str | None = None  # feature cache folder of extract stages; None: tlkit.features.cache_dir()
     # decoded, resized images kept for later epochs: in memory when they fit, on disk, or not at all
     cache_images: Literal["auto", "memory", "disk", "none"] = "auto"
+
+    def __post_init__(self):
+        if isinstance(self.augment, bool):
+            self.augment = "light" if self.augment else "none"
 
     def problem(self) -> str | None:
         """What is wrong with the recipe's settings, naming the setting and what it takes, or None."""
@@ -145,6 +161,13 @@ class Recipe:
             return f"dropout must be at least 0 and below 1, not {self.dropout}"
         if self.early_stopping < 0:
             return f"early_stopping must be >= 0 (0 is off), not {self.early_stopping}"
+        for key in ("rotate", "erasing", "mixup", "cutmix"):
+            if (getattr(self, key) or 0) < 0:
+                return f"{key} must be >= 0, not {getattr(self, key)}"
+        if (self.erasing or 0) > 1:
+            return f"erasing is a probability, between 0 and 1, not {self.erasing}"
+        if not 0 <= self.label_smoothing < 1:
+            return f"label_smoothing must be in [0, 1), not {self.label_smoothing}"
         return None
 
     def to_dict(self) -> dict:

@@ -29,6 +29,7 @@ import keras
 
 import tlkit.layers  # noqa: F401  (registers tlkit's layers, which a run's model may hold)
 import tlkit.preprocessing  # noqa: F401  (likewise: the preprocessing of runs saved by tlkit 0.1)
+import tlkit.training  # noqa: F401  (likewise: the optimizer, schedule and loss a run's model is compiled with)
 from tlkit.errors import TlkitError
 from tlkit.io import write_text_atomic
 from tlkit.recipe import Recipe

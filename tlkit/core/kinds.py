@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tlkit.basecatalog import HUB_PREFIX, load_catalog
 from tlkit.errors import TlkitError, unknown_name
@@ -25,7 +25,10 @@ class StageParams:
     """What every stage has; a kind's parameters dataclass adds its own fields."""
 
     epochs: int = 5
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # the peak of the schedule
+    # how the rate moves over the stage (tlkit.training.schedule)
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup_epochs: float = 0  # the rate rises from low to learning_rate over these epochs
 
     def problem(self) -> str | None:
         """What is wrong with these values, or None. Kinds extend it with their own rules."""
@@ -33,6 +36,10 @@ class StageParams:
             return f"epochs must be >= 0, not {self.epochs}"
         if self.learning_rate <= 0:
             return f"learning_rate must be > 0, not {self.learning_rate}"
+        too_long = self.epochs and self.warmup_epochs >= self.epochs and self.schedule != "constant"
+        if self.warmup_epochs < 0 or too_long:
+            return (f"warmup_epochs must be >= 0 and, with a {self.schedule} schedule, fewer than the stage's "
+                    f"{self.epochs} epochs, not {self.warmup_epochs}")
         return None
 
     def resolved(self) -> StageParams:
@@ -52,6 +59,9 @@ class StageKind:
     # skipped(ctx, index, params): what a stage that had ended leaves for the stages after it when
     # its run is resumed (the autoencoder's encoder as the base)
     skipped: Callable[..., Any] | None = None
+    # prepare(ctx, params) -> (model, detail): the classifier made trainable as the stage trains it
+    # (frozen and unfrozen blocks), and a few words saying so; what `tlkit lr-find` sweeps
+    prepare: Callable[..., Any] | None = None
 
 
 STAGES: Registry[StageKind] = Registry("stage kind")
@@ -71,12 +81,15 @@ def stage_params(stage: Stage, where: str = "recipe") -> StageParams:
 StageOverrides = Mapping[str | int, Mapping[str, Any]]
 
 
-def resolve(recipe: Recipe | str | Path | None, *, stages: StageOverrides | None = None, **fields) -> Recipe:
+def resolve(recipe: Recipe | str | Path | None, *, stages: StageOverrides | None = None,
+            check_base_name: bool = True, **fields) -> Recipe:
     """`recipe` (a Recipe, a built-in name or a TOML path; None: classic) with `fields` (recipe
     fields; None values are left alone) and `stages` (per-stage parameters, keyed by a kind, or
-    by a stage's 1-based number when the recipe has several of that kind) set over it; every
-    stage checked and completed with its kind's defaults, and data paths made absolute, so that
-    the recipe written into a run directory repeats the run from any folder."""
+    by a stage's 1-based number when the recipe has several of that kind, or by "*" for every
+    stage) set over it; every stage checked and completed with its kind's defaults, and data
+    paths made absolute, so that the recipe written into a run directory repeats the run from any
+    folder. With `check_base_name`, the recipe's base is checked against the catalogue too
+    (`check_base`); a caller that brings its own base object leaves that out."""
     r = get_recipe(recipe)
     fields = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in fields.items() if v is not None}
     checked_fields(Recipe, fields, "the settings")
@@ -96,10 +109,12 @@ def resolve(recipe: Recipe | str | Path | None, *, stages: StageOverrides | None
     staged = [Stage(s.kind, **dataclasses.asdict(stage_params(s, f"{where}, stage {i}").resolved()))
               for i, s in enumerate(staged, start=1)]
     paths = {key: str(Path(getattr(r, key)).resolve()) for key in ("data", "val_data", "cache") if getattr(r, key)}
+    if r.class_weight not in ("none", "balanced"):
+        paths["class_weight"] = str(Path(r.class_weight).resolve())
     resolved = dataclasses.replace(r, stages=staged, **paths)
-    check_base(resolved)
+    if check_base_name:
+        check_base(resolved)
     return resolved
-
 
 
 def needs_base(recipe: Recipe) -> bool:
@@ -133,6 +148,8 @@ def check_base(recipe: Recipe) -> None:
 
 def _stage_indices(recipe: Recipe, key: str | int) -> list[int]:
     """The positions (0-based) of the stages an override key names."""
+    if key == "*":
+        return list(range(len(recipe.stages)))
     if isinstance(key, int) or str(key).isdigit():
         number = int(key)
         if not 1 <= number <= len(recipe.stages):

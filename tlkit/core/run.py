@@ -15,8 +15,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tlkit import augment as tlaugment
 from tlkit import data as tldata
-from tlkit import datareport
+from tlkit import datareport, training
 from tlkit.bases import Base, load_base
 from tlkit.compat import ITERATORS_PER_EPOCH
 from tlkit.core.kinds import STAGES, StageKind, StageParams, resolve, stage_params
@@ -126,6 +127,7 @@ class RunContext:
     best: float = np.inf  # the lowest validation loss of the classifier so far, over all stages
     decoded: dict = field(default_factory=dict)  # the decode-once image cache of each split, for every stage
     curves: TrainingCurves | None = None  # curves.png, redrawn after every epoch of every stage
+    class_weight: dict[int, float] | None = None  # fit's class_weight (recipe.class_weight), for every stage
     job: str = "finetune"  # the job that made the run, for the command that resumes it
     resume: ResumeState | None = None  # where a resumed run goes on
 
@@ -136,7 +138,11 @@ class RunContext:
                 self.model = build_classifier(self.base, len(self.classes), self.recipe.dropout, self.recipe.pooling)
         return self.model
 
-    def dataset(self, which: str, augment: bool | None = None) -> tf.data.Dataset:
+    @property
+    def augmentation(self) -> tlaugment.Augmentation:
+        return tlaugment.of(self.recipe)
+
+    def dataset(self, which: str) -> tf.data.Dataset:
         """The "train" or "val" images; only training images are shuffled and augmented."""
         training = which == "train"
         r = self.recipe
@@ -146,30 +152,119 @@ class RunContext:
             self.decoded[key] = tldata.decode_once(images, self.image_size, self.base.channels, r.cache_images)
         return tldata.make_dataset(
             images, self.image_size, r.batch_size, channels=self.base.channels, shuffle=training,
-            augment=training and (r.augment if augment is None else augment), seed=r.seed, cache=self.decoded[key],
+            augment=self.augmentation if training else False, seed=r.seed, cache=self.decoded[key],
         )
+
+    def compile(self, model: keras.Model, params: StageParams, learning_rate, loss=None,
+                metrics=("accuracy",)) -> keras.optimizers.Optimizer:
+        """Compile `model` for a stage, inside the run's strategy scope, with a fresh Adam (every
+        stage gets new optimizer state) at `learning_rate` (a float or a schedule), scaled per
+        block by the stage's `layer_decay`, and `loss` (None: the classifier's cross-entropy,
+        with the recipe's label smoothing, on soft labels when MixUp or CutMix mix them)."""
+        r = self.recipe
+        soft = self.augmentation.mixes
+        if loss is None:
+            loss = (training.Crossentropy(r.label_smoothing) if r.label_smoothing or soft
+                    else "sparse_categorical_crossentropy")
+        # Keras' "accuracy" turns sparse or categorical by the shape of the first labels it sees:
+        # categorical on mixed training labels, it would then misread integer validation labels
+        metrics = [training.accuracy_metric() if m == "accuracy" and soft else m for m in metrics]
+        with self.strategy.scope():
+            scales = self.layer_scales(model, getattr(params, "layer_decay", 1.0))
+            optimizer = (training.ScaledAdam(learning_rate, scales) if scales
+                         else keras.optimizers.Adam(learning_rate))
+            model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+        return optimizer
+
+    def layer_scales(self, model: keras.Model, decay: float) -> dict[str, float]:
+        """The learning-rate factor of each trainable variable of the base in `model` (by its
+        path): the top trainable block of the base's block map 1, the next one down `decay`, the
+        next `decay`**2...; the head's variables are left at 1. {} when decay is 1."""
+        if decay == 1.0 or model is not self.model:
+            return {}
+        base = model.get_layer(BASE_LAYER)
+        trainable = [b for b in self.base.blocks if any(base.get_layer(n).trainable_weights for n in b.layers)]
+        scales = {}
+        for depth, block in enumerate(reversed(trainable)):
+            for name in block.layers:
+                scales.update({v.path: decay ** depth for v in base.get_layer(name).trainable_weights})
+        paths = [v.path for v in model.trainable_variables]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"{model.name}: two trainable variables share a path, so layer decay cannot tell them "
+                             "apart")
+        log.info("layer decay %g: %s", decay, ", ".join(f"{b.name} x{decay ** d:.3g}"
+                                                     for d, b in enumerate(reversed(trainable))))
+        return scales
+
+    def compile(self, model: keras.Model, params: StageParams, learning_rate, loss=None,
+                metrics=("accuracy",)) -> keras.optimizers.Optimizer:
+        """Compile `model` for a stage, inside the run's strategy scope, with a fresh Adam (every
+        stage gets new optimizer state) at `learning_rate` (a float or a schedule), scaled per
+        block by the stage's `layer_decay`, and `loss` (None: the classifier's cross-entropy,
+        with the recipe's label smoothing, on soft labels when MixUp or CutMix mix them)."""
+        r = self.recipe
+        soft = self.augmentation.mixes
+        if loss is None:
+            loss = (training.Crossentropy(r.label_smoothing) if r.label_smoothing or soft
+                    else "sparse_categorical_crossentropy")
+        # Keras' "accuracy" turns sparse or categorical by the shape of the first labels it sees:
+        # categorical on mixed training labels, it would then misread integer validation labels
+        metrics = [training.accuracy_metric() if m == "accuracy" and soft else m for m in metrics]
+        with self.strategy.scope():
+            scales = self.layer_scales(model, getattr(params, "layer_decay", 1.0))
+            optimizer = (training.ScaledAdam(learning_rate, scales) if scales
+                         else keras.optimizers.Adam(learning_rate))
+            model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+        return optimizer
+
+    def layer_scales(self, model: keras.Model, decay: float) -> dict[str, float]:
+        """The learning-rate factor of each trainable variable of the base in `model` (by its
+        path): the top trainable block of the base's block map 1, the next one down `decay`, the
+        next `decay`**2...; the head's variables are left at 1. {} when decay is 1."""
+        if decay == 1.0 or model is not self.model:
+            return {}
+        base = model.get_layer(BASE_LAYER)
+        trainable = [b for b in self.base.blocks if any(base.get_layer(n).trainable_weights for n in b.layers)]
+        scales = {}
+        for depth, block in enumerate(reversed(trainable)):
+            for name in block.layers:
+                scales.update({v.path: decay ** depth for v in base.get_layer(name).trainable_weights})
+        paths = [v.path for v in model.trainable_variables]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"{model.name}: two trainable variables share a path, so layer decay cannot tell them "
+                             "apart")
+        log.info("layer decay %g: %s", decay, ", ".join(f"{b.name} x{decay ** d:.3g}"
+                                                     for d, b in enumerate(reversed(trainable))))
+        return scales
 
     def fit(self, index: int, kind: str, params: StageParams, model: keras.Model | None = None,
             data: tuple[tf.data.Dataset, tf.data.Dataset] | None = None, *,
-            loss="sparse_categorical_crossentropy", metrics=("accuracy",), checkpoint: bool = True,
-            detail: str = "") -> StageResult:
-        """The one place that compiles and fits: `model` (the classifier by default), inside the
-        run's strategy scope, with a fresh optimizer at the stage's own learning rate (every stage
-        gets new optimizer state), `loss` and `metrics`, on `data` (train, val; default the
-        images), with the callbacks every stage has: TensorBoard, early stopping when the recipe
-        asks for it, and, with `checkpoint`, the best classifier of the run. `detail` says what
+            loss=None, metrics=("accuracy",), checkpoint: bool = True, detail: str = "") -> StageResult:
+        """The one place that compiles and fits: `model` (the classifier by default), compiled by
+        `compile` with the stage's learning-rate schedule, on `data` (train, val; default the
+        images), with the recipe's class weights when `loss` is the classifier's, and the
+        callbacks every stage has: the learning rate of every step (history and TensorBoard),
+        TensorBoard, curves.png, early stopping when the recipe asks for it, with `checkpoint` the
+        best classifier of the run, and the snapshot a resumed run goes on from. `detail` says what
         the stage trains, for the line that opens it."""
-        log.info("stage %d/%d %s: %s%d epoch%s, lr %g", index, len(self.recipe.stages), kind,
+        schedule = "" if params.schedule == "constant" and not params.warmup_epochs else \
+            f" ({params.schedule}" + (f", warmup {params.warmup_epochs:g} epochs)" if params.warmup_epochs else ")")
+        log.info("stage %d/%d %s: %s%d epoch%s, lr %g%s", index, len(self.recipe.stages), kind,
                  f"{detail}, " if detail else "", params.epochs, "" if params.epochs == 1 else "s",
-                 params.learning_rate)
+                 params.learning_rate, schedule)
         model = model or self.classifier
         train, val = data or (self.dataset("train"), self.dataset("val"))
-        with self.strategy.scope():
-            optimizer = keras.optimizers.Adam(params.learning_rate)
-            model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
+        steps = int(train.cardinality())
+        if steps < 1:  # unknown or infinite: count the batches of the training images
+            steps = -(-len(self.train) // self.recipe.batch_size)
+        rate = training.schedule(params.schedule, params.learning_rate, steps, params.epochs, params.warmup_epochs)
+        classifying = loss is None
+        optimizer = self.compile(model, params, rate, loss, metrics)
+        rates = training.LearningRateLog()
         self.curves = self.curves or TrainingCurves(self.out)
         callbacks: list[keras.callbacks.Callback] = [
-            keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{kind}")), self.curves.stage(f"{index} {kind}")]
+            rates, keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{kind}"), update_freq="batch"),
+            self.curves.stage(f"{index} {kind}")]
         if checkpoint:
             best = BestCheckpoint(self.out / "checkpoints" / "best.keras", self.classifier)
             best.best = self.best
@@ -190,13 +285,14 @@ class RunContext:
         start = time.perf_counter()
         history = model.fit(
             train, validation_data=val, epochs=params.epochs, initial_epoch=done, callbacks=callbacks,
-            verbose=self.verbose, shuffle=False,  # the dataset shuffles
+            verbose=self.verbose, class_weight=self.class_weight if classifying else None,
+            shuffle=False,  # the dataset shuffles
         ) if params.epochs > done else None
         if checkpoint:
             self.best = best.best
         scores = model.evaluate(val, verbose=0, return_dict=True)
         val_loss, val_accuracy = float(scores["loss"]), scores.get("accuracy")
-        result = StageResult(params, kind, snapshot.history, val_loss,
+        result = StageResult(params, kind, {**snapshot.history, "step_learning_rate": rates.steps}, val_loss,
                              None if val_accuracy is None else float(val_accuracy), optimizer,
                              time.perf_counter() - start)
         self.results.append(result)
@@ -381,7 +477,8 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     goes on from its next epoch. `job` names the job, for the line that tells how to resume.
     """
     out = Path(out)
-    recipe = resolve(recipe)  # a recipe made in Python gets its stages' defaults and absolute paths too
+    # a recipe made in Python gets its stages' defaults and absolute paths too
+    recipe = resolve(recipe, check_base_name=base is None and build is None)
     state = ResumeState.read(out) if resume else None
     if resume and state is None:
         raise TlkitError(f"{out} has nothing to resume from (no {RESUME_FOLDER / 'state.json'}): it finished, or "
@@ -389,41 +486,18 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     kinds: list[StageKind] = [STAGES.get(stage.kind) for stage in recipe.stages]
     params = [stage_params(stage, f"recipe {recipe.name}, stage {i}") for i, stage in enumerate(recipe.stages, 1)]
     labelled = any(kind.needs_labels for kind in kinds)
-    makes_base = bool(kinds) and kinds[0].make_base is not None
-    if base is None and build is None and not makes_base and not recipe.base:
-        raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
-    strategy = configure(recipe)
-    # the base before the data: a base that cannot load (no weights offline, an image size it
-    # cannot take) is reported before minutes of scanning
-    with strategy.scope():
-        if base is None and build is None and makes_base:
-            base = kinds[0].make_base(recipe, params[0])
-        elif base is None and build is None:
-            size = (recipe.image_size, recipe.image_size) if recipe.image_size else None
-            base = load_base(recipe.base, recipe.weights, size, recipe.base_layer, recipe.hub_range)
-    if base is not None:
-        check_unfreeze(recipe, base)
-    if data:
-        classes, train, val = data
-        report = datareport.DataReport.of(train, val)
-    else:
-        progress = datareport.console_progress() if verbose else None
-        classes, train, val, report = load_data(recipe, labelled, progress)
-    if base is None:
-        with strategy.scope():
-            base, model = build(classes)
-    image_size = tuple(base.model.input_shape[1:3])
-    if None in image_size:
-        image_size = base.input_size
-    resolved = dataclasses.replace(recipe, base=recipe.base or base.name, image_size=image_size[0])
+    ctx, report = context(recipe, base, out, model=model, build=build, data=data, verbose=verbose)
+    ctx.job, ctx.resume = job, state
+    classes, train, val, resolved = ctx.classes, ctx.train, ctx.val, ctx.recipe
     out.mkdir(parents=True, exist_ok=True)
     if labelled:
         log.info("%d training and %d validation images in %d classes; base %s (%s, weights %s); run directory %s",
-                 len(train), len(val), len(classes), base.name, base.source, base.weights, out)
+                 len(train), len(val), len(classes), ctx.base.name, ctx.base.source, ctx.base.weights, out)
     else:
         log.info("%d training and %d validation images; run directory %s", len(train), len(val), out)
-    ctx = RunContext(resolved, base, classes, train, val, image_size, out, strategy, verbose, model, job=job,
-                     resume=state)
+    if ctx.class_weight:
+        log.info("class weights (%s): %s", recipe.class_weight,
+                 ", ".join(f"{c} {w:.3g}" for c, w in zip(classes, ctx.class_weight.values())))
     if labelled:
         write_labels(out / "labels.txt", classes)
     resolved.save(out / "recipe.toml")
@@ -466,6 +540,47 @@ def log_summary(ctx: RunContext) -> None:
              ctx.out, ctx.out)
 
 
+def context(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.Model | None = None,
+            build: BaseBuilder | None = None, data=None, verbose: str | int = "auto"
+            ) -> tuple[RunContext, datareport.DataReport]:
+    """What `run_recipe` does before the first stage, writing nothing: configure, build the base
+    (before the data: a base that cannot load, with no weights offline or at an image size it
+    cannot take, is told before minutes of scanning), load the data; the run's context (with the
+    recipe resolved against the base) and the data report."""
+    kinds: list[StageKind] = [STAGES.get(stage.kind) for stage in recipe.stages]
+    params = [stage_params(stage, f"recipe {recipe.name}, stage {i}") for i, stage in enumerate(recipe.stages, 1)]
+    labelled = any(kind.needs_labels for kind in kinds)
+    makes_base = bool(kinds) and kinds[0].make_base is not None
+    if base is None and build is None and not makes_base and not recipe.base:
+        raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
+    strategy = configure(recipe)
+    with strategy.scope():
+        if base is None and build is None and makes_base:
+            base = kinds[0].make_base(recipe, params[0])
+        elif base is None and build is None:
+            size = (recipe.image_size, recipe.image_size) if recipe.image_size else None
+            base = load_base(recipe.base, recipe.weights, size, recipe.base_layer, recipe.hub_range)
+    if base is not None:
+        check_unfreeze(recipe, base)
+    if data:
+        classes, train, val = data
+        report = datareport.DataReport.of(train, val)
+    else:
+        progress = datareport.console_progress() if verbose else None
+        classes, train, val, report = load_data(recipe, labelled, progress)
+    if base is None:
+        with strategy.scope():
+            base, model = build(classes)
+    image_size = tuple(base.model.input_shape[1:3])
+    if None in image_size:
+        image_size = base.input_size
+    resolved = dataclasses.replace(recipe, base=recipe.base or base.name, image_size=image_size[0])
+    ctx = RunContext(resolved, base, classes, train, val, image_size, Path(out), strategy, verbose, model)
+    if labelled:
+        ctx.class_weight = training.class_weights(recipe.class_weight, classes, train.counts())
+    return ctx, report
+
+
 def check_unfreeze(recipe: Recipe, base: Base) -> None:
     """Every stage's `unfreeze` against the blocks of the loaded base, before any stage trains."""
     for number, stage in enumerate(recipe.stages, start=1):
@@ -487,6 +602,8 @@ def write_results(ctx: RunContext) -> None:
             for i, r in enumerate(ctx.results, start=1)
         ],
         "classes": ctx.classes,
+        # fit's class_weight, by class name (recipe.class_weight); null when off
+        "class_weights": dict(zip(ctx.classes, ctx.class_weight.values())) if ctx.class_weight else None,
         "train_images": len(ctx.train),
         "val_images": len(ctx.val),
     })

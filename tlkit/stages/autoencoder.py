@@ -91,10 +91,12 @@ def run(ctx, index: int, params: Autoencoder):
     else:
         train, val = ctx.train, ctx.val
     channels = params.channels or ctx.base.channels
+    # no MixUp or CutMix: they mix labels, and an autoencoder's target is its input
+    augment = replace(ctx.augmentation, mixup=0.0, cutmix=0.0)
 
     def pairs(images, training: bool):
         ds = tldata.make_dataset(images, ctx.image_size, r.batch_size, channels=channels, shuffle=training,
-                                 augment=training and r.augment, seed=r.seed)
+                                 augment=augment if training else False, seed=r.seed)
         return ds.map(lambda x, _: (x, x / 255.0))  # the target is the clean image on the [0, 1] scale
 
     with ctx.strategy.scope():

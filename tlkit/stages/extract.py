@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from tlkit.core.kinds import STAGES, StageKind, StageParams
+from tlkit.stages.head import prepare
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +21,11 @@ def run(ctx, index: int, params: Extract):
     from tlkit import features
     from tlkit.core.run import BASE_LAYER
 
-    if ctx.recipe.augment:
-        log.info("stage %d (extract): augment=true gives new images every epoch, so features are not cached: "
-                 "training the head on the frozen base, as a head stage does", index)
-    ctx.classifier.get_layer(BASE_LAYER).trainable = False
-    if ctx.recipe.augment:
-        return ctx.fit(index, "extract", params, detail="base frozen, new head")
+    model, detail = prepare(ctx, params)  # the head stage's: the base frozen
+    if ctx.augmentation.active:
+        log.info("stage %d (extract): augment=%s gives new images every epoch, so features are not cached: "
+                 "training the head on the frozen base, as a head stage does", index, ctx.recipe.augment)
+        return ctx.fit(index, "extract", params, model, detail=detail)
     r = ctx.recipe
     found = features.extract(ctx.base, ctx.train.files + ctx.val.files, ctx.image_size, pooling=r.pooling,
                              batch_size=r.batch_size, cache=r.cache, verbose=ctx.verbose)
@@ -36,5 +36,7 @@ def run(ctx, index: int, params: Extract):
     ), detail="new head on the cached features")
 
 
+# lr-find sweeps it as the head stage it equals (the same trainable weights), on the images
 STAGES.add("extract", StageKind("extract", Extract, run,
-                                "base frozen, its features computed once (cached on disk), a new head trained on them"))
+                                "base frozen, its features computed once (cached on disk), a new head trained on them",
+                                prepare=prepare))

@@ -1,5 +1,6 @@
 """`finetune`: the top `unfreeze` blocks of the base trained with the head, BatchNorm kept in
-inference mode (`tlkit.blocks.set_trainable_top`)."""
+inference mode (`tlkit.blocks.set_trainable_top`); with `layer_decay` F below 1, each block down
+from the top trains at F times the rate of the one above it (the head at the stage's rate)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,21 +11,31 @@ from tlkit.core.kinds import STAGES, StageKind, StageParams
 @dataclass
 class Finetune(StageParams):
     unfreeze: int = 1  # blocks of the base, counted from the top
+    layer_decay: float = 1.0  # learning-rate factor from one unfrozen block to the one below it
 
     def problem(self) -> str | None:
         if self.unfreeze < 1:
             return f"unfreeze must be >= 1 (blocks of the base to train), not {self.unfreeze}: use --unfreeze N"
+        if not 0 < self.layer_decay <= 1:
+            return f"layer_decay must be in (0, 1], not {self.layer_decay}"
         return super().problem()
 
 
-def run(ctx, index: int, params: Finetune):
+def prepare(ctx, params: Finetune):
+    """The classifier with the top `unfreeze` blocks of its base trainable."""
     # TensorFlow: imported when a stage runs, so checking a recipe stays fast
     from tlkit.blocks import set_trainable_top
     from tlkit.core.run import BASE_LAYER
 
     top = set_trainable_top(ctx.classifier.get_layer(BASE_LAYER), ctx.base.blocks, params.unfreeze)
     detail = f"top {len(top)} of {len(ctx.base.blocks)} blocks trainable ({', '.join(b.name for b in top)})"
-    return ctx.fit(index, "finetune", params, detail=detail)
+    return ctx.classifier, detail
 
 
-STAGES.add("finetune", StageKind("finetune", Finetune, run, "the top N blocks of the base unfrozen and trained"))
+def run(ctx, index: int, params: Finetune):
+    model, detail = prepare(ctx, params)
+    return ctx.fit(index, "finetune", params, model, detail=detail)
+
+
+STAGES.add("finetune", StageKind("finetune", Finetune, run, "the top N blocks of the base unfrozen and trained",
+                                 prepare=prepare))

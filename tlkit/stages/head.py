@@ -11,11 +11,17 @@ class Head(StageParams):
     pass
 
 
-def run(ctx, index: int, params: Head):
+def prepare(ctx, params: StageParams):
+    """The classifier with its base frozen."""
     from tlkit.core.run import BASE_LAYER  # TensorFlow: imported when a stage runs, so checking a recipe stays fast
 
     ctx.classifier.get_layer(BASE_LAYER).trainable = False
-    return ctx.fit(index, "head", params, detail="base frozen, new head")
+    return ctx.classifier, "base frozen, new head"
 
 
-STAGES.add("head", StageKind("head", Head, run, "base frozen, a new head trained"))
+def run(ctx, index: int, params: Head):
+    model, detail = prepare(ctx, params)
+    return ctx.fit(index, "head", params, model, detail=detail)
+
+
+STAGES.add("head", StageKind("head", Head, run, "base frozen, a new head trained", prepare=prepare))

@@ -11,7 +11,8 @@ class Train(StageParams):
     pass
 
 
-def run(ctx, index: int, params: Train):
+def prepare(ctx, params: StageParams):
+    """The whole classifier trainable, but for fixed preprocessing."""
     from tlkit.preprocessing import NAME as PREPROCESSING  # TensorFlow: imported when a stage runs, so that
     # checking a recipe stays fast
 
@@ -19,7 +20,12 @@ def run(ctx, index: int, params: Train):
     for layer in _all_layers(ctx.classifier):
         if layer.name == PREPROCESSING:  # fixed arithmetic (a caffe channel flip has weights), not to be learnt
             layer.trainable = False
-    return ctx.fit(index, "train", params, detail="every layer trainable")
+    return ctx.classifier, "every layer trainable"
+
+
+def run(ctx, index: int, params: Train):
+    model, detail = prepare(ctx, params)
+    return ctx.fit(index, "train", params, model, detail=detail)
 
 
 def _all_layers(model):
@@ -29,4 +35,4 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-STAGES.add("train", StageKind("train", Train, run, "every layer trained (from scratch)"))
+STAGES.add("train", StageKind("train", Train, run, "every layer trained (from scratch)", prepare=prepare))
