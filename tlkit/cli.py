@@ -5,6 +5,7 @@ need no TensorFlow answer at once.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -91,12 +92,17 @@ def _with_stage(stages: dict, kind: str, **params) -> dict:
     return stages
 
 
+OVERWRITE = click.option("--overwrite", is_flag=True, default=None,
+                         help="Replace the run already in --out (refused without it).")
+
+
 def training_options(command):
     """Options every training command shares; they override the recipe's settings."""
     options = [
         click.option("--data", type=click.Path(), help="Folder with one sub-folder of images per class."),
         click.option("--recipe", help="A built-in recipe name (see `tlkit recipes`) or a .toml file."),
         click.option("--out", type=click.Path(), help="Run directory (default runs/<name>-<time>)."),
+        OVERWRITE,
         click.option("--val-split", type=float, help="Fraction of each class held out for validation."),
         click.option("--val-data", type=click.Path(), help="A separate validation folder instead of a split."),
         click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them."),
@@ -156,17 +162,21 @@ def _settings(options: dict) -> dict:
 JOB_RECIPES = {"finetune": "classic", "extract": "extract", "train": "scratch", "pretrain": "autoencoder"}
 
 
-def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, resume=None, **settings) -> None:
+def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, resume=None, overwrite=None,
+             **settings) -> None:
     """Check the job's recipe and every option over it (tlkit.core.kinds.resolve: no TensorFlow,
     so a mistake is told at once), then import TensorFlow and run the job on the result."""
     import tlkit.stages  # noqa: F401  (registers the stage kinds; imports no TensorFlow)
     from tlkit.core.kinds import needs_base, resolve
+    from tlkit.runguard import check_out
 
     if resume:
-        given = [name for name, value in {"recipe": recipe, "out": out, **settings}.items() if value is not None]
+        given = [name for name, value in {"recipe": recipe, "out": out, "overwrite": overwrite, **settings}.items()
+                 if value is not None]
         if stages or any(args) or given:
             options = ", ".join(f"--{name.replace('_', '-')}" for name in given) or "stage options"
             raise TlkitError(f"--resume goes on with the run as its recipe.toml says: drop {options}")
+        check_out(resume, resume=True)
         _tensorflow()
         from tlkit import jobs
 
@@ -179,10 +189,13 @@ def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, res
     resolved = resolve(recipe or JOB_RECIPES[job], stages=stages, **settings)
     if job in ("finetune", "extract") and not resolved.base and needs_base(resolved):
         raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
+    if out:
+        check_out(out, overwrite=bool(overwrite))
     _tensorflow()
     from tlkit import jobs
 
     getattr(jobs, job)(*args, recipe=recipe or JOB_RECIPES[job], stages=stages, out=out, verbose=obj["fit_verbose"],
+                       overwrite=bool(overwrite),
                        **{k: v for k, v in settings.items() if job != "train" or k not in ("base", "weights")})
 
 
@@ -299,6 +312,7 @@ def extract(obj, epochs, learning_rate, **options):
 @click.option("--data", type=click.Path(), help="Folder of images, with or without sub-folders (labels are not used).")
 @click.option("--recipe", help="A built-in recipe name or a .toml file (default: autoencoder).")
 @click.option("--out", type=click.Path(), help="Run directory (default runs/autoencoder-<time>).")
+@OVERWRITE
 @click.option("--decoder", type=click.Choice(typing.get_args(typing.get_type_hints(Autoencoder)["decoder"])),
               help="Max-unpooling with the pooling switches (default), or transposed convolutions.")
 @click.option("--noise", type=float, metavar="STD",
@@ -539,10 +553,51 @@ def export(model, out, fmt, version, quantize, calibration_images, check, verbos
         verbose=verbose)  # logs its one line: path, size, agreement
 
 
+# What to do about an operating-system error, by errno; the line names the path first.
+_OS_ADVICE = {
+    errno.EACCES: "permission denied: check its permissions, or choose another path",
+    errno.EPERM: "operation not permitted: check its permissions, or choose another path",
+    errno.ENOENT: "does not exist: check the path",
+    errno.EISDIR: "is a folder where a file is expected: pass a file, or remove the folder",
+    errno.ENOTDIR: "part of the path is a file where a folder is expected: choose another path",
+    errno.EROFS: "is on a read-only file system: choose a writable place (--out, $TLKIT_CACHE)",
+    errno.ENOSPC: "no space left on its device: free some space or choose another disk; the files written "
+                  "so far are whole, and a run goes on with --resume RUN",
+    errno.EDQUOT: "disk quota exceeded: free some space or choose another disk",
+    errno.ELOOP: "is a symbolic link loop: fix or remove the link",
+    errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
+    errno.EEXIST: "already exists: choose another path",
+}
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an OSError: the path(s) it names, what went wrong and what to do."""
+    paths = " -> ".join(os.fsdecode(p) for p in (err.filename, err.filename2) if p is not None)
+    what = _OS_ADVICE.get(err.errno) or (err.strerror or str(err) or type(err).__name__)
+    return f"{paths}: {what}" if paths else f"{what}"
+
+
+def unicode_error_line(err: UnicodeEncodeError | UnicodeDecodeError) -> str:
+    text = err.object if isinstance(err.object, str) else os.fsdecode(bytes(err.object))
+    verb = "encoded" if isinstance(err, UnicodeEncodeError) else "decoded"
+    return (f"{text[max(0, err.start - 40):err.end + 40]!r} cannot be {verb} as {err.encoding}: rename the file or "
+            "folder of that name, or convert the file to UTF-8")
+
+
 def main(argv=None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="tlkit", standalone_mode=False)
+    except OSError as err:
+        if debug:
+            raise
+        click.echo(f"error: {os_error_line(err)}", err=True)
+        sys.exit(2)
+    except (UnicodeEncodeError, UnicodeDecodeError) as err:  # a file or folder name not valid in its encoding
+        if debug:
+            raise
+        click.echo(f"error: {unicode_error_line(err)}", err=True)
+        sys.exit(2)
     except TlkitError as err:
         if type(err).__name__ == "RunInterrupted":  # Ctrl-C in a run: saved, and how to go on
             click.echo(str(err), err=True)

@@ -110,35 +110,45 @@ def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, p
         "files": distinct,
     }).encode()).hexdigest()
     entry = cache_dir(cache) / f"{key}.npz"
-    features = _read(entry)
+    features = _read(entry, distinct)
     if features is None:
         path_of = dict(zip(digests, files))
         start = time.perf_counter()
         stored = run_base(base.model, [path_of[d] for d in distinct], image_size, batch_size, pooling, verbose)
         log.info("extracted features of %d images with %s in %.1f s; cached in %s", len(distinct), base.name,
                  time.perf_counter() - start, entry)
-        write_atomic(entry, lambda tmp: np.savez(tmp, features=stored, digests=np.array(distinct)))
-        write_json_atomic(entry.with_suffix(".json"), {
-            "base": base.name, "source": base.source, "weights": base.weights, "image_size": list(image_size),
-            "channels": base.channels, "pooling": pooling, "images": len(distinct), "features": stored.shape[1],
-            "format": FORMAT,
-        })
+        try:
+            write_atomic(entry, lambda tmp: np.savez(tmp, features=stored, digests=np.array(distinct)))
+            write_json_atomic(entry.with_suffix(".json"), {
+                "base": base.name, "source": base.source, "weights": base.weights, "image_size": list(image_size),
+                "channels": base.channels, "pooling": pooling, "images": len(distinct), "features": stored.shape[1],
+                "format": FORMAT,
+            })
+        except OSError as err:  # a cache can only cost time: the run goes on with the features in memory
+            log.warning("feature cache %s cannot be written (%s); going on without caching", entry.parent,
+                        err.strerror or err)
         features = dict(zip(distinct, stored))
     else:
         log.info("features of %d images from the cache: %s", len(distinct), entry)
     return np.stack([features[d] for d in digests])
 
 
-def _read(entry: Path) -> dict[str, np.ndarray] | None:
-    """{digest: features} of a cache entry, or None if there is none or it cannot be read."""
-    if not entry.is_file():
-        return None
+def _read(entry: Path, digests: list[str]) -> dict[str, np.ndarray] | None:
+    """{digest: features} of a cache entry, or None if there is none, it cannot be read, or it
+    does not hold exactly the features of `digests` (its key's contents): a warning says which."""
     try:
+        if not entry.is_file():
+            return None
         with np.load(entry, allow_pickle=False) as stored:
-            return dict(zip(stored["digests"].tolist(), stored["features"]))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            held, features = stored["digests"].tolist(), stored["features"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         log.warning("ignoring unreadable cache entry %s (%s); extracting again", entry, err)
         return None
+    if held != digests or features.ndim != 2 or len(features) != len(digests) or features.dtype != np.float32:
+        log.warning("ignoring cache entry %s: it does not hold the features of its key's images; extracting again",
+                    entry)
+        return None
+    return dict(zip(held, features))
 
 
 def dataset(features: np.ndarray, labels: Sequence[int], batch_size: int, *, shuffle: bool = False,

@@ -27,32 +27,36 @@ def default_out(name: str) -> Path:
 
 def finetune(base: str | None = None, data: str | None = None, recipe=None, out: str | Path | None = None, *,
              stages: StageOverrides | None = None, verbose: str | int = "auto", job: str = "finetune",
-             **settings) -> RunContext:
+             overwrite: bool = False, **settings) -> RunContext:
     """Fine-tune a pretrained base on a folder of images; returns the finished run.
 
     `recipe` is a Recipe, a built-in name or a TOML path (default: classic). A recipe whose first
-    stage is `autoencoder` needs no base: it pretrains its own.
+    stage is `autoencoder` needs no base: it pretrains its own. An existing run in `out` is
+    replaced only with `overwrite` (tlkit.runguard).
     """
     recipe = resolve(recipe, base=base, data=data, stages=stages, **settings)
     return run_recipe(recipe, None, Path(out) if out else default_out(recipe.base or "run"), verbose=verbose,
-                      job=job)
+                      job=job, overwrite=overwrite)
 
 
 def extract(base: str | None = None, data: str | None = None, recipe="extract", out: str | Path | None = None, *,
-            stages: StageOverrides | None = None, verbose: str | int = "auto", **settings) -> RunContext:
+            stages: StageOverrides | None = None, verbose: str | int = "auto", overwrite: bool = False,
+            **settings) -> RunContext:
     """Feature-extraction mode: the frozen base runs once over the images (or its cached features
     are reused, see tlkit.features), a head is trained on the features and attached to the base.
     The run directory is the same as `finetune`'s; `cache=DIR` sets the cache folder."""
-    return finetune(base, data, recipe, out, stages=stages, verbose=verbose, job="extract", **settings)
+    return finetune(base, data, recipe, out, stages=stages, verbose=verbose, job="extract", overwrite=overwrite,
+                    **settings)
 
 
 def train(arch: str, data: str | None = None, recipe="scratch", out: str | Path | None = None, *,
-          stages: StageOverrides | None = None, verbose: str | int = "auto", **settings) -> RunContext:
+          stages: StageOverrides | None = None, verbose: str | int = "auto", overwrite: bool = False,
+          **settings) -> RunContext:
     """Train a zoo architecture from scratch, with its own top, through the same engine and run
     directory as `finetune` (so the result evaluates, predicts and exports the same way)."""
     recipe = resolve(recipe, base=arch, weights="none", data=data, stages=stages, **settings)
     return run_recipe(recipe, None, Path(out) if out else default_out(arch), build=_zoo_builder(arch, recipe),
-                      verbose=verbose, job="train")
+                      verbose=verbose, job="train", overwrite=overwrite)
 
 
 def _zoo_builder(arch: str, recipe):
@@ -75,14 +79,16 @@ def _zoo_builder(arch: str, recipe):
 
 
 def pretrain(data: str | None = None, out: str | Path | None = None, recipe="autoencoder", *,
-             stages: StageOverrides | None = None, verbose: str | int = "auto", **settings) -> RunContext:
+             stages: StageOverrides | None = None, verbose: str | int = "auto", overwrite: bool = False,
+             **settings) -> RunContext:
     """Pretrain a convolutional autoencoder on a folder of unlabeled images (with or without class
     sub-folders); its run directory is a base for `finetune(base=RUN)`."""
     recipe = resolve(recipe, data=data, stages=stages, **settings)
     if [s.kind for s in recipe.stages] != ["autoencoder"]:
         raise TlkitError(f"recipe {recipe.name} is not one autoencoder stage: run recipes with more stages "
                          "through `tlkit finetune --recipe`")
-    return run_recipe(recipe, None, Path(out) if out else default_out("autoencoder"), verbose=verbose, job="pretrain")
+    return run_recipe(recipe, None, Path(out) if out else default_out("autoencoder"), verbose=verbose, job="pretrain",
+                      overwrite=overwrite)
 
 
 def resume(run: str | Path, *, verbose: str | int = "auto") -> RunContext:

@@ -11,6 +11,8 @@
     curves.png         loss and accuracy per epoch over all stages (redrawn after every epoch)
     REPORT.md          what the run did, in words, with the validation report below
     report.json, predictions.csv, confusion.png, top_losses.png   the validation split's evaluation
+    .lock              while a run writes the folder: its PID and host (tlkit.runguard)
+    .unfinished        from a run's first file to its last: the run has not finished
 
 Which model a command uses (`--checkpoint`, the same rule in evaluate, predict, export and
 visualize): "final" (the default) is `model.keras`, the model as the run ended: the weights of
@@ -33,6 +35,7 @@ import tlkit.training  # noqa: F401  (likewise: the optimizer, schedule and loss
 from tlkit.errors import TlkitError
 from tlkit.io import write_text_atomic
 from tlkit.recipe import Recipe
+from tlkit.runguard import is_unfinished
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,10 @@ def read_labels(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise TlkitError(f"no labels file '{path}'")
-    classes = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    try:
+        classes = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+    except UnicodeDecodeError as err:
+        raise TlkitError(f"labels file '{path}' is not UTF-8 text (byte {err.start}): write one class name a line")
     if not classes:
         raise TlkitError(f"labels file '{path}' is empty")
     return classes
@@ -98,6 +104,8 @@ def load_run(path: str | Path, checkpoint: str = "final") -> Run:
     if folder.name == "checkpoints" and not (folder / "labels.txt").is_file():
         folder = folder.parent  # RUN/checkpoints/best.keras given as a file
     best = folder / CHECKPOINTS["best"][0]
+    if checkpoint == "final" and path.is_dir() and model_file.is_file() and is_unfinished(folder):
+        log.warning("%s is unfinished (it stopped after writing %s, before its report)", folder, model_file.name)
     if checkpoint == "final" and path.is_dir() and not model_file.is_file() and best.is_file():
         state = folder / "checkpoints" / "resume" / "state.json"
         job = json.loads(state.read_text(encoding="utf-8"))["job"] if state.is_file() else "finetune"
@@ -111,9 +119,15 @@ def load_run(path: str | Path, checkpoint: str = "final") -> Run:
     if not (folder / "labels.txt").is_file():
         raise TlkitError(f"no labels.txt beside {model_file}: a run directory holds both")
     model = load_model(model_file)
+    labels = read_labels(folder / "labels.txt")
+    outputs = model.outputs[0].shape[-1] if len(model.outputs) == 1 else None
+    if outputs != len(labels):
+        raise TlkitError(f"{folder / 'labels.txt'} has {len(labels)} class names but {model_file} has "
+                         f"{outputs if outputs is not None else len(model.outputs)} outputs: fix labels.txt to one "
+                         "name a line, in the order of the model's outputs")
     recipe_file = folder / "recipe.toml"
     recipe = Recipe.load(recipe_file) if recipe_file.is_file() else Recipe()
-    return Run(folder, model, read_labels(folder / "labels.txt"), recipe, model_file, checkpoint)
+    return Run(folder, model, labels, recipe, model_file, checkpoint)
 
 
 def load_model(path: str | Path, safe_mode: bool = True) -> keras.Model:
@@ -121,4 +135,22 @@ def load_model(path: str | Path, safe_mode: bool = True) -> keras.Model:
     tlkit's own layers registered. Models of keras.applications and EfficientNet-Lite bases load
     with Keras alone; the canon's layers and TF Hub bases need tlkit (imported here)."""
     path = Path(path)
-    return keras.saving.load_model(path / "model.keras" if path.is_dir() else path, safe_mode=safe_mode)
+    file = path / "model.keras" if path.is_dir() else path
+    try:
+        return keras.saving.load_model(file, safe_mode=safe_mode)
+    except TlkitError:
+        raise
+    except Exception as err:  # Keras raises ValueError, TypeError, OSError, zipfile and h5py errors for a bad file
+        raise model_file_error(file, err) from err
+
+
+def model_file_error(file: Path, err: Exception) -> TlkitError:
+    """One line for a model file that does not load: refused (it would run code) or not a model."""
+    why = " ".join(str(err).split()) or type(err).__name__
+    if "safe_mode" in why or "unsafe" in why.lower():
+        return TlkitError(f"refused to load {file}: it holds code (a Lambda layer or a Python function), which "
+                          f"tlkit never runs from a file; re-save the model without it ({why[:200]})")
+    if isinstance(err, (FileNotFoundError, IsADirectoryError, PermissionError)):
+        return TlkitError(f"cannot read {file}: {err.strerror or why}")
+    return TlkitError(f"cannot load {file} as a Keras model: it is corrupt, truncated or not a Keras file "
+                      f"({why[:300]})")

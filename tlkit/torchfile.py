@@ -17,6 +17,7 @@ Both layouts `torch.save` writes are read:
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import struct
 import zipfile
@@ -137,6 +138,19 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return storage
 
 
+def _check_sizes(storages: dict[str, _Storage], limit: int) -> None:
+    """Refuse storages that would need more bytes than the file holds, before reading any: a
+    crafted pickle can name a storage of any size."""
+    total = 0
+    for key, storage in storages.items():
+        if storage.numel < 0:
+            raise ValueError(f"storage {key} has a negative size")
+        total += storage.numel * storage.dtype.itemsize
+        if total > limit:
+            raise ValueError(f"its storages claim {total} bytes or more, but the file holds {limit}: "
+                             "it is truncated or crafted")
+
+
 def _fill(storage: _Storage, raw: bytes, byteorder: str, key: str) -> None:
     dtype = storage.dtype.newbyteorder(byteorder)
     if len(raw) < storage.numel * dtype.itemsize:
@@ -144,7 +158,7 @@ def _fill(storage: _Storage, raw: bytes, byteorder: str, key: str) -> None:
     storage.data = np.frombuffer(raw, dtype, count=storage.numel)
 
 
-def _read_legacy(file: BinaryIO, path: Path) -> object:
+def _read_legacy(file: BinaryIO, path: Path, limit: int) -> object:
     storages: dict[str, _Storage] = {}
 
     def load():
@@ -159,6 +173,7 @@ def _read_legacy(file: BinaryIO, path: Path) -> object:
     keys = load()
     if not isinstance(keys, list) or set(keys) != set(storages):
         raise ValueError("the storage keys do not match the storages the object uses")
+    _check_sizes(storages, limit)
     for key in keys:
         storage = storages[key]
         (numel,) = struct.unpack("<q", file.read(8))
@@ -168,7 +183,7 @@ def _read_legacy(file: BinaryIO, path: Path) -> object:
     return obj
 
 
-def _read_zip(archive: zipfile.ZipFile, path: Path) -> object:
+def _read_zip(archive: zipfile.ZipFile, path: Path, limit: int) -> object:
     pickles = [name for name in archive.namelist() if name.endswith("data.pkl") and name.count("/") == 1]
     if len(pickles) != 1:
         raise ValueError("no single <archive>/data.pkl in the zip file")
@@ -179,8 +194,12 @@ def _read_zip(archive: zipfile.ZipFile, path: Path) -> object:
     storages: dict[str, _Storage] = {}
     with archive.open(pickles[0]) as file:
         obj = _RestrictedUnpickler(file, path, storages).load()
+    _check_sizes(storages, limit)
     for key, storage in storages.items():
-        _fill(storage, archive.read(f"{prefix}data/{key}"), byteorder, key)
+        name = f"{prefix}data/{key}"
+        if archive.getinfo(name).file_size > limit:  # compressed far beyond what torch.save writes: a zip bomb
+            raise ValueError(f"{name} unpacks to {archive.getinfo(name).file_size} bytes, more than the file holds")
+        _fill(storage, archive.read(name), byteorder, key)
     return obj
 
 
@@ -189,6 +208,10 @@ def _to_array(ref: _TensorRef) -> np.ndarray:
     native = data.dtype.newbyteorder("=")
     if math.prod(ref.shape) == 0:
         return np.empty(ref.shape, native)
+    # a tensor with more elements than its storage repeats them (stride 0): refused before the
+    # copy, which could otherwise ask for any amount of memory
+    if math.prod(ref.shape) > data.size:
+        raise ValueError(f"a tensor of shape {ref.shape} has more elements than its storage ({data.size})")
     # as_strided trusts its arguments: check the last element is inside the storage, or a
     # crafted file could read memory outside it.
     last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.strides))
@@ -226,17 +249,18 @@ def load_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     try:
         with open(path, "rb") as file:
+            limit = os.fstat(file.fileno()).st_size
             if zipfile.is_zipfile(file):
                 with zipfile.ZipFile(file) as archive:
-                    obj = _read_zip(archive, path)
+                    obj = _read_zip(archive, path, limit)
             else:
                 file.seek(0)
-                obj = _read_legacy(file, path)
+                obj = _read_legacy(file, path, limit)
         tensors: dict[str, np.ndarray] = {}
         _flatten(obj, "", tensors)
     except OSError as err:
         raise TlkitError(f"cannot read the PyTorch checkpoint {path}: {err.strerror or err}") from err
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, struct.error,
-            zipfile.BadZipFile, AttributeError, RecursionError) as err:
+            zipfile.BadZipFile, AttributeError, RecursionError, OverflowError, MemoryError) as err:
         raise TlkitError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
     return tensors

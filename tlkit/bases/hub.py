@@ -88,7 +88,13 @@ def load_hub(handle: str, weights: str = "imagenet", image_size: tuple[int, int]
         raise unknown_name("--hub-range", value_range, RANGES)
     path = resolve_handle(handle)
     trust_savedmodel(path)
-    layer = hub_layer(path)
+    try:
+        layer = hub_layer(path)
+    except TlkitError:
+        raise
+    except Exception as err:  # protobuf's DecodeError, TensorFlow's errors: a corrupt or foreign SavedModel
+        raise TlkitError(f"cannot load the SavedModel {path}: its saved_model.pb or variables are corrupt or not a "
+                         f"TF2 SavedModel ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from err
     fixed = fixed_size(layer)
     size = image_size or fixed or (DEFAULT_SIZE, DEFAULT_SIZE)
     if fixed and tuple(size) != fixed:

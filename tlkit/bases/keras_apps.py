@@ -213,9 +213,15 @@ def load_app(name: str, weights: str = "imagenet", image_size: tuple[int, int] |
     size = image_size or (app.size, app.size)
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise TlkitError(f"weights file {weights} does not exist; pass a path, 'imagenet' or 'none'")
+    file = weights not in ("imagenet", "none")
+    if file:
+        check_weights_file(Path(weights))
     try:
         model = build_app(name, None if weights == "none" else weights, size)
-    except ValueError as err:
+    except (ValueError, OSError) as err:
+        if file and (isinstance(err, OSError) or "weight" in str(err).lower() or "layer" in str(err).lower()):
+            raise TlkitError(f"weights file {weights} does not fit base {name}: {' '.join(str(err).split())[:300]}"
+                             ) from err
         raise TlkitError(f"base {name} cannot take images of {size[0]}x{size[1]}: {err}") from err
     except Exception as err:  # get_file raises a bare Exception when the download fails
         if "fetch failure" not in str(err) and "URL" not in str(err):
@@ -223,6 +229,22 @@ def load_app(name: str, weights: str = "imagenet", image_size: tuple[int, int] |
         raise TlkitError(f"cannot download the ImageNet weights of {name} (no network?): {_fetch_hint(name)}") from err
     blocks = build_block_map(model, unnamed_layers_joined(model, app.blocks, app.unnamed))
     return Base(name, model, blocks, size, "keras", weights)
+
+
+def check_weights_file(path: Path) -> None:
+    """A --weights file must be HDF5 (Keras' .h5 and .weights.h5 both are): anything else is named
+    before Keras tries it. HDF5 holds arrays only, never code."""
+    import h5py
+
+    try:
+        ok = h5py.is_hdf5(path)
+    except OSError as err:
+        raise TlkitError(f"cannot read weights file {path}: {err.strerror or err}") from err
+    if not ok:
+        raise TlkitError(f"weights file {path} is not an HDF5 file (.h5 or .weights.h5 from Keras' save_weights): "
+                         "pass such a file, 'imagenet' or 'none'")
+    if not str(path).endswith(".h5"):
+        raise TlkitError(f"weights file {path} must be named *.h5 or *.weights.h5 (Keras tells the format by name)")
 
 
 def _fetch_hint(name: str) -> str:

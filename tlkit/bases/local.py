@@ -30,6 +30,7 @@ from tlkit.bases.zoo import load_zoo
 from tlkit.blocks import Block, build_block_map, single_block
 from tlkit.errors import TlkitError, unknown_name
 from tlkit.recipe import Recipe
+from tlkit.rundir import model_file_error
 
 BASE_FILE = "base.keras"
 BLOCKS_FILE = "blocks.json"
@@ -91,7 +92,7 @@ def _load_keras(path: Path) -> keras.Model:
     except TlkitError:
         raise
     except Exception as err:  # Keras raises ValueError, TypeError, OSError, ... for a bad file
-        raise TlkitError(f"cannot load {path} as a Keras model: {err}") from err
+        raise model_file_error(path, err) from err
 
 
 def _nested_base(model: keras.Model) -> keras.Model | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 
 from tlkit.bases._registry import BASES, Base, BaseSpec
+from tlkit.bases.keras_apps import check_weights_file
 from tlkit.blocks import build_block_map
 from tlkit.errors import TlkitError
 from tlkit.models import ZOO, Arch
@@ -55,7 +56,12 @@ def load_zoo_weights(model: keras.Model, path: Path) -> None:
             if layer.weights:
                 layer.set_weights(trained.get_layer(layer.name).get_weights())
     elif path.is_file():
-        model.load_weights(path, skip_mismatch=False)
+        check_weights_file(path)
+        try:
+            model.load_weights(path, skip_mismatch=False)
+        except (ValueError, OSError, KeyError) as err:
+            raise TlkitError(f"weights file {path} does not fit {model.name}: {' '.join(str(err).split())[:300]}"
+                             ) from err
     else:
         raise TlkitError(f"weights {path} do not exist: pass a weights file or a run directory of `tlkit train`")
 

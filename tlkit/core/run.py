@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tlkit import augment as tlaugment
 from tlkit import data as tldata
-from tlkit import datareport, training
+from tlkit import datareport, runguard, training
 from tlkit.bases import Base, load_base
 from tlkit.compat import ITERATORS_PER_EPOCH
 from tlkit.core.kinds import STAGES, StageKind, StageParams, resolve, stage_params
@@ -463,7 +463,7 @@ BaseBuilder = Callable[[list[str]], tuple[Base, "keras.Model | None"]]
 
 def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.Model | None = None,
                build: BaseBuilder | None = None, data=None, verbose: str | int = "auto", job: str = "finetune",
-               resume: bool = False) -> RunContext:
+               resume: bool = False, overwrite: bool = False) -> RunContext:
     """Run every stage of the resolved `recipe` (see `tlkit.core.kinds.resolve`) and write the
     run directory `out`.
 
@@ -475,10 +475,22 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     At every epoch's end the run saves what it needs to go on (`Snapshot`); with `resume`, the
     run in `out` goes on from there: the stages done are not run again, the stage in progress
     goes on from its next epoch. `job` names the job, for the line that tells how to resume.
+
+    `out` must be new, empty, or an existing run with `overwrite` (tlkit.runguard); the run holds
+    its lock throughout and is marked unfinished until its last file is written.
     """
-    out = Path(out)
     # a recipe made in Python gets its stages' defaults and absolute paths too
     recipe = resolve(recipe, check_base_name=base is None and build is None)
+    lock = runguard.claim(out, overwrite=overwrite, resume=resume)
+    try:
+        return _run_recipe(recipe, base, Path(out), model=model, build=build, data=data, verbose=verbose, job=job,
+                           resume=resume, overwrite=overwrite)
+    finally:
+        lock.release()
+
+
+def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, data, verbose, job, resume,
+                overwrite) -> RunContext:
     state = ResumeState.read(out) if resume else None
     if resume and state is None:
         raise TlkitError(f"{out} has nothing to resume from (no {RESUME_FOLDER / 'state.json'}): it finished, or "
@@ -489,7 +501,7 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     ctx, report = context(recipe, base, out, model=model, build=build, data=data, verbose=verbose)
     ctx.job, ctx.resume = job, state
     classes, train, val, resolved = ctx.classes, ctx.train, ctx.val, ctx.recipe
-    out.mkdir(parents=True, exist_ok=True)
+    runguard.start(out, overwrite=overwrite, resume=resume)
     if labelled:
         log.info("%d training and %d validation images in %d classes; base %s (%s, weights %s); run directory %s",
                  len(train), len(val), len(classes), ctx.base.name, ctx.base.source, ctx.base.weights, out)
@@ -524,6 +536,7 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     if labelled:
         write_run_report(out, ctx.classifier, classes, train, val, resolved, ctx.results)
         log_summary(ctx)
+    runguard.finish(out)
     return ctx
 
 

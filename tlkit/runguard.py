@@ -1,0 +1,194 @@
+"""What keeps a run directory whole: `--out` checks, the lock, and the unfinished marker.
+
+No TensorFlow here, so the CLI checks `--out` before anything slow (tlkit.rundir, which loads
+runs, imports Keras).
+
+- `check_out`: `--out` must be a new or empty folder, or an existing run given with `overwrite`
+  (or `resume`); a regular file, a folder of other files, or a folder that cannot be written is
+  refused in one line.
+- `RunLock`: RUN/.lock, made with O_CREAT|O_EXCL and holding the PID and host of the run that
+  writes RUN, so a second run with the same `--out` is refused while the first is alive. A lock
+  whose process is gone (a killed run, on this host) is cleared with a warning.
+- `start`/`finish`: RUN/.unfinished is written before a run's first file and removed after its
+  last. With `overwrite`, the old run's files go at that moment (after the base has loaded and
+  the data was scanned, so a mistake found before leaves the old run as it was): a failure
+  half-way leaves a new run marked unfinished, never old files beside new ones.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from tlkit.errors import TlkitError
+
+log = logging.getLogger(__name__)
+
+LOCK = ".lock"
+UNFINISHED = ".unfinished"
+# Any of these makes a folder a run directory (a finished, unfinished or pretrain run).
+RUN_MARKERS = ("recipe.toml", "model.keras", "checkpoints", "base.keras", UNFINISHED)
+
+
+def is_run(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in RUN_MARKERS)
+
+
+def is_unfinished(path: Path) -> bool:
+    """A run that stopped before its last file: marked, or (older runs) without model.keras."""
+    return (path / UNFINISHED).exists()
+
+
+def check_out(out: str | Path, *, overwrite: bool = False, resume: bool = False, locked: bool = False) -> None:
+    """Refuse an `--out` that a run cannot use as it is (see the module), or that another run
+    holds (unless `locked`: this process holds it); touches nothing."""
+    out = Path(out)
+    option = "RUN" if resume else "--out"
+    if out.is_symlink() and not out.exists():
+        raise TlkitError(f"{option} {out} is a dangling symbolic link: remove it or choose another folder")
+    if out.exists() and not out.is_dir():
+        raise TlkitError(f"{option} {out} is a file, not a folder: choose a folder name")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise TlkitError(f"{option} {out}: {parent} is a file, not a folder: choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TlkitError(f"{option} {out}: {parent} cannot be written (read-only or no permission): "
+                         "choose a folder you can write")
+    if not out.is_dir():
+        return
+    if not locked:
+        _refuse_live_lock(out / LOCK)
+    if resume:
+        return
+    others = [p.name for p in out.iterdir() if p.name != LOCK]
+    if not others:
+        return
+    if not is_run(out):
+        raise TlkitError(f"--out {out} holds other files ({', '.join(sorted(others)[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}), not a tlkit run: choose a new or empty folder")
+    if not overwrite:
+        raise TlkitError(f"--out {out} is an existing run: choose a new folder, pass --overwrite to replace it, "
+                         f"or `--resume {out}` to go on with it")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _holder(lock: Path) -> tuple[int | None, str]:
+    """The PID and host written in a lock file (None when it names no process)."""
+    try:
+        pid_text, _, host = lock.read_text(encoding="utf-8", errors="replace").strip().partition(" ")
+        return int(pid_text), host
+    except (OSError, ValueError):
+        return None, ""
+
+
+def _refuse_live_lock(lock: Path) -> bool:
+    """Refuse when `lock` is held by a live run; True when it exists but its run is gone."""
+    if not lock.exists():
+        return False
+    pid, host = _holder(lock)
+    out = lock.parent
+    if pid is None:
+        raise TlkitError(f"{lock} exists but names no process: if no run is writing {out}, delete it")
+    if host != socket.gethostname():
+        raise TlkitError(f"{out} is locked by process {pid} on {host} ({lock}): wait for that run, "
+                         "or delete the lock file if it is no longer running")
+    if _alive(pid):
+        raise TlkitError(f"another tlkit run (process {pid}) is writing {out}: wait for it to end or "
+                         "choose another --out")
+    return True
+
+
+def claim(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> RunLock:
+    """Check `out` (check_out) and take its lock; the caller releases it."""
+    lock = RunLock(out)
+    check_out(out, overwrite=True, resume=True)  # a file, a folder that cannot be written: before the lock
+    lock.acquire()
+    try:
+        check_out(out, overwrite=overwrite, resume=resume, locked=True)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+class RunLock:
+    """RUN/.lock while a run writes RUN (see the module); a context manager."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.path = self.out / LOCK
+        self.made_folder = False
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        if not self.out.exists():
+            self.out.mkdir(parents=True)
+            self.made_folder = True
+        me = f"{os.getpid()} {socket.gethostname()}\n"
+        for _ in range(2):  # once more after clearing a stale lock
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._clear_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise TlkitError(f"{self.path} came back while clearing it: another run is starting in {self.out}")
+
+    def _clear_stale(self) -> None:
+        if _refuse_live_lock(self.path):
+            log.warning("cleared a stale lock %s of process %d, which is no longer running", self.path,
+                        _holder(self.path)[0])
+            self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        self.path.unlink(missing_ok=True)
+        if self.made_folder:
+            try:
+                self.out.rmdir()  # only if the run wrote nothing (it failed before its first file)
+            except OSError:
+                pass
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def start(out: Path, *, overwrite: bool = False, resume: bool = False) -> None:
+    """Before a run's first file: with `overwrite`, the old run's files go; RUN/.unfinished is
+    written (see the module)."""
+    if overwrite and not resume and is_run(out):
+        for entry in out.iterdir():
+            if entry.name == LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        log.info("--overwrite: removed the run that was in %s", out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / UNFINISHED).write_text("this run has not finished: its model.keras is missing or not its last\n",
+                                  encoding="utf-8")
+
+
+def finish(out: Path) -> None:
+    """After a run's last file."""
+    (out / UNFINISHED).unlink(missing_ok=True)
