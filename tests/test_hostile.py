@@ -192,9 +192,8 @@ def test_disk_full_mid_run_is_one_line_and_leaves_a_run_marked_unfinished(run, t
 @pytest.mark.parametrize("make, named", [
     (lambda p: None, "does not exist"),
     (lambda p: p.write_bytes(b"x"), "not an image"),
-    pytest.param(lambda p: p.symlink_to(p), "loop", marks=pytest.mark.xfail(
-        strict=True, reason="tlkit.inference.image_files (the results helper's file) calls a link loop 'does not "
-                            "exist'; the training data scan names it")),
+    (lambda p: p.symlink_to(p), "symbolic link loop"),
+    (lambda p: p.symlink_to(p.parent / "nowhere"), "dangling symbolic link"),
 ])
 def test_predict_on_a_missing_file_a_non_image_or_a_link_loop_is_one_line(make, named, run, tmp_path, capsys):
     bad = tmp_path / "input.png"
@@ -506,3 +505,17 @@ def test_labels_that_do_not_match_the_model_name_the_file(labels, named, command
             "export": ["export", "--model", run, "--out", tmp_path / "export"]}[command]
     refused(["-q", *argv], capsys, path, named, keep=[run, tiny_images])
     assert not (tmp_path / "eval").exists() and not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("existing, named", [
+    ({"1/saved_model.pb": b"old"}, "export/1 exists"),
+    ({"model.tflite": b"old", "labels.txt": None}, "model.tflite exists"),
+    ({"labels.txt": b"cat\ndog\n"}, "holds other labels"),
+])
+def test_an_export_never_touches_an_existing_export(existing, named, run, tmp_path, capsys):
+    out = tmp_path / "export"
+    for name, content in existing.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes((run / "labels.txt").read_bytes() if content is None else content)
+    fmt = "tflite" if "model.tflite" in existing else "savedmodel"
+    refused(["export", "--model", run, "--out", out, "--format", fmt, "--no-check"], capsys, named, keep=[out])

@@ -477,7 +477,7 @@ def _inspect(path: Path) -> tuple[str | None, str | None]:
     try:
         data = path.read_bytes()
     except OSError as error:
-        return None, _unreadable(path, error)
+        return None, unreadable(path, error)
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return digest, "empty file"
@@ -499,7 +499,8 @@ def _inspect(path: Path) -> tuple[str | None, str | None]:
     return digest, None
 
 
-def _unreadable(path: Path, error: OSError) -> str:
+def unreadable(path: Path, error: OSError) -> str:
+    """Why `path` cannot be read, from the error opening it: a link loop and a dangling link by name."""
     if error.errno == errno.ELOOP:
         return "symbolic link loop (the link leads back to itself); remove it or point it at an image"
     if error.errno == errno.ENOENT:

@@ -56,6 +56,11 @@ def image_files(paths) -> list[Path]:
             found += inside
         elif p.is_file():
             found.append(p)
+        elif p.is_symlink():  # a link loop or a link to nothing: say which
+            try:
+                p.stat()
+            except OSError as err:
+                raise TlkitError(f"'{p}': {tldata.unreadable(p, err)}") from err
         else:
             raise TlkitError(f"'{p}' does not exist: pass image files or folders of images")
     return found

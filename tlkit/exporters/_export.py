@@ -65,12 +65,16 @@ def export(model: str | Path, out: str | Path, format: str = "savedmodel", versi
     run = load_run(model)
     out = Path(out)
     target = out / (spec.filename or str(version))
-    if spec.filename is None and target.exists():
-        raise TlkitError(f"{target} exists: pass --version N for a new version, or another --out")
+    if target.exists():
+        raise TlkitError(f"{target} exists: pass --version N for a new version, or another --out"
+                         if spec.filename is None else f"{target} exists: pass another --out, or remove it first")
+    labels = (run.path / "labels.txt").read_bytes()
+    if (out / "labels.txt").is_file() and (out / "labels.txt").read_bytes() != labels:
+        raise TlkitError(f"{out / 'labels.txt'} holds other labels than {run.path / 'labels.txt'} (the export of "
+                         "another run?): pass another --out")
     train, val = _split(run, "check the export on (or pass --no-check)" if check
                         else "calibrate int8 on" if quantize == "int8" else None)
     out.mkdir(parents=True, exist_ok=True)
-    labels = (run.path / "labels.txt").read_bytes()
     write_atomic(out / "labels.txt", lambda tmp: tmp.write_bytes(labels))
     with quiet(not verbose):
         spec.write(run, target, quantize, lambda: _load(run, _spread(train.files, calibration_images)))
@@ -83,7 +87,7 @@ def export(model: str | Path, out: str | Path, format: str = "savedmodel", versi
 def check_export(model: str | Path, path: str | Path, format: str = "savedmodel", *, verbose: bool = False) -> Check:
     """Run the export at `path` (of the run at `model`) in its own runtime on the run's validation
     images, and compare it with the run's Keras model."""
-    from tlkit.rundir import load_run
+    from tlkit.rundir import load_run  # Keras: see the module docstring
 
     run = load_run(model)
     _, val = _split(run, "check the export on")
