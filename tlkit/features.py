@@ -89,8 +89,23 @@ def run_base(model: keras.Model, files: Sequence[Path], image_size: tuple[int, i
              pooling: str = "avg", verbose: str | int = 0) -> np.ndarray:
     """Pooled features (N, D) of image files, decoded as training decodes them, without augmentation."""
     images = tldata.ImageSet(Path(), [], list(files), [0] * len(files))
-    dataset = tldata.make_dataset(images, image_size, batch_size, channels=model.input_shape[-1])
-    return pooled_model(model, pooling).predict(dataset, verbose=verbose).astype(np.float32)
+    channels = model.input_shape[-1]
+    dataset = tldata.make_dataset(images, image_size, batch_size, channels=channels)
+    pooled = pooled_model(model, pooling)
+    # One function, traced once for any batch size (the last batch is smaller), in place of
+    # `predict`, whose function is made per model (so per call here) and traced again for the
+    # last batch, with callbacks and a progress bar around every step.
+    forward = tf.function(lambda x: pooled(x, training=False), input_signature=[
+        tf.TensorSpec((None, *image_size, channels), tf.float32)])
+    progress = keras.utils.Progbar(len(files)) if verbose else None
+    out = []
+    for batch, _ in dataset:
+        out.append(forward(batch).numpy())
+        if progress:
+            progress.add(len(out[-1]))
+    if not out:
+        return np.zeros((0, pooled.output_shape[-1]), np.float32)
+    return np.concatenate(out).astype(np.float32)
 
 
 def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, pooling: str = "avg",

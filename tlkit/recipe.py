@@ -27,6 +27,8 @@ else:  # pragma: no cover
 
 Pooling = Literal["avg", "max", "flatten"]  # how a new head reduces the base's feature map
 POOLINGS = typing.get_args(Pooling)
+# how a run spreads over devices (tf.distribute): auto is mirrored when more than one GPU is visible
+Distribute = Literal["auto", "none", "mirrored", "multiworker"]
 
 
 @dataclass(init=False)
@@ -129,6 +131,9 @@ class Recipe:
     cache: str | None = None  # feature cache folder of extract stages; None: tlkit.features.cache_dir()
     # decoded, resized images kept for later epochs: in memory when they fit, on disk, or not at all
     cache_images: Literal["auto", "memory", "disk", "none"] = "auto"
+    # batch_size is the global batch, split over the replicas; learning rates are not rescaled
+    distribute: Distribute = "auto"
+    jit: bool = False  # XLA compilation of the train step (jit_compile)
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}

@@ -3,7 +3,11 @@ compiles and fits, and `run_recipe`, which every job goes through."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +20,7 @@ import tensorflow as tf
 from tlkit import data as tldata
 from tlkit import datareport
 from tlkit.bases import Base, load_base
+from tlkit.compat import built_from_shapes, mean_logs_over_workers
 from tlkit.core.kinds import STAGES, StageKind, StageParams, stage_params
 from tlkit.errors import TlkitError
 from tlkit.io import save_model_atomic, write_json_atomic
@@ -30,6 +35,8 @@ BASE_LAYER = "base"
 def configure(recipe: Recipe) -> tf.distribute.Strategy:
     """Seeds, determinism and precision, before anything is built; returns the distribution
     strategy in whose scope every model of the run is built, compiled and fitted."""
+    # first: a multi-worker strategy can only be made before TensorFlow has run anything
+    strategy = distribution_strategy(recipe.distribute)
     keras.utils.set_random_seed(recipe.seed)
     gpu = bool(tf.config.list_physical_devices("GPU"))
     # Deterministic kernels make the same seed give the same metrics on the CPU; on a GPU some
@@ -40,7 +47,59 @@ def configure(recipe: Recipe) -> tf.distribute.Strategy:
         log.warning("--mixed-precision on a CPU makes training slower, not faster (float16 is emulated): "
                     "it pays on a GPU")
     keras.mixed_precision.set_global_policy("mixed_float16" if recipe.mixed_precision else "float32")
-    return tf.distribute.get_strategy()
+    return strategy
+
+
+_strategies: dict[str, tf.distribute.Strategy] = {}  # one of each kind per process: collectives are set up once
+
+
+def distribution_strategy(distribute: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy `distribute` names (Recipe.distribute). "mirrored" replicates
+    over every GPU of this machine, or over its logical CPU devices when it has no GPU and more
+    than one CPU device is configured (tests, benchmarks); "multiworker" over the machines that
+    TF_CONFIG lists, with the GPUs (or CPU) of each; "auto" is "mirrored" when more than one GPU
+    is visible, else the default strategy (one device), as is "none"."""
+    if distribute == "auto":
+        distribute = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "none"
+    if distribute == "none":
+        return tf.distribute.get_strategy()
+    if distribute not in _strategies:
+        if distribute == "mirrored":
+            devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+            _strategies[distribute] = tf.distribute.MirroredStrategy([d.name for d in devices])
+        else:
+            _strategies[distribute] = _multiworker()
+        strategy = _strategies[distribute]
+        log.info("distribute %s: %d replicas; the batch size is the global batch", distribute,
+                 strategy.num_replicas_in_sync)
+    return _strategies[distribute]
+
+
+def _multiworker() -> tf.distribute.Strategy:
+    config = os.environ.get("TF_CONFIG")
+    if not config:
+        raise TlkitError("--distribute multiworker needs TF_CONFIG, set on every machine: the cluster's workers and "
+                         "this machine's task (see the README, 'Several GPUs, several machines')")
+    try:
+        cluster = json.loads(config)["cluster"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise TlkitError(f"TF_CONFIG is not a JSON object with a 'cluster' ({err}): see the README") from None
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as err:
+        # TensorFlow sets up collective ops when its runtime starts, so the strategy must come first
+        raise TlkitError("--distribute multiworker must be set up before TensorFlow has run anything in this "
+                         f"process ({err}): run it in a fresh process, with tlkit's run first") from None
+    mean_logs_over_workers()
+    resolver = strategy.cluster_resolver
+    log.info("multiworker: %s %d of the cluster %s", resolver.task_type, resolver.task_id, cluster)
+    return strategy
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's results: the only process of a single-machine run,
+    the chief (or worker 0 of a cluster without one) of a multi-worker run."""
+    return strategy.extended.should_checkpoint
 
 
 HEAD_POOLING = dict(zip(POOLINGS, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D,
@@ -154,10 +213,10 @@ class RunContext:
         log.info("stage %d/%d %s: %s%d epochs, lr %g", index, len(self.recipe.stages), kind,
                  f"{detail}, " if detail else "", params.epochs, params.learning_rate)
         model = model or self.classifier
-        train, val = data or (self.dataset("train"), self.dataset("val"))
+        train, val = (_by_element(ds) for ds in (data or (self.dataset("train"), self.dataset("val"))))
         with self.strategy.scope():
             optimizer = keras.optimizers.Adam(params.learning_rate)
-            model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
+            model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics), jit_compile=self.recipe.jit)
         callbacks: list[keras.callbacks.Callback] = [
             keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{kind}"))]
         if checkpoint:
@@ -168,13 +227,14 @@ class RunContext:
             callbacks.append(keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=self.recipe.early_stopping, restore_best_weights=True))
         start = time.perf_counter()
-        history = model.fit(
-            train, validation_data=val, epochs=params.epochs, callbacks=callbacks, verbose=self.verbose,
-            shuffle=False,  # the dataset shuffles
-        ) if params.epochs else None
+        with built_from_shapes(model, train):
+            history = model.fit(
+                train, validation_data=val, epochs=params.epochs, callbacks=callbacks, verbose=self.verbose,
+                shuffle=False,  # the dataset shuffles
+            ) if params.epochs else None
+            scores = model.evaluate(val, verbose=0, return_dict=True)
         if checkpoint:
             self.best = best.best
-        scores = model.evaluate(val, verbose=0, return_dict=True)
         val_loss, val_accuracy = float(scores["loss"]), scores.get("accuracy")
         result = StageResult(params, kind, history.history if history else {}, val_loss,
                              None if val_accuracy is None else float(val_accuracy), optimizer,
@@ -183,6 +243,15 @@ class RunContext:
         accuracy = "" if val_accuracy is None else f"val_accuracy={val_accuracy:.4f} "
         log.info("stage %d (%s): %sval_loss=%.4f", len(self.results), kind, accuracy, val_loss)
         return result
+
+
+def _by_element(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset`, split between the workers of a multi-worker run batch by batch (each worker its
+    share of every global batch), not file by file: a dataset of paths or of decoded images reads
+    no files of its own that TensorFlow could hand out. Other strategies ignore the option."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def load_data(recipe: Recipe, labelled: bool = True, progress: tldata.Progress | None = None):
@@ -214,8 +283,13 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
 
     The base is `base`, else what `build(classes)` returns (a base, and the classifier when the
     job makes its own), else what the first stage makes (autoencoder), else the recipe's base
-    loaded by name; all of it is built inside the run's strategy scope. `data` is (classes,
+    loaded by name; all of it is built inside the run's strategy scope (a `base` or `model`
+    passed in must have been built in the scope of `configure(recipe)`). `data` is (classes,
     train, val), loaded from the recipe unless given.
+
+    In a multi-worker run every worker runs every step (the collectives need them all), but only
+    the chief writes `out`; the others write to a temporary directory, deleted at the end, as
+    Keras' own callbacks do.
     """
     out = Path(out)
     kinds: list[StageKind] = [STAGES.get(stage.kind) for stage in recipe.stages]
@@ -225,6 +299,15 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     if base is None and build is None and not makes_base and not recipe.base:
         raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
     strategy = configure(recipe)
+    chief = is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+    if recipe.batch_size % replicas:
+        # Keras averages the loss on each replica, then over replicas: uneven shares weigh unevenly
+        log.warning("batch size %d does not split evenly over %d replicas: each step then weighs images "
+                    "unevenly; pass a multiple of %d", recipe.batch_size, replicas, replicas)
+    if not chief:
+        out = Path(tempfile.mkdtemp(prefix="tlkit-worker-"))
+        log.info("not the chief: writing to %s, deleted at the end; the chief writes the run directory", out)
     if data:
         classes, train, val = data
         report = datareport.DataReport.of(train, val)
@@ -261,6 +344,8 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
         write_json_atomic(out / "blocks.json", {block.name: list(block.layers) for block in ctx.base.blocks})
         save_model_atomic(ctx.classifier, out / "model.keras")
     write_results(ctx)
+    if not chief:
+        shutil.rmtree(out, ignore_errors=True)
     return ctx
 
 
