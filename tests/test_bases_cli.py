@@ -10,7 +10,7 @@ import pytest
 
 from tlkit import catalog
 from tlkit.bases import BASES
-from tlkit.bases.catalog import Entry, WeightsFile
+from tlkit.basecatalog import Entry, WeightsFile
 from tlkit.catalog import import_weights
 from tlkit.bases.keras_apps import build_app, load_app
 from tlkit.cli import main

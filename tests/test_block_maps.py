@@ -16,7 +16,7 @@ import pytest
 
 from tlkit.bases import BASES
 from tlkit.bases.keras_apps import APPS
-from tlkit.bases.catalog import load_catalog
+from tlkit.basecatalog import load_catalog
 from tlkit.catalog import describe, recorded_downloads
 from tlkit.blocks import set_trainable_top
 

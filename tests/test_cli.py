@@ -46,8 +46,8 @@ def test_skip_bad_trains_on_the_rest_and_names_what_it_skipped(capsys, bad_image
                             str(bad_images.root), "--image-size", "32", "--skip-bad", "--epochs-head", "1",
                             "--epochs-finetune", "1", "--batch-size", "8", "--out", str(out))
     assert code == 0
-    assert f"skipped {bad_images.truncated}" in stdout and f"skipped {bad_images.empty}" in stdout
-    assert "skipped 2 bad file(s)" in stdout
+    assert f"{bad_images.truncated}: truncated image" in stdout and f"{bad_images.empty}: empty file" in stdout
+    assert "2 bad files skipped (--skip-bad)" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert [s["kind"] for s in metrics["stages"]] == ["head", "finetune"]
     assert metrics["train_images"] + metrics["val_images"] == 24  # the good files of the folder

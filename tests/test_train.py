@@ -28,9 +28,9 @@ def test_lenet5_on_the_digits_sample_reaches_95_percent(lenet_run):
 def test_a_trained_run_predicts_and_evaluates_like_a_finetuned_one(lenet_run, tmp_path):
     seven = sorted((DIGITS / "7").glob("*.png"))[:5]
     assert sum(p.top[0][0] == "7" for p in predict(lenet_run, seven)) >= 4
-    metrics = evaluate(lenet_run, DIGITS, tmp_path / "evaluation.json")
+    metrics = evaluate(lenet_run, DIGITS, tmp_path / "eval")
     assert metrics["accuracy"] >= 0.95 and metrics["images"] == 1797
-    assert json.loads((tmp_path / "evaluation.json").read_text())["accuracy"] == metrics["accuracy"]
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["accuracy"] == metrics["accuracy"]
 
 
 def test_a_trained_run_becomes_a_base_with_its_checkpoint(lenet_run, tiny_images):

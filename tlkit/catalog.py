@@ -24,7 +24,7 @@ from pathlib import Path
 import keras
 
 from tlkit.bases import BASES, Base
-from tlkit.bases.catalog import CATALOG_FILE, Entry, WeightsFile, load_catalog
+from tlkit.basecatalog import CATALOG_FILE, Entry, WeightsFile, load_catalog
 from tlkit.bases.keras_apps import keras_cache_dir, load_app
 from tlkit.compat import hash_file, replaced_downloads, validate_file
 from tlkit.errors import TlkitError, unknown_name

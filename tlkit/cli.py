@@ -17,9 +17,6 @@ from tlkit.errors import TlkitError
 from tlkit.recipe import POOLINGS, Distribute, Recipe, Stage, builtin_recipes, tomllib
 from tlkit.stages.autoencoder import Autoencoder
 
-_NO_TENSORFLOW = {"recipes"}  # commands that never import TensorFlow
-
-
 def _quiet_tensorflow() -> None:
     """Import TensorFlow and probe for a GPU with stderr closed.
 
@@ -38,6 +35,12 @@ def _quiet_tensorflow() -> None:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def _tensorflow() -> None:
+    """Import TensorFlow for a command, its start-up chatter silenced unless --debug."""
+    if not click.get_current_context().obj["debug"]:
+        _quiet_tensorflow()
 
 
 class _Lines(logging.Formatter):
@@ -124,6 +127,27 @@ def _settings(options: dict) -> dict:
     return {**settings, "stages": stages}
 
 
+JOB_RECIPES = {"finetune": "classic", "extract": "extract", "train": "scratch", "pretrain": "autoencoder"}
+
+
+def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, **settings) -> None:
+    """Check the job's recipe and every option over it (tlkit.core.kinds.resolve: no TensorFlow,
+    so a mistake is told at once), then import TensorFlow and run the job on the result."""
+    import tlkit.stages  # noqa: F401  (registers the stage kinds; imports no TensorFlow)
+    from tlkit.core.kinds import needs_base, resolve
+
+    if job == "train":
+        settings.update(base=args[0], weights="none")
+    resolved = resolve(recipe or JOB_RECIPES[job], stages=stages, **settings)
+    if not resolved.base and needs_base(resolved):
+        raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
+    _tensorflow()
+    from tlkit import jobs
+
+    getattr(jobs, job)(*args, recipe=recipe or JOB_RECIPES[job], stages=stages, out=out, verbose=obj["fit_verbose"],
+                       **{k: v for k, v in settings.items() if job != "train" or k not in ("base", "weights")})
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show the full stack trace of an error, and TensorFlow's start-up messages.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only warnings and errors (no progress bars).")
@@ -133,8 +157,8 @@ def cli(ctx, debug, quiet, verbose):
     """Transfer learning on a folder of images: fine-tune, extract, pretrain, evaluate, export."""
     ctx.obj = {"debug": debug, "fit_verbose": 0 if quiet else "auto"}
     _install_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
-    if not debug and ctx.invoked_subcommand not in _NO_TENSORFLOW:
-        _quiet_tensorflow()
+    # Commands import TensorFlow (`_tensorflow`) only after checking their options, so that a
+    # mistake is told at once.
 
 
 @cli.command()
@@ -151,12 +175,10 @@ def cli(ctx, debug, quiet, verbose):
 @click.pass_obj
 def finetune(obj, epochs_head, epochs_finetune, unfreeze, lr_head, lr_finetune, **options):
     """Fine-tune a pretrained base: train a new head, then unfreeze the top blocks."""
-    from tlkit.jobs import finetune as run
-
     settings = _settings(options)
     stages = _with_stage(settings.pop("stages"), "head", epochs=epochs_head, learning_rate=lr_head)
     stages = _with_stage(stages, "finetune", epochs=epochs_finetune, learning_rate=lr_finetune, unfreeze=unfreeze)
-    run(stages=stages, verbose=obj["fit_verbose"], **settings)
+    _run_job("finetune", obj, stages=stages, **settings)
 
 
 @cli.command()
@@ -167,11 +189,9 @@ def finetune(obj, epochs_head, epochs_finetune, unfreeze, lr_head, lr_finetune, 
 @click.pass_obj
 def train(obj, arch, epochs, learning_rate, **options):
     """Train a classic CNN from scratch (recipe: scratch)."""
-    from tlkit.jobs import train as run
-
     settings = _settings(options)
     stages = _with_stage(settings.pop("stages"), "train", epochs=epochs, learning_rate=learning_rate)
-    run(arch, stages=stages, verbose=obj["fit_verbose"], **settings)
+    _run_job("train", obj, arch, stages=stages, **settings)
 
 
 @cli.command()
@@ -185,11 +205,9 @@ def train(obj, arch, epochs, learning_rate, **options):
 @click.pass_obj
 def extract(obj, epochs, learning_rate, **options):
     """Feature extraction: run the frozen base once (features cached on disk), train a head on them."""
-    from tlkit.jobs import extract as run
-
     settings = _settings(options)
     stages = _with_stage(settings.pop("stages"), "extract", epochs=epochs, learning_rate=learning_rate)
-    run(stages=stages, verbose=obj["fit_verbose"], **settings)
+    _run_job("extract", obj, stages=stages, **settings)
 
 
 @cli.command()
@@ -211,11 +229,9 @@ def extract(obj, epochs, learning_rate, **options):
 @click.pass_obj
 def pretrain(obj, decoder, noise, channels, epochs, learning_rate, **options):
     """Pretrain a convolutional autoencoder on unlabeled images; its encoder becomes a base."""
-    from tlkit.jobs import pretrain as run
-
     stages = _with_stage({}, "autoencoder", decoder=decoder, noise=noise, channels=int(channels) if channels else None,
                          epochs=epochs, learning_rate=learning_rate)
-    run(stages=stages, verbose=obj["fit_verbose"], **{k: v for k, v in options.items() if v is not None})
+    _run_job("pretrain", obj, stages=stages, **{k: v for k, v in options.items() if v is not None})
 
 
 @cli.command()
@@ -226,6 +242,7 @@ def pretrain(obj, decoder, noise, channels, epochs, learning_rate, **options):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect(arch, model, image_size, batch_size, as_json):
     """Per-layer shapes, parameters, MACs/FLOPs and memory; the memory of one training step."""
+    _tensorflow()
     from tlkit.inspect import build_for_inspect, format_report, inspect_model
 
     if bool(arch) == bool(model):
@@ -240,31 +257,67 @@ def inspect(arch, model, image_size, batch_size, as_json):
     click.echo(report.to_json() if as_json else format_report(report))
 
 
+def checkpoint_option(command):
+    return click.option(
+        "--checkpoint", type=click.Choice(["final", "best"]), default="final", show_default=True,
+        help="Which weights of a run directory: final = RUN/model.keras (as the run ended; with early stopping, "
+             "its best epoch), best = RUN/checkpoints/best.keras (lowest validation loss of all epochs).")(command)
+
+
+def _load(model: str, checkpoint: str):
+    """Load a run and say which model file is used."""
+    from tlkit.rundir import load_run
+
+    run = load_run(model, checkpoint)
+    click.echo(f"model: {run.describe()}")
+    return run
+
+
 @cli.group()
 def visualize():
-    """Pictures of what a model learned."""
+    """Pictures of what a model learned, and where it looks (Grad-CAM)."""
 
 
 @visualize.command("filters")
 @click.option("--model", required=True, type=click.Path(), help="A run directory or .keras file.")
 @click.option("--out", required=True, type=click.Path(), help="The PNG to write.")
-def visualize_filters(model, out):
+@checkpoint_option
+def visualize_filters(model, out, checkpoint):
     """The first convolution's kernels as an image grid."""
-    from tlkit.rundir import load_run
+    _tensorflow()
     from tlkit.visualize import plot_filters
 
-    click.echo(f"wrote {plot_filters(load_run(model).model, out)}")
+    click.echo(f"wrote {plot_filters(_load(model, checkpoint).model, out)}")
 
 
 @visualize.command("activations")
 @click.option("--model", required=True, type=click.Path(), help="A run directory or .keras file.")
 @click.option("--image", required=True, type=click.Path(), help="One image.")
 @click.option("--out", required=True, type=click.Path(), help="Folder for one PNG per stage.")
-def visualize_activations(model, image, out):
+@checkpoint_option
+def visualize_activations(model, image, out, checkpoint):
     """The feature maps after each stage (block) of the network, for one image."""
+    _tensorflow()
     from tlkit.visualize import plot_run_activations
 
-    for path in plot_run_activations(model, image, out):
+    for path in plot_run_activations(_load(model, checkpoint), image, out):
+        click.echo(f"wrote {path}")
+
+
+@visualize.command("gradcam")
+@click.option("--model", required=True, type=click.Path(), help="A run directory.")
+@click.option("--class", "class_name", help="Show the evidence for this class (default: the predicted one).")
+@click.option("--out", required=True, type=click.Path(), help="Folder for one PNG per image.")
+@checkpoint_option
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+def visualize_gradcam(model, class_name, out, checkpoint, images):
+    """Grad-CAM: where in each IMAGE (files or folders) the evidence for a class lies, at the last
+    block of the base."""
+    _tensorflow()
+    from tlkit.inference import image_files
+    from tlkit.visualize import plot_gradcam
+
+    for path in plot_gradcam(_load(model, checkpoint), image_files(images), out, class_name):
         click.echo(f"wrote {path}")
 
 
@@ -272,6 +325,7 @@ def visualize_activations(model, image, out):
 @click.pass_context
 def bases(ctx):
     """List every base: source, default input size, blocks, parameters, and whether its weights are here."""
+    _tensorflow()
     if ctx.invoked_subcommand is None:
         from tlkit.catalog import format_bases, list_bases
 
@@ -284,6 +338,7 @@ def bases(ctx):
 def bases_import(name, file):
     """Put FILE, the ImageNet weights of base NAME obtained elsewhere, where Keras' cache expects
     them, after checking its hash (for machines with no network)."""
+    _tensorflow()
     from tlkit.catalog import import_weights
 
     click.echo(f"wrote {import_weights(name, file)}")
@@ -309,30 +364,57 @@ def _describe_stage(stage: Stage) -> str:
 @cli.command()
 @click.option("--model", required=True, type=click.Path(), help="A run directory.")
 @click.option("--top", default=3, show_default=True, help="How many classes to show per image.")
-@click.argument("images", nargs=-1, required=True, type=click.Path())
-def predict(model, top, images):
-    """Print the most probable classes of each IMAGE."""
+@click.option("--out", type=click.Path(), help="Also write the predictions to FILE.csv or FILE.json.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--tta", default=1, show_default=True, metavar="N",
+              help="Test-time augmentation: average over N views (mirror, crops), at most 12.")
+@click.option("--skip-bad", is_flag=True, help="Skip (and name) files that do not decode; predict the others.")
+@checkpoint_option
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
+    """Print the most probable classes of each image in PATHS (image files, or folders searched
+    recursively)."""
+    _tensorflow()
     from tlkit.inference import predict as run
 
-    for result in run(model, list(images), top=top):
+    results = run(_load(model, checkpoint), list(paths), top=top, batch_size=batch_size, skip_bad=skip_bad,
+                  tta=tta, out=out, progress=True)
+    for path, why in results.skipped:
+        click.echo(f"skipped {path}: {why}")
+    for result in results:
         ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top)
         click.echo(f"{result.path}: {ranked}")
+    if out:
+        click.echo(f"wrote {len(results)} predictions to {out}")
 
 
 @cli.command()
 @click.option("--model", required=True, type=click.Path(), help="A run directory.")
 @click.option("--data", required=True, type=click.Path(), help="A labelled folder (one sub-folder per class).")
-@click.option("--out", type=click.Path(), help="Metrics file (default RUN/evaluation.json).")
+@click.option("--out", type=click.Path(), help="Folder for the report (default RUN/eval-<data folder name>).")
 @click.option("--batch-size", default=32, show_default=True)
+@click.option("--tta", default=1, show_default=True, metavar="N",
+              help="Test-time augmentation: average over N views (mirror, crops), at most 12.")
+@click.option("--top-losses", default=9, show_default=True, help="Images in top_losses.png.")
+@click.option("--min-accuracy", type=float, metavar="X", help="Exit with status 1 when the accuracy is below X (CI).")
 @click.option("--skip-bad", is_flag=True)
-def evaluate(model, data, out, batch_size, skip_bad):
-    """Accuracy of a run on a labelled folder; writes a metrics file."""
+@checkpoint_option
+def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_bad, checkpoint):
+    """Evaluate a run on a labelled folder: per-class precision, recall, F1; confusion matrix,
+    the images with the highest loss and their Grad-CAM, every prediction as CSV."""
+    _tensorflow()
     from tlkit.inference import evaluate as run
+    from tlkit.report import format_report
 
-    metrics = run(model, data, out, batch_size=batch_size, skip_bad=skip_bad)
-    click.echo(f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  on {metrics['images']} images")
-    for label, accuracy in metrics["per_class_accuracy"].items():
-        click.echo(f"  {label:20s} {accuracy:.4f}")
+    report = run(_load(model, checkpoint), data, out, batch_size=batch_size, skip_bad=skip_bad, tta=tta,
+                 progress=True, top_losses=top_losses)
+    for path, why in report["skipped"]:
+        click.echo(f"skipped {path}: {why}")
+    click.echo(format_report(report))
+    click.echo(f"wrote report.json, predictions.csv, confusion.png, top_losses.png to {report['out']}")
+    if min_accuracy is not None and report["accuracy"] < min_accuracy:
+        click.echo(f"error: accuracy {report['accuracy']:.4f} is below --min-accuracy {min_accuracy}", err=True)
+        sys.exit(1)
 
 
 @cli.command()
@@ -343,6 +425,7 @@ def evaluate(model, data, out, batch_size, skip_bad):
 @click.option("--version", default=1, show_default=True, help="SavedModel version folder (TF Serving).")
 def export(model, out, fmt, version):
     """Export a run as a SavedModel for TF Serving, TFLite or ONNX."""
+    _tensorflow()
     from tlkit.exporters import export as run
 
     click.echo(f"wrote {run(model, out, fmt, version)}")

@@ -1,67 +1,168 @@
-"""Predict classes of single images, and evaluate a run on a labelled folder."""
+"""Predict the classes of images and folders of images, and evaluate a run on a labelled folder.
+
+Images go through the training pipeline's decoder (`tlkit.data.make_dataset`) in batches.
+Test-time augmentation (`tta` views) averages the probabilities of the image, its mirror image
+and crops of 85% of each side (inside the 80-100% crops of training's augmentation), resized back.
+"""
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from tlkit import data as tldata
+from tlkit.datareport import training_overlap_warning
 from tlkit.errors import TlkitError
 from tlkit.io import write_json_atomic
-from tlkit.rundir import load_run
+from tlkit.report import evaluation_report, write_predictions
+from tlkit.rundir import Run, load_run
+from tlkit.visualize import run_blocks
+
+log = logging.getLogger(__name__)
+
+MAX_TTA = 12  # 6 crops (whole, centre, 4 corners) x mirrored or not
+_TTA_CROP = 0.85
+_PROGRESS_BATCHES = 4  # a progress bar for more batches than this
 
 
 @dataclass
 class Prediction:
     path: Path
     top: list[tuple[str, float]]  # (class, probability), most probable first
+    probabilities: np.ndarray | None = None  # every class's, in label order
 
 
-def predict(model: str | Path, images: list[str | Path], top: int = 3, batch_size: int = 32) -> list[Prediction]:
-    run = load_run(model)
-    paths = [Path(p) for p in images]
-    for path in paths:
-        if not path.is_file():
-            raise TlkitError(f"image {path} does not exist")
-    pixels = tldata.load_images(paths, run.image_size, run.channels)
-    probabilities = run.model.predict(pixels, batch_size=batch_size, verbose=0)
+class Predictions(list):
+    """The predictions, in the order of the images, and the files skipped as bad (path, why)."""
+
+    def __init__(self, predictions=(), skipped=()):
+        super().__init__(predictions)
+        self.skipped: list[tuple[Path, str]] = list(skipped)
+
+
+def image_files(paths) -> list[Path]:
+    """The image files named by `paths`: a file as given, a folder walked recursively for image
+    files (by extension; hidden files and folders left out), each folder in sorted order."""
+    found = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = _walk_images(p)
+            if not inside:
+                raise TlkitError(f"no images in folder '{p}' or its sub-folders")
+            found += inside
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise TlkitError(f"'{p}' does not exist: pass image files or folders of images")
+    return found
+
+
+def _walk_images(folder: Path) -> list[Path]:
+    found = []
+    for where, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(where, f) for f in sorted(files)
+                  if not f.startswith(".") and Path(f).suffix.lower() in tldata.IMAGE_EXTENSIONS]
+    return found
+
+
+def tta_view(images: tf.Tensor, view: int) -> tf.Tensor:
+    """View `view` (0 ... MAX_TTA - 1) of a batch (n, h, w, c): even views as they are, odd ones
+    mirrored; views 0-1 whole, 2-3 the centre crop, then the four corners."""
+    if view % 2:
+        images = tf.image.flip_left_right(images)
+    crop = view // 2
+    if crop:
+        h, w = images.shape[1], images.shape[2]
+        ch, cw = round(_TTA_CROP * h), round(_TTA_CROP * w)
+        y, x = [((h - ch) // 2, (w - cw) // 2), (0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw)][crop - 1]
+        images = tf.image.resize(images[:, y:y + ch, x:x + cw], (h, w))
+    return images
+
+
+def probabilities(run: Run, images: tldata.ImageSet, batch_size: int = 32, tta: int = 1,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The model's probabilities for `images`: (averaged over `tta` views, of the first view)."""
+    if not 1 <= tta <= MAX_TTA:
+        raise TlkitError(f"--tta must be between 1 and {MAX_TTA} views, got {tta}")
+    dataset = tldata.make_dataset(images, run.image_size, batch_size, channels=run.channels)
+    verbose = "auto" if progress and len(images) > _PROGRESS_BATCHES * batch_size else 0
+    views = []
+    for view in range(tta):
+        if tta > 1 and verbose:
+            log.info("test-time augmentation: view %d of %d", view + 1, tta)
+        mapped = dataset.map(lambda x, _: tta_view(x, view))  # noqa: B023 (traced here, with this view)
+        views.append(run.model.predict(mapped, verbose=verbose))
+    return np.mean(views, axis=0), views[0]
+
+
+def _loaded(model: str | Path | Run, checkpoint: str) -> Run:
+    return model if isinstance(model, Run) else load_run(model, checkpoint)
+
+
+def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32, *, skip_bad: bool = False,
+            tta: int = 1, out: str | Path | None = None, checkpoint: str = "final",
+            progress: bool = False) -> Predictions:
+    """Predict every image of `images` (files, and folders walked recursively) with a run.
+
+    A file that does not decode is an error naming it, or with `skip_bad` is left out and listed
+    in the result's `skipped`. `out` also writes the predictions as CSV (`.csv`: path, predicted class, its
+    probability, then every class's) or JSON (`.json`: a list of {path, top, probabilities})."""
+    run = _loaded(model, checkpoint)
+    paths = image_files(images)
+    problems = tldata.check_images(paths)
+    if problems and not skip_bad:
+        listed = "\n".join(f"  {path}: {why}" for path, why in problems[:50])
+        raise TlkitError(f"{len(problems)} bad image file(s); remove them or pass --skip-bad:\n{listed}")
+    bad = {path for path, _ in problems}
+    paths = [p for p in paths if p not in bad]
+    if not paths:
+        raise TlkitError("no image left to predict")
+    found = tldata.ImageSet(Path("."), run.labels, paths, [0] * len(paths))
+    probs, _ = probabilities(run, found, batch_size, tta, progress)
     k = min(top, len(run.labels))
-    results = []
-    for path, p in zip(paths, probabilities):
+    results = Predictions(skipped=problems)
+    for path, p in zip(paths, probs):
         order = np.argsort(-p, kind="stable")[:k]
-        results.append(Prediction(path, [(run.labels[i], float(p[i])) for i in order]))
+        results.append(Prediction(path, [(run.labels[i], float(p[i])) for i in order], p))
+    if out is not None:
+        write_predictions_file(out, results, run.labels)
     return results
 
 
-def evaluate(model: str | Path, data: str | Path, out: str | Path | None = None, batch_size: int = 32,
-             skip_bad: bool = False) -> dict:
-    """Accuracy, loss, per-class accuracy and the confusion matrix of a run on a labelled folder.
+def write_predictions_file(out: str | Path, results: list[Prediction], labels: list[str]) -> Path:
+    out = Path(out)
+    if out.suffix.lower() == ".csv":
+        write_predictions(out, [r.path for r in results], np.stack([r.probabilities for r in results]), labels)
+    elif out.suffix.lower() == ".json":
+        write_json_atomic(out, [{"path": str(r.path), "top": [[c, p] for c, p in r.top],
+                                 "probabilities": dict(zip(labels, map(float, r.probabilities)))} for r in results])
+    else:
+        raise TlkitError(f"--out '{out}': give a .csv or .json file name")
+    return out
 
-    The folder's classes must be among the run's; the metrics go to `out` (default
-    RUN/evaluation.json)."""
-    run = load_run(model)
+
+def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None = None, batch_size: int = 32, *,
+             skip_bad: bool = False, tta: int = 1, checkpoint: str = "final", progress: bool = False,
+             top_losses: int = 9) -> dict:
+    """Evaluate a run on a labelled folder (one sub-folder per class, among the run's classes).
+
+    Writes the evaluation report (tlkit.report: report.json, predictions.csv, confusion.png,
+    top_losses.png) into `out`, by default RUN/eval-<folder name>/, and returns report.json's
+    content, with the folder written to in "out"."""
+    run = _loaded(model, checkpoint)
     images = tldata.scan(data, skip_bad=skip_bad, classes=run.labels)
-    dataset = tldata.make_dataset(images, run.image_size, batch_size, channels=run.channels)
-    probabilities = run.model.predict(dataset, verbose=0)
-    truth = np.asarray(images.labels)
-    predicted = probabilities.argmax(axis=1)
-    n = len(run.labels)
-    confusion = np.zeros((n, n), dtype=int)
-    np.add.at(confusion, (truth, predicted), 1)
-    picked = probabilities[np.arange(len(truth)), truth]
-    per_class = {
-        label: float(confusion[i, i] / confusion[i].sum()) for i, label in enumerate(run.labels) if confusion[i].sum()
-    }
-    metrics = {
-        "data": str(data),
-        "images": int(len(truth)),
-        "accuracy": float((predicted == truth).mean()),
-        "loss": float(-np.log(np.clip(picked, 1e-7, 1.0)).mean()),
-        "per_class_accuracy": per_class,
-        "confusion_matrix": confusion.tolist(),
-        "labels": run.labels,
-        "skipped": [str(p) for p, _ in images.skipped],
-    }
-    write_json_atomic(Path(out) if out else run.path / "evaluation.json", metrics)
-    return metrics
+    overlap = training_overlap_warning(run.path, images)
+    if overlap:
+        log.warning("%s", overlap)
+    probs, single = probabilities(run, images, batch_size, tta, progress)
+    out = Path(out) if out else run.path / f"eval-{Path(data).resolve().name}"
+    extra = {"model": str(run.model_file), "checkpoint": run.checkpoint, "data": str(data),
+             "skipped": [[str(p), why] for p, why in images.skipped], "out": str(out)}
+    return evaluation_report(run.model, run.labels, images.files, images.labels, probs, out,
+                             blocks=run_blocks(run.path), single_view=single if tta > 1 else None, tta_views=tta,
+                             extra=extra, top_losses=top_losses)

@@ -25,6 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096  # a base may need more: it says so when it is built
 Pooling = Literal["avg", "max", "flatten"]  # how a new head reduces the base's feature map
 POOLINGS = typing.get_args(Pooling)
 # how a run spreads over devices (tf.distribute): auto is mirrored when more than one GPU is visible
@@ -134,6 +135,22 @@ class Recipe:
     # batch_size is the global batch, split over the replicas; learning rates are not rescaled
     distribute: Distribute = "auto"
     jit: bool = False  # XLA compilation of the train step (jit_compile)
+
+    def problem(self) -> str | None:
+        """What is wrong with the recipe's settings, naming the setting and what it takes, or None."""
+        if not 0 <= self.seed < 2 ** 32:
+            return f"seed must be a whole number from 0 to 2**32 - 1, not {self.seed}"
+        if self.batch_size < 1:
+            return f"batch_size must be >= 1, not {self.batch_size}"
+        if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            return f"image_size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, not {self.image_size}"
+        if not 0 < self.val_split < 1:
+            return f"val_split must be between 0 and 1 (a fraction of each class), not {self.val_split}"
+        if not 0 <= self.dropout < 1:
+            return f"dropout must be at least 0 and below 1, not {self.dropout}"
+        if self.early_stopping < 0:
+            return f"early_stopping must be >= 0 (0 is off), not {self.early_stopping}"
+        return None
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}

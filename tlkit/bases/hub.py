@@ -23,12 +23,13 @@ from pathlib import Path
 import keras
 
 from tlkit.bases._registry import Base
+from tlkit.basecatalog import HUB_PREFIX
 from tlkit.blocks import single_block
 from tlkit.errors import TlkitError, unknown_name
 from tlkit.layers import HubLayer, trust_savedmodel
 from tlkit.preprocessing import preprocessing_layer
 
-PREFIX = "hub:"
+PREFIX = HUB_PREFIX
 RANGES = {"0,1": "unit", "-1,1": "tf", "0,255": "none"}  # --hub-range -> preprocessing mode
 DEFAULT_SIZE = 224
 def resolve_handle(handle: str) -> Path:

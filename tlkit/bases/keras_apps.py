@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 
 from tlkit.bases._registry import BASES, Base, BaseSpec
-from tlkit.bases.catalog import load_catalog
+from tlkit.basecatalog import load_catalog
 from tlkit.blocks import BlockSpec, build_block_map
 from tlkit.compat import keras_home, to_snake_case
 from tlkit.errors import TlkitError

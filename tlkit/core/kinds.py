@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tlkit.basecatalog import HUB_PREFIX, load_catalog
 from tlkit.errors import TlkitError, unknown_name
 from tlkit.recipe import Recipe, Stage, checked_fields, get_recipe
 from tlkit.registry import Registry
@@ -79,6 +80,9 @@ def resolve(recipe: Recipe | str | Path | None, *, stages: StageOverrides | None
     r = dataclasses.replace(r, **fields)
     checked_fields(Recipe, {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name != "stages"},
                    f"recipe {r.name}")
+    problem = r.problem()
+    if problem:
+        raise TlkitError(f"recipe {r.name}: {problem}")
     staged = list(r.stages)
     for key, changes in (stages or {}).items():
         for i in _stage_indices(r, key):
@@ -89,7 +93,39 @@ def resolve(recipe: Recipe | str | Path | None, *, stages: StageOverrides | None
     staged = [Stage(s.kind, **dataclasses.asdict(stage_params(s, f"{where}, stage {i}").resolved()))
               for i, s in enumerate(staged, start=1)]
     paths = {key: str(Path(getattr(r, key)).resolve()) for key in ("data", "val_data", "cache") if getattr(r, key)}
-    return dataclasses.replace(r, stages=staged, **paths)
+    resolved = dataclasses.replace(r, stages=staged, **paths)
+    check_base(resolved)
+    return resolved
+
+
+
+def needs_base(recipe: Recipe) -> bool:
+    """Whether the recipe needs a base named: not when its first stage makes its own."""
+    return not recipe.stages or STAGES.get(recipe.stages[0].kind).make_base is None
+
+
+def check_base(recipe: Recipe) -> None:
+    """The recipe's base against the catalogue of registered bases, before anything is loaded:
+    its name (close matches for a typo) and its number of blocks against every stage's
+    `unfreeze`. Files, run directories and hub handles are checked when they are loaded."""
+    spec = recipe.base
+    if not spec or spec.startswith(HUB_PREFIX) or Path(spec).exists():
+        return
+    catalog = load_catalog()
+    if spec not in catalog:
+        if "/" in spec or os.sep in spec or spec.endswith(".keras"):
+            raise TlkitError(f"base {spec} does not exist: pass a .keras file, a run directory, hub:HANDLE or a "
+                             "base name (see `tlkit bases`)")
+        raise unknown_name("base", spec, catalog, hint="run `tlkit bases` to list them")
+    blocks = catalog[spec].blocks
+    if recipe.base_layer:  # a cut base keeps only the blocks before the cut: known once it is loaded
+        return
+    for number, stage in enumerate(recipe.stages, start=1):
+        unfreeze = stage.params.get("unfreeze")
+        if isinstance(unfreeze, int) and unfreeze > len(blocks):
+            raise TlkitError(
+                f"recipe {recipe.name}, stage {number}: cannot unfreeze {unfreeze} blocks: base {spec} has "
+                f"{len(blocks)} ({', '.join(blocks)}); choose --unfreeze between 1 and {len(blocks)}")
 
 
 def _stage_indices(recipe: Recipe, key: str | int) -> list[int]:

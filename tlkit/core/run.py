@@ -22,9 +22,11 @@ from tlkit import datareport
 from tlkit.bases import Base, load_base
 from tlkit.compat import built_from_shapes, mean_logs_over_workers
 from tlkit.core.kinds import STAGES, StageKind, StageParams, stage_params
+from tlkit.curves import TrainingCurves
 from tlkit.errors import TlkitError
 from tlkit.io import save_model_atomic, write_json_atomic
 from tlkit.recipe import POOLINGS, Recipe
+from tlkit.report import write_run_report
 from tlkit.rundir import write_labels
 
 log = logging.getLogger(__name__)
@@ -179,6 +181,7 @@ class RunContext:
     results: list[StageResult] = field(default_factory=list)
     best: float = np.inf  # the lowest validation loss of the classifier so far, over all stages
     decoded: dict = field(default_factory=dict)  # the decode-once image cache of each split, for every stage
+    curves: TrainingCurves | None = None  # curves.png, redrawn after every epoch of every stage
 
     @property
     def classifier(self) -> keras.Model:
@@ -217,8 +220,9 @@ class RunContext:
         with self.strategy.scope():
             optimizer = keras.optimizers.Adam(params.learning_rate)
             model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics), jit_compile=self.recipe.jit)
+        self.curves = self.curves or TrainingCurves(self.out)
         callbacks: list[keras.callbacks.Callback] = [
-            keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{kind}"))]
+            keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{kind}")), self.curves.stage(f"{index} {kind}")]
         if checkpoint:
             best = BestCheckpoint(self.out / "checkpoints" / "best.keras", self.classifier)
             best.best = self.best
@@ -308,20 +312,25 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     if not chief:
         out = Path(tempfile.mkdtemp(prefix="tlkit-worker-"))
         log.info("not the chief: writing to %s, deleted at the end; the chief writes the run directory", out)
+    # the base before the data: a base that cannot load (no weights offline, an image size it
+    # cannot take) is reported before minutes of scanning
+    with strategy.scope():
+        if base is None and build is None and makes_base:
+            base = kinds[0].make_base(recipe, params[0])
+        elif base is None and build is None:
+            size = (recipe.image_size, recipe.image_size) if recipe.image_size else None
+            base = load_base(recipe.base, recipe.weights, size, recipe.base_layer, recipe.hub_range)
+    if base is not None:
+        check_unfreeze(recipe, base)
     if data:
         classes, train, val = data
         report = datareport.DataReport.of(train, val)
     else:
         progress = datareport.console_progress() if verbose else None
         classes, train, val, report = load_data(recipe, labelled, progress)
-    with strategy.scope():
-        if base is None and build is not None:
+    if base is None:
+        with strategy.scope():
             base, model = build(classes)
-        elif base is None and makes_base:
-            base = kinds[0].make_base(recipe, params[0])
-        elif base is None:
-            size = (recipe.image_size, recipe.image_size) if recipe.image_size else None
-            base = load_base(recipe.base, recipe.weights, size, recipe.base_layer, recipe.hub_range)
     image_size = tuple(base.model.input_shape[1:3])
     if None in image_size:
         image_size = base.input_size
@@ -344,9 +353,22 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
         write_json_atomic(out / "blocks.json", {block.name: list(block.layers) for block in ctx.base.blocks})
         save_model_atomic(ctx.classifier, out / "model.keras")
     write_results(ctx)
+    if labelled:
+        write_run_report(out, ctx.classifier, classes, train, val, resolved, ctx.results)
     if not chief:
         shutil.rmtree(out, ignore_errors=True)
     return ctx
+
+
+def check_unfreeze(recipe: Recipe, base: Base) -> None:
+    """Every stage's `unfreeze` against the blocks of the loaded base, before any stage trains."""
+    for number, stage in enumerate(recipe.stages, start=1):
+        unfreeze = stage.params.get("unfreeze")
+        if isinstance(unfreeze, int) and unfreeze > len(base.blocks):
+            raise TlkitError(
+                f"recipe {recipe.name}, stage {number}: cannot unfreeze {unfreeze} blocks: base {base.name} has "
+                f"{len(base.blocks)} ({', '.join(b.name for b in base.blocks)}); choose --unfreeze between 1 and "
+                f"{len(base.blocks)}")
 
 
 def write_results(ctx: RunContext) -> None:

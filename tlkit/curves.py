@@ -1,0 +1,92 @@
+"""curves.png: loss and accuracy per epoch over all the stages of a run, redrawn after every
+epoch by a Keras callback so that a long run can be watched.
+
+A leaf below the training core (it needs only Keras, matplotlib and tlkit.io), so the core's
+compile-and-fit can add the callback. Drawn on matplotlib's Agg canvas, never pyplot.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from tlkit.io import write_atomic
+
+_DPI = 100
+
+
+def plot_curves(stages: Sequence[tuple[str, dict]], out: str | Path) -> Path | None:
+    """curves.png: loss and accuracy per epoch, training and validation, over all stages on one
+    epoch axis; each stage is shaded and named, the epoch with the lowest validation loss (the
+    one checkpoints/best.keras holds) is marked. `stages`: (name, Keras history) in order.
+    Nothing is drawn before the first epoch."""
+    epochs = [len(h.get("loss", [])) for _, h in stages]
+    if not sum(epochs):
+        return None
+
+    def series(key):
+        return np.concatenate([np.asarray(h.get(key, [np.nan] * e), float) for (_, h), e in zip(stages, epochs)])
+
+    x = np.arange(1, sum(epochs) + 1)
+    has_accuracy = any("accuracy" in h for _, h in stages)
+    fig = Figure(figsize=(11 if has_accuracy else 6, 4.2), dpi=_DPI, facecolor="white")
+    panels = [("loss", "loss")] + ([("accuracy", "accuracy")] if has_accuracy else [])
+    val_loss = series("val_loss")
+    best = int(np.nanargmin(val_loss)) if np.isfinite(val_loss).any() else None
+    for k, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        ax.plot(x, series(key), "o-", color="#1f77b4", markersize=3.5, label="training")
+        ax.plot(x, series(f"val_{key}"), "s--", color="#d62728", markersize=3.5, label="validation")
+        start = 0
+        for s, ((name, _), e) in enumerate(zip(stages, epochs)):
+            if s % 2:
+                ax.axvspan(start + 0.5, start + e + 0.5, color="#f0f0f0", zorder=0)
+            if s:
+                ax.axvline(start + 0.5, color="#888888", linewidth=0.8)
+            if e:
+                ax.text(start + 0.5 + e / 2, 1.01, name, transform=ax.get_xaxis_transform(), ha="center",
+                        va="bottom", fontsize=9, color="#333333")
+            start += e
+        if best is not None:
+            value = series(f"val_{key}")[best]
+            ax.plot([best + 1], [value], marker="*", markersize=14, color="#ff9900", markeredgecolor="black",
+                    linestyle="none", label=f"best epoch {best + 1} (lowest val_loss)", zorder=5)
+        ax.set_xlabel("epoch (all stages)")
+        ax.set_ylabel(title)
+        ax.set_xlim(0.5, len(x) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=min(len(x), 12), integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    canvas = FigureCanvasAgg(fig)
+    write_atomic(Path(out), lambda tmp: canvas.print_png(str(tmp)))
+    return Path(out)
+
+
+class TrainingCurves(keras.callbacks.Callback):
+    """Redraws RUN/curves.png at the end of every epoch, so a long run can be watched.
+
+    One instance follows a whole run: `stage(name)` before each stage's `fit` starts a new
+    stage on the same epoch axis, and the callback itself goes into that `fit`."""
+
+    def __init__(self, run_dir: str | Path):
+        super().__init__()
+        self.out = Path(run_dir) / "curves.png"
+        self.stages: list[tuple[str, dict]] = []
+
+    def stage(self, name: str) -> TrainingCurves:
+        self.stages.append((name, {}))
+        return self
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.stages:
+            self.stage("training")
+        history = self.stages[-1][1]
+        for key, value in (logs or {}).items():
+            history.setdefault(key, []).append(float(value))
+        plot_curves(self.stages, self.out)
