@@ -142,7 +142,9 @@ def child_p3(args):
 
     timer = epoch_timer()
     if "no_determinism" in variant:
-        tf.config.experimental.enable_op_determinism = lambda: None
+        from tlkit.core import run as core_run
+
+        core_run.set_op_determinism = lambda on: None
     if "no_tensorboard" in variant:
         keras.callbacks.TensorBoard = lambda *a, **k: keras.callbacks.Callback()
     if "no_checkpoint" in variant:

@@ -123,3 +123,26 @@ def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_ru
     assert not any((tmp_path / "tmp1").iterdir())
     said = ["".join(result) for result in results]
     assert "not the chief" in said[1] and "not the chief" not in said[0]
+
+
+def test_multiworker_without_tf_config_is_one_line(tiny_images, tmp_path):
+    done = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(tmp_path / "run"), "--distribute",
+                                "multiworker", *TRAINING), env=environment(tmp_path), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --distribute multiworker needs TF_CONFIG")
+    assert not (tmp_path / "run").exists()
+
+
+def test_jit_compiles_the_train_step_and_trains_the_same(tiny_images, tmp_path):
+    from tlkit.jobs import finetune
+
+    runs = {}
+    for jit in (False, True):
+        runs[jit] = finetune("lenet5", str(tiny_images), out=tmp_path / str(jit), weights="none", image_size=32,
+                             batch_size=6, seed=1, dropout=0.0, jit=jit, stages={"head": {"epochs": 2}},
+                             recipe="head_only", verbose=0)
+    assert runs[True].classifier.jit_compile is True and runs[False].classifier.jit_compile is False
+    losses = [runs[jit].results[-1].history["loss"] for jit in (False, True)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)  # XLA fuses ops: float rounding differs
+    assert losses[0][1] < losses[0][0]

@@ -91,3 +91,14 @@ def mean_logs_over_workers() -> None:
 
     reduce_per_replica.tlkit = True
     trainer.reduce_per_replica = reduce_per_replica
+
+
+def set_op_determinism(on: bool) -> None:
+    """Deterministic kernels on or off for what runs next in this process. TensorFlow exports only
+    the switch on (`tf.config.experimental.enable_op_determinism`); its off switch is private."""
+    from tensorflow.python.framework import config
+
+    if on:
+        config.enable_op_determinism()
+    else:
+        config.disable_op_determinism()

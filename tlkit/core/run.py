@@ -20,7 +20,7 @@ import tensorflow as tf
 from tlkit import data as tldata
 from tlkit import datareport
 from tlkit.bases import Base, load_base
-from tlkit.compat import built_from_shapes, mean_logs_over_workers
+from tlkit.compat import built_from_shapes, mean_logs_over_workers, set_op_determinism
 from tlkit.core.kinds import STAGES, StageKind, StageParams, stage_params
 from tlkit.curves import TrainingCurves
 from tlkit.errors import TlkitError
@@ -42,9 +42,12 @@ def configure(recipe: Recipe) -> tf.distribute.Strategy:
     keras.utils.set_random_seed(recipe.seed)
     gpu = bool(tf.config.list_physical_devices("GPU"))
     # Deterministic kernels make the same seed give the same metrics on the CPU; on a GPU some
-    # ops have no deterministic kernel, so there speed wins.
-    if not gpu:
-        tf.config.experimental.enable_op_determinism()
+    # ops have no deterministic kernel, so there speed wins. Keras compiles no XLA step while they
+    # are on (its `model_supports_jit`), so --jit turns them off.
+    set_op_determinism(not gpu and not recipe.jit)
+    if recipe.jit and not gpu:
+        log.info("--jit: op determinism is off (Keras runs no XLA step with it), so the same seed may give "
+                 "slightly different metrics")
     if recipe.mixed_precision and not gpu:
         log.warning("--mixed-precision on a CPU makes training slower, not faster (float16 is emulated): "
                     "it pays on a GPU")
