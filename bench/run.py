@@ -111,7 +111,8 @@ def child_p1(args):
 def child_p2(args):
     import dataclasses
 
-    from tlkit.core.run import configure, load_data, run_recipe
+    from tlkit.core.run import configure, load_data
+    from tlkit.jobs import run_recipe  # with the stage kinds registered
     from tlkit.recipe import Recipe, Stage
 
     recipe = Recipe(base=BASE, data=str(DATA), image_size=SIZE, batch_size=BATCH, cache_images="none")
@@ -224,7 +225,7 @@ def machine() -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="P1 timings are the best of this many")
+    parser.add_argument("--repeats", type=int, default=5, help="P1 timings are the best of this many")
     parser.add_argument("--images", type=int, default=60, help="P5: images at 1x")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--child", help=argparse.SUPPRESS)
