@@ -91,12 +91,7 @@ def run_base(model: keras.Model, files: Sequence[Path], image_size: tuple[int, i
     images = tldata.ImageSet(Path(), [], list(files), [0] * len(files))
     channels = model.input_shape[-1]
     dataset = tldata.make_dataset(images, image_size, batch_size, channels=channels)
-    pooled = pooled_model(model, pooling)
-    # One function, traced once for any batch size (the last batch is smaller), in place of
-    # `predict`, whose function is made per model (so per call here) and traced again for the
-    # last batch, with callbacks and a progress bar around every step.
-    forward = tf.function(lambda x: pooled(x, training=False), input_signature=[
-        tf.TensorSpec((None, *image_size, channels), tf.float32)])
+    forward = _forward(model, pooling, image_size, channels)
     progress = keras.utils.Progbar(len(files)) if verbose else None
     out = []
     for batch, _ in dataset:
@@ -104,8 +99,28 @@ def run_base(model: keras.Model, files: Sequence[Path], image_size: tuple[int, i
         if progress:
             progress.add(len(out[-1]))
     if not out:
-        return np.zeros((0, pooled.output_shape[-1]), np.float32)
+        return np.zeros((0, forward.features), np.float32)
     return np.concatenate(out).astype(np.float32)
+
+
+_last_forward: list = []  # [(model, key, function)]: the last extraction's, so a repeated one is not traced again
+
+
+def _forward(model: keras.Model, pooling: str, image_size: tuple[int, int], channels: int):
+    """The pooled base's forward pass as one function, traced once for any batch size (the last
+    batch is smaller), in place of `predict`, whose function is made per model (a new pooled model
+    every call) and traced again for the last batch, with callbacks and a progress bar around
+    every step. The last one made is kept (one, so that no more than one base is held) for the
+    next extraction with the same base; it reads the base's variables when it runs, so a base
+    trained since still gets its current features."""
+    key = (pooling, tuple(image_size), channels)
+    if not _last_forward or _last_forward[0][0] is not model or _last_forward[0][1] != key:
+        pooled = pooled_model(model, pooling)
+        forward = tf.function(lambda x: pooled(x, training=False),
+                              input_signature=[tf.TensorSpec((None, *image_size, channels), tf.float32)])
+        forward.features = pooled.output_shape[-1]
+        _last_forward[:] = [(model, key, forward)]
+    return _last_forward[0][2]
 
 
 def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, pooling: str = "avg",
