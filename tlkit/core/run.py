@@ -140,19 +140,42 @@ class BestCheckpoint(keras.callbacks.Callback):
     Our own rather than ModelCheckpoint because it writes atomically and keeps its best value
     across the several `fit` calls of a recipe. `model` is what it saves, which may be more than
     the model being fitted (the whole classifier while an extract stage fits its head).
+
+    Writing a whole model costs seconds, as much as an epoch of a small dataset: a better epoch
+    is kept in memory, and written when `every` seconds have passed since the last write, and
+    at the end of the stage, so a crash loses at most `every` seconds of it.
     """
 
-    def __init__(self, path: Path, model: keras.Model):
+    def __init__(self, path: Path, model: keras.Model, every: float = 60.0):
         super().__init__()
         self.path = path
         self.saved = model
         self.best = np.inf
+        self.every = every
+        self.written = time.monotonic()
+        self.pending: list[np.ndarray] | None = None  # the best epoch's weights, not yet written
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("val_loss")
         if loss is not None and loss < self.best:
             self.best = loss
+            self.pending = self.saved.get_weights()
+        if self.pending is not None and time.monotonic() - self.written >= self.every:
+            self.write()
+
+    def on_train_end(self, logs=None):
+        if self.pending is not None:
+            self.write()
+
+    def write(self):
+        current = self.saved.get_weights()
+        self.saved.set_weights(self.pending)
+        try:
             save_model_atomic(self.saved, self.path)
+        finally:
+            self.saved.set_weights(current)
+        self.pending = None
+        self.written = time.monotonic()
 
 
 @dataclass
