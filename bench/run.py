@@ -14,7 +14,8 @@ measurement runs in a fresh process (`--child NAME`), so one cannot warm another
 - P3: finetune epochs (top block unfrozen, validation every epoch) through tlkit / the same model
   (`tlkit.bases.load_base` + `build_classifier`, the same block unfrozen) fitted by a plain loop,
   the Keras guide's (`image_dataset_from_directory` + `prefetch` + `fit`), images/s of the epochs
-  after the first on both sides; tlkit with the image cache off and on (memory). Beside it, where
+  after the first on both sides, best of two processes each; tlkit with the image cache off and
+  on (memory). Beside it, where
   tlkit's finetune time goes: the same run without op determinism, without the TensorBoard
   callback, without the best-checkpoint writes, without curves.png redrawn every epoch (each left
   out alone, in the child, by patching).
@@ -43,7 +44,7 @@ DATA = ROOT / "data_samples" / "photos"
 BASE = "efficientnet_lite0"
 SIZE = 128
 BATCH = 32
-EPOCHS = 4  # finetune epochs per measurement: the first traces and fills caches; the 3 after it count
+EPOCHS = 6  # finetune epochs per measurement: the first traces and fills caches; the 5 after it count
 TIMEOUT = 900
 
 
@@ -232,6 +233,7 @@ def machine() -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="P1 timings are the best of this many")
+    parser.add_argument("--p3-repeats", type=int, default=2, help="P3 and P6 rates are the best of this many processes")
     parser.add_argument("--images", type=int, default=60, help="P5: images at 1x")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -262,7 +264,12 @@ def main():
                 "tlkit+no_checkpoint", "tlkit+no_curves"]
     if gpu:
         variants += ["tlkit+cache_memory+mixed_precision", "tlkit+cache_memory+jit"]
-    p3 = {v: measure("p3", variant=v) for v in variants}
+    p3 = {}
+    for _ in range(args.p3_repeats):  # interleaved, so a burst of load on the machine does not hit one variant only
+        for v in variants:
+            got = measure("p3", variant=v)
+            if v not in p3 or got["rate"] > p3[v]["rate"]:
+                p3[v] = got
     plain = p3["plain"]["rate"]
     for v in variants[1:]:
         goal = {"tlkit": ">= 1.0", "tlkit+cache_memory": ">= 1.5"}.get(v, "")
@@ -282,7 +289,8 @@ def main():
             rows.append(("P5", f"peak RSS, image cache {mode}: {ten['images']} images {ten['peak']:.0f} MB / "
                                f"{one['images']} images {one['peak']:.0f} MB", ten["peak"] / one["peak"], "<= 1.2"))
 
-    mirrored = measure("p3", variant="tlkit+cache_memory+mirrored")
+    mirrored = max((measure("p3", variant="tlkit+cache_memory+mirrored") for _ in range(args.p3_repeats)),
+                   key=lambda r: r["rate"])
     devices = "GPUs" if gpu else "two logical CPU devices"
     rows.append(("P6", f"finetune epochs, mirrored over {devices} {mirrored['rate']:.1f} img/s / one device "
                        f"{p3['tlkit+cache_memory']['rate']:.1f} img/s (image cache memory)",
