@@ -171,7 +171,8 @@ def child_p3(args):
         base = load_base(BASE, "imagenet", (SIZE, SIZE))
         model = build_classifier(base, len(train.class_names), 0.2)
         set_trainable_top(model.get_layer(BASE_LAYER), base.blocks, 1)
-        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
         model.fit(train.prefetch(tf.data.AUTOTUNE), validation_data=val.prefetch(tf.data.AUTOTUNE), epochs=EPOCHS,
                   verbose=0)
         images = sum(len(y) for _, y in train)

@@ -23,8 +23,10 @@ TRAINING = ["--base", "lenet5", "--weights", "none", "--image-size", "32", "--ba
 
 
 def environment(tmp_path: Path, **extra) -> dict:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "TLKIT_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+           "TLKIT_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     env.pop("TF_CONFIG", None)
     return {**env, **extra}
 
@@ -78,7 +80,8 @@ def tlkit(*args: str) -> list[str]:
 
 def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_run_directory(tiny_images, tmp_path):
     single = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(tmp_path / "single"), "--distribute", "none",
-                                  *TRAINING), env=environment(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
+                                  *TRAINING), env=environment(tmp_path), capture_output=True, text=True,
+                            timeout=TIMEOUT)
     assert single.returncode == 0, single.stderr[-3000:]
 
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
