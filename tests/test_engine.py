@@ -127,3 +127,25 @@ def test_data_is_validated_before_any_training(bad_images):
         load_data(Recipe(data=str(bad_images.root)))
     for path in (bad_images.truncated, bad_images.empty):
         assert str(path) in str(err.value)
+
+
+def test_best_checkpoint_writes_the_best_epoch_once_a_minute_and_at_the_end(tmp_path):
+    from tlkit.core.run import BestCheckpoint
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = tmp_path / "best.keras"
+    best = BestCheckpoint(path, model)
+    kernels = []
+    for epoch, loss in enumerate([1.0, 0.5, 0.7]):
+        model.layers[0].kernel.assign(np.full((2, 1), float(epoch), "float32"))
+        kernels.append(model.layers[0].kernel.numpy())
+        best.on_epoch_end(epoch, {"val_loss": loss})
+    assert not path.exists()  # within the first minute: kept in memory, not written
+    best.on_train_end()
+    saved = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(saved.layers[0].kernel.numpy(), kernels[1])  # the best epoch's
+    np.testing.assert_array_equal(model.layers[0].kernel.numpy(), kernels[2])  # the model is left as it was
+    assert best.best == 0.5
+    best.every = 0  # past the minute: a better epoch is written at once
+    best.on_epoch_end(3, {"val_loss": 0.1})
+    np.testing.assert_array_equal(keras.models.load_model(path, safe_mode=True).layers[0].kernel.numpy(), kernels[2])

@@ -194,8 +194,8 @@ def test_balanced_class_weights_and_files(imbalanced, tmp_path):
 
 def test_class_weights_are_logged_and_saved(imbalanced, tmp_path, caplog):
     ctx = tiny_context(imbalanced, tmp_path, [Stage("head", epochs=1)], class_weight="balanced")
-    run_recipe(ctx.recipe, ctx.base, tmp_path, verbose=0)
-    saved = json.loads((tmp_path / "metrics.json").read_text())["class_weights"]
+    run_recipe(ctx.recipe, ctx.base, tmp_path / "run", verbose=0)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["class_weights"]
     assert saved == pytest.approx(dict(zip(ctx.classes, ctx.class_weight.values())))
     assert f"class weights (balanced): blue {saved['blue']:.3g}" in caplog.text
 

@@ -19,7 +19,7 @@ from tlkit.errors import TlkitError
 from tlkit.core.kinds import StageParams
 from tlkit.exporters import FORMATS as EXPORT_FORMATS  # no TensorFlow until an export runs
 from tlkit.exporters.tflite import QUANTIZATIONS
-from tlkit.recipe import AUGMENT_PRESETS, POOLINGS, Recipe, Stage, builtin_recipes, tomllib
+from tlkit.recipe import AUGMENT_PRESETS, POOLINGS, Distribute, Recipe, Stage, builtin_recipes, tomllib
 from tlkit.stages.autoencoder import Autoencoder
 
 
@@ -139,6 +139,12 @@ def training_options(command):
         click.option("--cache-images", type=click.Choice(typing.get_args(typing.get_type_hints(Recipe)["cache_images"])),
                      help="Keep the decoded, resized images for later epochs: in memory when they fit a budget, on "
                           "disk (under $TLKIT_CACHE), or not (default auto)."),
+        click.option("--distribute", type=click.Choice(typing.get_args(Distribute)),
+                     help="Spread training over devices: mirrored (every GPU of this machine), multiworker (several "
+                          "machines, from TF_CONFIG; see the README), none, or auto (default: mirrored when more than "
+                          "one GPU is visible). --batch-size is the global batch, split over the devices; learning "
+                          "rates are not rescaled."),
+        click.option("--jit/--no-jit", default=None, help="XLA-compile the train step (jit_compile; off by default)."),
         click.option("--pooling", type=click.Choice(POOLINGS),
                      help="How the new head reduces the base's feature map (default avg; flatten keeps the layout)."),
         click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE:KEY=VALUE",

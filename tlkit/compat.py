@@ -52,3 +52,59 @@ def replaced_downloads(get_file, load_weights) -> Iterator[None]:
         yield
     finally:
         file_utils.get_file, keras.Model.load_weights = saved_get_file, saved_load
+
+
+@contextmanager
+def built_from_shapes(model: keras.Model, dataset) -> Iterator[None]:
+    """While inside, `fit` and `evaluate` of `model` under a tf.distribute strategy build its
+    metrics from a batch of zeros of `dataset`'s shapes. Keras' own build
+    (`TensorFlowTrainer._maybe_symbolic_build`) takes the first batch off a fresh iterator of the
+    data: that moves a shuffled dataset's seeds on by one epoch, so a distributed run would see
+    other batches than a single-device one, and it fails when that batch does not split evenly
+    over the replicas (it averages the replicas' batches). Without a strategy Keras builds
+    nothing there, and this changes nothing."""
+    x_spec, y_spec = dataset.element_spec
+    batch = (tf_zeros(x_spec), tf_zeros(y_spec), None)
+    build = type(model)._maybe_symbolic_build
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: build(model, data_batch=batch)
+    try:
+        yield
+    finally:
+        del model._maybe_symbolic_build
+
+
+def tf_zeros(spec):
+    import tensorflow as tf  # the TensorFlow backend's trainer is what this module patches
+
+    return tf.zeros([1, *spec.shape[1:]], spec.dtype)
+
+
+def mean_logs_over_workers() -> None:
+    """Let `fit` and `evaluate` run under MultiWorkerMirroredStrategy: Keras 3.15 reduces the
+    logs of a step (scalars) over the workers along axis 0 (`reduce_per_replica`, "mean"), which
+    fails on a scalar; reduce them over the replicas alone (axis None) instead. The logs are
+    metric results, already the same on every replica, so the mean is that value."""
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+    if getattr(original, "tlkit", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+            return keras.tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.tlkit = True
+    trainer.reduce_per_replica = reduce_per_replica
+
+
+def set_op_determinism(on: bool) -> None:
+    """Deterministic kernels on or off for what runs next in this process. TensorFlow exports only
+    the switch on (`tf.config.experimental.enable_op_determinism`); its off switch is private."""
+    from tensorflow.python.framework import config
+
+    if on:
+        config.enable_op_determinism()
+    else:
+        config.disable_op_determinism()

@@ -302,6 +302,8 @@ def decode_once(images: ImageSet, image_size: tuple[int, int], channels: int = 3
                 memory_budget: int | None = None) -> imagecache.DecodedImages | None:
     """The images of `images` decoded once and kept (`mode`: "auto", "memory", "disk" or "none"),
     for `make_dataset(..., cache=...)`: make it once and pass it to every stage's dataset."""
+    if mode == "none":  # before hashing every file for a key that is not needed
+        return None
     digests = images.digests or file_digests(images.files)
     return imagecache.decoded(images.files, digests, image_size, channels, mode, _decode_files,
                               cache=cache_dir, memory_budget=memory_budget)

@@ -89,8 +89,38 @@ def run_base(model: keras.Model, files: Sequence[Path], image_size: tuple[int, i
              pooling: str = "avg", verbose: str | int = 0) -> np.ndarray:
     """Pooled features (N, D) of image files, decoded as training decodes them, without augmentation."""
     images = tldata.ImageSet(Path(), [], list(files), [0] * len(files))
-    dataset = tldata.make_dataset(images, image_size, batch_size, channels=model.input_shape[-1])
-    return pooled_model(model, pooling).predict(dataset, verbose=verbose).astype(np.float32)
+    channels = model.input_shape[-1]
+    dataset = tldata.make_dataset(images, image_size, batch_size, channels=channels)
+    forward = _forward(model, pooling, image_size, channels)
+    progress = keras.utils.Progbar(len(files)) if verbose else None
+    out = []
+    for batch, _ in dataset:
+        out.append(forward(batch).numpy())
+        if progress:
+            progress.add(len(out[-1]))
+    if not out:
+        return np.zeros((0, forward.features), np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+_last_forward: list = []  # [(model, key, function)]: the last extraction's, so a repeated one is not traced again
+
+
+def _forward(model: keras.Model, pooling: str, image_size: tuple[int, int], channels: int):
+    """The pooled base's forward pass as one function, traced once for any batch size (the last
+    batch is smaller), in place of `predict`, whose function is made per model (a new pooled model
+    every call) and traced again for the last batch, with callbacks and a progress bar around
+    every step. The last one made is kept (one, so that no more than one base is held) for the
+    next extraction with the same base; it reads the base's variables when it runs, so a base
+    trained since still gets its current features."""
+    key = (pooling, tuple(image_size), channels)
+    if not _last_forward or _last_forward[0][0] is not model or _last_forward[0][1] != key:
+        pooled = pooled_model(model, pooling)
+        forward = tf.function(lambda x: pooled(x, training=False),
+                              input_signature=[tf.TensorSpec((None, *image_size, channels), tf.float32)])
+        forward.features = pooled.output_shape[-1]
+        _last_forward[:] = [(model, key, forward)]
+    return _last_forward[0][2]
 
 
 def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, pooling: str = "avg",

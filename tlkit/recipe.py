@@ -32,6 +32,8 @@ POOLINGS = typing.get_args(Pooling)
 AugmentPreset = Literal["none", "light", "standard", "strong"]
 AUGMENT_PRESETS = typing.get_args(AugmentPreset)
 ClassWeight = str  # "none", "balanced", or a TOML or JSON file of class name -> weight
+# how a run spreads over devices (tf.distribute): auto is mirrored when more than one GPU is visible
+Distribute = Literal["auto", "none", "mirrored", "multiworker"]
 
 
 @dataclass(init=False)
@@ -142,6 +144,9 @@ class Recipe:
     cache: str | None = None  # feature cache folder of extract stages; None: tlkit.features.cache_dir()
     # decoded, resized images kept for later epochs: in memory when they fit, on disk, or not at all
     cache_images: Literal["auto", "memory", "disk", "none"] = "auto"
+    # batch_size is the global batch, split over the replicas; learning rates are not rescaled
+    distribute: Distribute = "auto"
+    jit: bool = False  # XLA compilation of the train step (jit_compile)
 
     def __post_init__(self):
         if isinstance(self.augment, bool):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from tlkit import augment as tlaugment
 from tlkit import data as tldata
 from tlkit import datareport, runguard, training
 from tlkit.bases import Base, load_base
-from tlkit.compat import ITERATORS_PER_EPOCH
+from tlkit.compat import ITERATORS_PER_EPOCH, built_from_shapes, mean_logs_over_workers, set_op_determinism
 from tlkit.core.kinds import STAGES, StageKind, StageParams, resolve, stage_params
 from tlkit.curves import TrainingCurves
 from tlkit.errors import TlkitError
@@ -36,17 +38,74 @@ BASE_LAYER = "base"
 def configure(recipe: Recipe) -> tf.distribute.Strategy:
     """Seeds, determinism and precision, before anything is built; returns the distribution
     strategy in whose scope every model of the run is built, compiled and fitted."""
+    # first: a multi-worker strategy can only be made before TensorFlow has run anything
+    strategy = distribution_strategy(recipe.distribute)
     keras.utils.set_random_seed(recipe.seed)
     gpu = bool(tf.config.list_physical_devices("GPU"))
     # Deterministic kernels make the same seed give the same metrics on the CPU; on a GPU some
-    # ops have no deterministic kernel, so there speed wins.
-    if not gpu:
-        tf.config.experimental.enable_op_determinism()
+    # ops have no deterministic kernel, so there speed wins. Keras compiles no XLA step while they
+    # are on (its `model_supports_jit`), so --jit turns them off.
+    set_op_determinism(not gpu and not recipe.jit)
+    if recipe.jit and not gpu:
+        log.info("--jit: op determinism is off (Keras runs no XLA step with it), so the same seed may give "
+                 "slightly different metrics")
     if recipe.mixed_precision and not gpu:
         log.warning("--mixed-precision on a CPU makes training slower, not faster (float16 is emulated): "
                     "it pays on a GPU")
     keras.mixed_precision.set_global_policy("mixed_float16" if recipe.mixed_precision else "float32")
-    return tf.distribute.get_strategy()
+    return strategy
+
+
+_strategies: dict[str, tf.distribute.Strategy] = {}  # one of each kind per process: collectives are set up once
+
+
+def distribution_strategy(distribute: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy `distribute` names (Recipe.distribute). "mirrored" replicates
+    over every GPU of this machine, or over its logical CPU devices when it has no GPU and more
+    than one CPU device is configured (tests, benchmarks); "multiworker" over the machines that
+    TF_CONFIG lists, with the GPUs (or CPU) of each; "auto" is "mirrored" when more than one GPU
+    is visible, else the default strategy (one device), as is "none"."""
+    if distribute == "auto":
+        distribute = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "none"
+    if distribute == "none":
+        return tf.distribute.get_strategy()
+    if distribute not in _strategies:
+        if distribute == "mirrored":
+            devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+            _strategies[distribute] = tf.distribute.MirroredStrategy([d.name for d in devices])
+        else:
+            _strategies[distribute] = _multiworker()
+        strategy = _strategies[distribute]
+        log.info("distribute %s: %d replicas; the batch size is the global batch", distribute,
+                 strategy.num_replicas_in_sync)
+    return _strategies[distribute]
+
+
+def _multiworker() -> tf.distribute.Strategy:
+    config = os.environ.get("TF_CONFIG")
+    if not config:
+        raise TlkitError("--distribute multiworker needs TF_CONFIG, set on every machine: the cluster's workers and "
+                         "this machine's task (see the README, 'Several GPUs, several machines')")
+    try:
+        cluster = json.loads(config)["cluster"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise TlkitError(f"TF_CONFIG is not a JSON object with a 'cluster' ({err}): see the README") from None
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as err:
+        # TensorFlow sets up collective ops when its runtime starts, so the strategy must come first
+        raise TlkitError("--distribute multiworker must be set up before TensorFlow has run anything in this "
+                         f"process ({err}): run it in a fresh process, with tlkit's run first") from None
+    mean_logs_over_workers()
+    resolver = strategy.cluster_resolver
+    log.info("multiworker: %s %d of the cluster %s", resolver.task_type, resolver.task_id, cluster)
+    return strategy
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's results: the only process of a single-machine run,
+    the chief (or worker 0 of a cluster without one) of a multi-worker run."""
+    return strategy.extended.should_checkpoint
 
 
 HEAD_POOLING = dict(zip(POOLINGS, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D,
@@ -82,19 +141,42 @@ class BestCheckpoint(keras.callbacks.Callback):
     Our own rather than ModelCheckpoint because it writes atomically and keeps its best value
     across the several `fit` calls of a recipe. `model` is what it saves, which may be more than
     the model being fitted (the whole classifier while an extract stage fits its head).
+
+    Writing a whole model costs seconds, as much as an epoch of a small dataset: a better epoch
+    is kept in memory, and written when `every` seconds have passed since the last write, and
+    at the end of the stage, so a crash loses at most `every` seconds of it.
     """
 
-    def __init__(self, path: Path, model: keras.Model):
+    def __init__(self, path: Path, model: keras.Model, every: float = 60.0):
         super().__init__()
         self.path = path
         self.saved = model
         self.best = np.inf
+        self.every = every
+        self.written = time.monotonic()
+        self.pending: list[np.ndarray] | None = None  # the best epoch's weights, not yet written
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("val_loss")
         if loss is not None and loss < self.best:
             self.best = loss
+            self.pending = self.saved.get_weights()
+        if self.pending is not None and time.monotonic() - self.written >= self.every:
+            self.write()
+
+    def on_train_end(self, logs=None):
+        if self.pending is not None:
+            self.write()
+
+    def write(self):
+        current = self.saved.get_weights()
+        self.saved.set_weights(self.pending)
+        try:
             save_model_atomic(self.saved, self.path)
+        finally:
+            self.saved.set_weights(current)
+        self.pending = None
+        self.written = time.monotonic()
 
 
 @dataclass
@@ -173,48 +255,7 @@ class RunContext:
             scales = self.layer_scales(model, getattr(params, "layer_decay", 1.0))
             optimizer = (training.ScaledAdam(learning_rate, scales) if scales
                          else keras.optimizers.Adam(learning_rate))
-            model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-        return optimizer
-
-    def layer_scales(self, model: keras.Model, decay: float) -> dict[str, float]:
-        """The learning-rate factor of each trainable variable of the base in `model` (by its
-        path): the top trainable block of the base's block map 1, the next one down `decay`, the
-        next `decay`**2...; the head's variables are left at 1. {} when decay is 1."""
-        if decay == 1.0 or model is not self.model:
-            return {}
-        base = model.get_layer(BASE_LAYER)
-        trainable = [b for b in self.base.blocks if any(base.get_layer(n).trainable_weights for n in b.layers)]
-        scales = {}
-        for depth, block in enumerate(reversed(trainable)):
-            for name in block.layers:
-                scales.update({v.path: decay ** depth for v in base.get_layer(name).trainable_weights})
-        paths = [v.path for v in model.trainable_variables]
-        if len(set(paths)) != len(paths):
-            raise ValueError(f"{model.name}: two trainable variables share a path, so layer decay cannot tell them "
-                             "apart")
-        log.info("layer decay %g: %s", decay, ", ".join(f"{b.name} x{decay ** d:.3g}"
-                                                     for d, b in enumerate(reversed(trainable))))
-        return scales
-
-    def compile(self, model: keras.Model, params: StageParams, learning_rate, loss=None,
-                metrics=("accuracy",)) -> keras.optimizers.Optimizer:
-        """Compile `model` for a stage, inside the run's strategy scope, with a fresh Adam (every
-        stage gets new optimizer state) at `learning_rate` (a float or a schedule), scaled per
-        block by the stage's `layer_decay`, and `loss` (None: the classifier's cross-entropy,
-        with the recipe's label smoothing, on soft labels when MixUp or CutMix mix them)."""
-        r = self.recipe
-        soft = self.augmentation.mixes
-        if loss is None:
-            loss = (training.Crossentropy(r.label_smoothing) if r.label_smoothing or soft
-                    else "sparse_categorical_crossentropy")
-        # Keras' "accuracy" turns sparse or categorical by the shape of the first labels it sees:
-        # categorical on mixed training labels, it would then misread integer validation labels
-        metrics = [training.accuracy_metric() if m == "accuracy" and soft else m for m in metrics]
-        with self.strategy.scope():
-            scales = self.layer_scales(model, getattr(params, "layer_decay", 1.0))
-            optimizer = (training.ScaledAdam(learning_rate, scales) if scales
-                         else keras.optimizers.Adam(learning_rate))
-            model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+            model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=self.recipe.jit)
         return optimizer
 
     def layer_scales(self, model: keras.Model, decay: float) -> dict[str, float]:
@@ -253,7 +294,7 @@ class RunContext:
                  f"{detail}, " if detail else "", params.epochs, "" if params.epochs == 1 else "s",
                  params.learning_rate, schedule)
         model = model or self.classifier
-        train, val = data or (self.dataset("train"), self.dataset("val"))
+        train, val = (_by_element(ds) for ds in (data or (self.dataset("train"), self.dataset("val"))))
         steps = int(train.cardinality())
         if steps < 1:  # unknown or infinite: count the batches of the training images
             steps = -(-len(self.train) // self.recipe.batch_size)
@@ -283,14 +324,15 @@ class RunContext:
         snapshot = Snapshot(self, index, model, optimizer, stopping, earlier, best if checkpoint else None)
         callbacks.append(snapshot)
         start = time.perf_counter()
-        history = model.fit(
-            train, validation_data=val, epochs=params.epochs, initial_epoch=done, callbacks=callbacks,
-            verbose=self.verbose, class_weight=self.class_weight if classifying else None,
-            shuffle=False,  # the dataset shuffles
-        ) if params.epochs > done else None
+        with built_from_shapes(model, train):
+            history = model.fit(
+                train, validation_data=val, epochs=params.epochs, initial_epoch=done, callbacks=callbacks,
+                verbose=self.verbose, class_weight=self.class_weight if classifying else None,
+                shuffle=False,  # the dataset shuffles
+            ) if params.epochs > done else None
+            scores = model.evaluate(val, verbose=0, return_dict=True)
         if checkpoint:
             self.best = best.best
-        scores = model.evaluate(val, verbose=0, return_dict=True)
         val_loss, val_accuracy = float(scores["loss"]), scores.get("accuracy")
         result = StageResult(params, kind, {**snapshot.history, "step_learning_rate": rates.steps}, val_loss,
                              None if val_accuracy is None else float(val_accuracy), optimizer,
@@ -305,6 +347,15 @@ class RunContext:
         """The model whose variables hold everything trained so far: the classifier (whose head
         an extract stage fits), or, in a run without labels, the model being fitted."""
         return self.classifier if self.classes else fitted
+
+
+def _by_element(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset`, split between the workers of a multi-worker run batch by batch (each worker its
+    share of every global batch), not file by file: a dataset of paths or of decoded images reads
+    no files of its own that TensorFlow could hand out. Other strategies ignore the option."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 RESUME_FOLDER = Path("checkpoints") / "resume"
@@ -476,17 +527,34 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     run in `out` goes on from there: the stages done are not run again, the stage in progress
     goes on from its next epoch. `job` names the job, for the line that tells how to resume.
 
+    In a multi-worker run every worker runs every step (the collectives need them all), but only
+    the chief writes `out`; the others write to a temporary directory, deleted at the end, as
+    Keras' own callbacks do.
+
     `out` must be new, empty, or an existing run with `overwrite` (tlkit.runguard); the run holds
     its lock throughout and is marked unfinished until its last file is written.
     """
     # a recipe made in Python gets its stages' defaults and absolute paths too
     recipe = resolve(recipe, check_base_name=base is None and build is None)
+    # the strategy first: a multi-worker one can only be made before TensorFlow has run anything
+    strategy = distribution_strategy(recipe.distribute)
+    replicas = strategy.num_replicas_in_sync
+    if recipe.batch_size % replicas:
+        # Keras averages the loss on each replica, then over replicas: uneven shares weigh unevenly
+        log.warning("batch size %d does not split evenly over %d replicas: each step then weighs images "
+                    "unevenly; pass a multiple of %d", recipe.batch_size, replicas, replicas)
+    chief = is_chief(strategy)
+    if not chief:
+        out = Path(tempfile.mkdtemp(prefix="tlkit-worker-"))
+        log.info("not the chief: writing to %s, deleted at the end; the chief writes the run directory", out)
     lock = runguard.claim(out, overwrite=overwrite, resume=resume)
     try:
         return _run_recipe(recipe, base, Path(out), model=model, build=build, data=data, verbose=verbose, job=job,
                            resume=resume, overwrite=overwrite)
     finally:
         lock.release()
+        if not chief:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, data, verbose, job, resume,

@@ -30,7 +30,9 @@ def run(ctx, index: int, params: Extract):
     found = features.extract(ctx.base, ctx.train.files + ctx.val.files, ctx.image_size, pooling=r.pooling,
                              batch_size=r.batch_size, cache=r.cache, verbose=ctx.verbose)
     train, val = found[:len(ctx.train)], found[len(ctx.train):]
-    return ctx.fit(index, "extract", params, features.feature_head(ctx.classifier, BASE_LAYER), (
+    with ctx.strategy.scope():  # a model fitted under a strategy is made in its scope
+        head = features.feature_head(ctx.classifier, BASE_LAYER)
+    return ctx.fit(index, "extract", params, head, (
         features.dataset(train, ctx.train.labels, r.batch_size, shuffle=True, seed=r.seed),
         features.dataset(val, ctx.val.labels, r.batch_size),
     ), detail="new head on the cached features")

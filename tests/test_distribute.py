@@ -1,0 +1,151 @@
+"""Distribution for real on one CPU machine: `mirrored` over two logical CPU devices, and
+`multiworker` with two worker processes talking over 127.0.0.1, each against the single-device
+run at the same global batch."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+TIMEOUT = 300  # seconds for any one process: a hung collective fails the test, it does not hang it
+# head then finetune of lenet5's top block; no dropout, no augmentation, so nothing random differs
+# between replicas. Batches of 6 divide the 18 training and 6 validation images: Keras averages the
+# loss on each replica, so a last, smaller batch, split unevenly, would weigh differently.
+TRAINING = ["--base", "lenet5", "--weights", "none", "--image-size", "32", "--batch-size", "6", "--seed", "1",
+            "--dropout", "0", "--epochs-head", "2", "--epochs-finetune", "1", "--lr-head", "0.01",
+            "--lr-finetune", "0.001", "--cache-images", "none"]
+
+
+def environment(tmp_path: Path, **extra) -> dict:
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
+           "TLKIT_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    env.pop("TF_CONFIG", None)
+    return {**env, **extra}
+
+
+def test_mirrored_over_two_devices_gives_the_single_device_weights(tiny_images, tmp_path):
+    # logical devices must be configured before TensorFlow starts its runtime: a fresh process
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from tlkit.jobs import finetune
+        stages = {{"head": {{"epochs": 2, "learning_rate": 0.01}},
+                   "finetune": {{"epochs": 1, "learning_rate": 0.001, "unfreeze": 1}}}}
+        for mode in ("none", "mirrored"):
+            ctx = finetune("lenet5", {str(tiny_images)!r}, out={str(tmp_path)!r} + "/" + mode, weights="none",
+                           image_size=32, batch_size=6, seed=1, dropout=0.0, cache_images="none", distribute=mode,
+                           stages=stages, verbose=0)
+            np.savez({str(tmp_path)!r} + "/" + mode + ".npz", *[v.numpy() for v in ctx.classifier.weights])
+            print(json.dumps({{"mode": mode, "replicas": ctx.strategy.num_replicas_in_sync}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env=environment(tmp_path), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    replicas = {r["mode"]: r["replicas"] for r in map(json.loads, done.stdout.splitlines())}
+    assert replicas == {"none": 1, "mirrored": 2}
+    single, mirrored = (np.load(tmp_path / f"{mode}.npz") for mode in ("none", "mirrored"))
+    assert len(single.files) == len(mirrored.files) > 0
+    for name in single.files:
+        np.testing.assert_allclose(mirrored[name], single[name], rtol=0, atol=1e-5, err_msg=name)
+    metrics = [json.loads((tmp_path / mode / "metrics.json").read_text()) for mode in ("none", "mirrored")]
+    for a, b in zip(metrics[0]["stages"], metrics[1]["stages"]):
+        assert abs(a["val_loss"] - b["val_loss"]) < 1e-5 and a["val_accuracy"] == b["val_accuracy"]
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tlkit(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tlkit.cli", "finetune", *args]
+
+
+def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_run_directory(tiny_images, tmp_path):
+    single = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(tmp_path / "single"), "--distribute", "none",
+                                  *TRAINING), env=environment(tmp_path), capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    out = tmp_path / "multi"
+    workers = []
+    try:
+        for index in range(2):
+            scratch = tmp_path / f"tmp{index}"  # each worker's TMPDIR: where a non-chief writes, then deletes
+            scratch.mkdir()
+            config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            workers.append(subprocess.Popen(
+                tlkit("--data", str(tiny_images), "--out", str(out), "--distribute", "multiworker", *TRAINING),
+                env=environment(tmp_path, TF_CONFIG=config, TMPDIR=str(scratch)),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        results = [w.communicate(timeout=TIMEOUT) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait(timeout=30)
+    for w, (_, err) in zip(workers, results):
+        assert w.returncode == 0, err[-3000:]
+
+    expected = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    got = json.loads((out / "metrics.json").read_text())
+    assert len(got["stages"]) == 2
+    for a, b in zip(expected["stages"], got["stages"]):
+        assert abs(a["val_loss"] - b["val_loss"]) < 1e-5, (a, b)
+        assert a["val_accuracy"] == b["val_accuracy"]
+    assert expected["train_images"] == got["train_images"] and expected["val_images"] == got["val_images"]
+
+    def listing(root: Path) -> list[str]:
+        # TensorBoard names its event files by host, process and time: count them, not their names
+        return sorted(str(p.relative_to(root).parent / "events") if "tfevents" in p.name else str(p.relative_to(root))
+                      for p in root.rglob("*") if p.is_file())
+
+    # complete: what the single-worker run writes, no more (no worker's second event file, no
+    # temporary file left over), no less
+    assert listing(out) == listing(tmp_path / "single")
+    assert "model.keras" in listing(out) and "checkpoints/best.keras" in listing(out)
+    # the worker wrote only to its temporary directory, and deleted it
+    assert not any((tmp_path / "tmp1").iterdir())
+    said = ["".join(result) for result in results]
+    assert "not the chief" in said[1] and "not the chief" not in said[0]
+
+
+def test_multiworker_without_tf_config_is_one_line(tiny_images, tmp_path):
+    done = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(tmp_path / "run"), "--distribute",
+                                "multiworker", *TRAINING), env=environment(tmp_path), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --distribute multiworker needs TF_CONFIG")
+    assert not (tmp_path / "run").exists()
+
+
+def test_jit_compiles_the_train_step_and_trains_the_same(tiny_images, tmp_path):
+    from tlkit.jobs import finetune
+
+    runs = {}
+    for jit in (False, True):
+        runs[jit] = finetune("lenet5", str(tiny_images), out=tmp_path / str(jit), weights="none", image_size=32,
+                             batch_size=6, seed=1, dropout=0.0, jit=jit, stages={"head": {"epochs": 2}},
+                             recipe="head_only", verbose=0)
+    assert runs[True].classifier.jit_compile is True and runs[False].classifier.jit_compile is False
+    losses = [runs[jit].results[-1].history["loss"] for jit in (False, True)]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)  # XLA fuses ops: float rounding differs
+    assert losses[0][1] < losses[0][0]
