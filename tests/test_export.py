@@ -312,9 +312,11 @@ def test_mediapipe_image_classifier_names_the_classes(trained_run, exports, tmp_
 
 def test_tflite_export_prints_a_few_lines(trained_run, tmp_path):
     done = subprocess.run([sys.executable, "-m", "tlkit.cli", "export", "--model", str(trained_run), "--format",
-                           "tflite", "--out", str(tmp_path)], capture_output=True, text=True, check=True)
+                           "tflite", "--out", str(tmp_path), "--checkpoint", "best"],
+                          capture_output=True, text=True, check=True)
     lines = (done.stdout + done.stderr).strip().splitlines()
-    assert len(lines) <= 2, lines  # the scan of the validation images, then the answer
+    assert len(lines) <= 3, lines  # the model used, the scan of the validation images, then the answer
+    assert lines[0].startswith(f"model: {trained_run / 'checkpoints' / 'best.keras'} (best: ")
     assert lines[-1].startswith(f"{tmp_path / 'model.tflite'}  ")
     assert " MB  tflite  top-1 agreement 6/6  max |Δp| " in lines[-1]
 

@@ -550,13 +550,14 @@ def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_b
 @click.option("--check/--no-check", default=True, show_default=True,
               help="Run the export in its own runtime on the run's validation images and compare with Keras.")
 @click.option("--verbose", is_flag=True, help="Show the converters' own output.")
-def export(model, out, fmt, version, quantize, calibration_images, check, verbose):
+@checkpoint_option
+def export(model, out, fmt, version, quantize, calibration_images, check, verbose, checkpoint):
     """Export a run as a SavedModel for TF Serving, TFLite or ONNX, and check it."""
     _tensorflow()
     from tlkit.exporters import export as run
 
     run(model, out, fmt, version, quantize=quantize, calibration_images=calibration_images, check=check,
-        verbose=verbose)  # logs its one line: path, size, agreement
+        verbose=verbose, checkpoint=checkpoint)  # logs its lines: the model used; path, size, agreement
 
 
 # What to do about an operating-system error, by errno; the line names the path first.

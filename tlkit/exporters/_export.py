@@ -40,7 +40,7 @@ class Check:
 
 def export(model: str | Path, out: str | Path, format: str = "savedmodel", version: int = 1, *,
            quantize: str = "none", calibration_images: int = 100, check: bool = True,
-           verbose: bool = False) -> Path:
+           verbose: bool = False, checkpoint: str = "final") -> Path:
     """Export the run at `model` into the folder `out`, with labels.txt beside it; returns the
     path written.
 
@@ -50,7 +50,8 @@ def export(model: str | Path, out: str | Path, format: str = "savedmodel", versi
     onnx: `out/model.onnx` (needs the `onnx` extra).
     Logs one line: the path, its size and, with `check`, how the export run in its own runtime
     agrees with the Keras model on the run's validation images (see `check_export`). The
-    converters' own output is shown only when `verbose`.
+    converters' own output is shown only when `verbose`. `checkpoint` chooses the run's weights
+    (tlkit.rundir.CHECKPOINTS: final or best).
     """
     spec = FORMATS.get(format)
     if quantize not in spec.quantizations:
@@ -62,7 +63,8 @@ def export(model: str | Path, out: str | Path, format: str = "savedmodel", versi
         raise TlkitError(f"--calibration-images must be at least 1, got {calibration_images}")
     from tlkit.rundir import load_run  # Keras: see the module docstring
 
-    run = load_run(model)
+    run = load_run(model, checkpoint)
+    log.info("model: %s", run.describe())
     out = Path(out)
     target = out / (spec.filename or str(version))
     if target.exists():
