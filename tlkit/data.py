@@ -402,19 +402,25 @@ def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
 
 
 def _tf_reads(data: tf.Tensor) -> tf.Tensor:
-    """Whether TensorFlow decodes these bytes, from their signature (as tf.io.decode_image tells
-    formats apart). BMP is left to Pillow: TensorFlow reads palette BMPs as their raw indices."""
+    """Whether TensorFlow decodes these bytes, from their signature. BMP is left to Pillow:
+    TensorFlow reads palette BMPs as their raw indices."""
     head = tf.strings.join([tf.strings.substr(data, 0, 12), "\0" * 12])  # padded: substr needs pos <= length
+    return tf.reduce_any(image_signatures(head))
+
+
+def image_signatures(head: tf.Tensor) -> list[tf.Tensor]:
+    """Whether the first bytes `head` (at least 12) start a JPEG, a PNG, a GIF, a WebP: the
+    formats TensorFlow decodes, told apart as tf.io.decode_image tells them."""
 
     def starts(prefix, pos=0):
         return tf.equal(tf.strings.substr(head, pos, len(prefix)), prefix)
 
-    return tf.reduce_any([
+    return [
         starts(b"\xff\xd8\xff"),  # JPEG
         starts(b"\x89PNG\r\n\x1a\n"),
         starts(b"GIF8"),
         tf.logical_and(starts(b"RIFF"), starts(b"WEBP", 8)),
-    ])
+    ]
 
 
 def _png_bytes(data: bytes) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tlkit.data import decode_image
+from tlkit.data import decode_image, image_signatures
 
 SERVING_FORMATS = "JPEG, PNG, GIF (first frame), WebP and uncompressed BMP"
 REFUSED = f"image_bytes entries that are not images this model decodes ({SERVING_FORMATS}), by 0-based index:"
@@ -42,17 +42,7 @@ def _head(data: tf.Tensor) -> tf.Tensor:
 def serving_reads(data: tf.Tensor) -> tf.Tensor:
     """Whether the serving decoder takes these bytes, from their signature (and a BMP's header)."""
     head = _head(data)
-
-    def starts(prefix, pos=0):
-        return tf.equal(tf.strings.substr(head, pos, len(prefix)), prefix)
-
-    return tf.reduce_any([
-        starts(b"\xff\xd8\xff"),  # JPEG
-        starts(b"\x89PNG\r\n\x1a\n"),
-        starts(b"GIF8"),
-        tf.logical_and(starts(b"RIFF"), starts(b"WEBP", 8)),
-        _bmp(head, [1, 4, 8, 24, 32]),
-    ])
+    return tf.reduce_any([*image_signatures(head), _bmp(head, [1, 4, 8, 24, 32])])
 
 
 def decode_palette_bmp(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
