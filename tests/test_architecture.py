@@ -106,9 +106,11 @@ BLOCKED = """
 """
 
 
-@pytest.mark.parametrize("base", ["vgg16", "mobilenet_v2", "densenet121", "efficientnet_lite0"])
+@pytest.mark.parametrize("base", ["vgg16", "mobilenet_v2", pytest.param("densenet121", marks=pytest.mark.slow),
+                                  "efficientnet_lite0"])
 def test_a_run_model_loads_with_keras_alone(base, tiny_images, tmp_path):
-    """caffe (a frozen Dense flip), tf and torch (Rescaling) and lite preprocessing: core layers."""
+    """caffe (a frozen Dense flip), tf and torch (Rescaling; densenet121, slow) and lite preprocessing: core
+    layers."""
     weights = "imagenet" if base == "efficientnet_lite0" else "none"
     run = tlkit.finetune(base, recipe="head_only", weights=weights, stages={"head": {"epochs": 1}},
                          data=str(tiny_images), image_size=32, batch_size=8, out=tmp_path / "run", verbose=0)
