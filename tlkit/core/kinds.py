@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -135,14 +135,18 @@ def check_base(recipe: Recipe) -> None:
             raise TlkitError(f"base {spec} does not exist: pass a .keras file, a run directory, hub:HANDLE or a "
                              "base name (see `tlkit bases`)")
         raise unknown_name("base", spec, catalog, hint="run `tlkit bases` to list them")
-    blocks = catalog[spec].blocks
     if recipe.base_layer:  # a cut base keeps only the blocks before the cut: known once it is loaded
         return
+    check_unfreeze(recipe, spec, catalog[spec].blocks)
+
+
+def check_unfreeze(recipe: Recipe, base: str, blocks: Sequence[str]) -> None:
+    """Every stage's `unfreeze` against the names of the base's blocks, before any stage trains."""
     for number, stage in enumerate(recipe.stages, start=1):
         unfreeze = stage.params.get("unfreeze")
         if isinstance(unfreeze, int) and unfreeze > len(blocks):
             raise TlkitError(
-                f"recipe {recipe.name}, stage {number}: cannot unfreeze {unfreeze} blocks: base {spec} has "
+                f"recipe {recipe.name}, stage {number}: cannot unfreeze {unfreeze} blocks: base {base} has "
                 f"{len(blocks)} ({', '.join(blocks)}); choose --unfreeze between 1 and {len(blocks)}")
 
 

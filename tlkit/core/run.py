@@ -22,7 +22,7 @@ from tlkit import data as tldata
 from tlkit import datareport, runguard, training
 from tlkit.bases import Base, load_base
 from tlkit.compat import ITERATORS_PER_EPOCH, built_from_shapes, mean_logs_over_workers, set_op_determinism
-from tlkit.core.kinds import STAGES, StageKind, StageParams, resolve, stage_params
+from tlkit.core.kinds import STAGES, StageKind, StageParams, check_unfreeze, needs_base, resolve, stage_params
 from tlkit.curves import TrainingCurves
 from tlkit.errors import TlkitError
 from tlkit.io import save_model_atomic, write_atomic, write_json_atomic
@@ -631,7 +631,7 @@ def context(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.
     kinds: list[StageKind] = [STAGES.get(stage.kind) for stage in recipe.stages]
     params = [stage_params(stage, f"recipe {recipe.name}, stage {i}") for i, stage in enumerate(recipe.stages, 1)]
     labelled = any(kind.needs_labels for kind in kinds)
-    makes_base = bool(kinds) and kinds[0].make_base is not None
+    makes_base = not needs_base(recipe)
     if base is None and build is None and not makes_base and not recipe.base:
         raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
     strategy = configure(recipe)
@@ -642,7 +642,7 @@ def context(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.
             size = (recipe.image_size, recipe.image_size) if recipe.image_size else None
             base = load_base(recipe.base, recipe.weights, size, recipe.base_layer, recipe.hub_range)
     if base is not None:
-        check_unfreeze(recipe, base)
+        check_unfreeze(recipe, base.name, [block.name for block in base.blocks])
     if data:
         classes, train, val = data
         report = datareport.DataReport.of(train, val)
@@ -660,17 +660,6 @@ def context(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.
     if labelled:
         ctx.class_weight = training.class_weights(recipe.class_weight, classes, train.counts())
     return ctx, report
-
-
-def check_unfreeze(recipe: Recipe, base: Base) -> None:
-    """Every stage's `unfreeze` against the blocks of the loaded base, before any stage trains."""
-    for number, stage in enumerate(recipe.stages, start=1):
-        unfreeze = stage.params.get("unfreeze")
-        if isinstance(unfreeze, int) and unfreeze > len(base.blocks):
-            raise TlkitError(
-                f"recipe {recipe.name}, stage {number}: cannot unfreeze {unfreeze} blocks: base {base.name} has "
-                f"{len(base.blocks)} ({', '.join(b.name for b in base.blocks)}); choose --unfreeze between 1 and "
-                f"{len(base.blocks)}")
 
 
 def write_results(ctx: RunContext) -> None:
