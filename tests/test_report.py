@@ -68,16 +68,23 @@ def test_confusion_picture_grows_with_the_classes(tmp_path):
         assert b.size[0] > 3 * a.size[0] and b.size[1] > 3 * a.size[1]
 
 
-def test_curves_are_redrawn_after_every_epoch_across_stages(tmp_path):
-    curves = TrainingCurves(tmp_path)
+def test_curves_are_redrawn_across_stages_at_most_every_few_seconds_and_at_each_stage_end(tmp_path):
+    picture = tmp_path / "curves.png"
+    curves = TrainingCurves(tmp_path, every=3600)
     curves.stage("1 head").on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5, "val_loss": 0.9, "val_accuracy": 0.6})
-    assert (tmp_path / "curves.png").is_file()
-    first = (tmp_path / "curves.png").stat().st_mtime_ns
+    one_epoch = picture.read_bytes()  # the first epoch is drawn at once
     curves.on_epoch_end(1, {"loss": 0.8, "accuracy": 0.6, "val_loss": 0.7, "val_accuracy": 0.7})
+    assert picture.read_bytes() == one_epoch  # within `every` of the last drawing
+    curves.on_train_end()
+    two_epochs = picture.read_bytes()
+    assert two_epochs != one_epoch
+    curves.on_train_end()  # nothing new: not drawn again
+    assert picture.read_bytes() == two_epochs
+    curves.every = 0
     curves.stage("2 finetune").on_epoch_end(0, {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.75, "val_accuracy": 0.7})
+    assert picture.read_bytes() != two_epochs
     assert [name for name, _ in curves.stages] == ["1 head", "2 finetune"]
     assert curves.stages[0][1]["val_loss"] == [0.9, 0.7] and curves.stages[1][1]["loss"] == [0.5]
-    assert (tmp_path / "curves.png").stat().st_mtime_ns >= first
 
 
 def _nested_probe() -> keras.Model:

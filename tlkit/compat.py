@@ -108,3 +108,17 @@ def set_op_determinism(on: bool) -> None:
         config.enable_op_determinism()
     else:
         config.disable_op_determinism()
+
+
+def keep_inference_mode(layer: keras.Layer, on: bool) -> None:
+    """Whether `layer`, called with training=False inside a functional model, stays in inference
+    mode when that model is called with training=True (as `fit` calls it). Keras 3 passes the outer
+    model's training flag over the one recorded for each layer (`functional.operation_fn`), for
+    every layer listing "training" among its call-context arguments: a base called as the Keras
+    guide calls it, `base(inputs, training=False)`, still has its Dropout layers (EfficientNet's
+    per-block dropout) active in training; only its BatchNormalization layers stay in inference
+    mode, because they are frozen. Taking "training" off that list makes the recorded False hold."""
+    if on:
+        layer._call_context_args = layer._call_context_args - {"training"}
+    else:
+        layer._call_context_args = layer._call_context_args | {"training"}

@@ -1,11 +1,12 @@
-"""curves.png: loss and accuracy per epoch over all the stages of a run, redrawn after every
-epoch by a Keras callback so that a long run can be watched.
+"""curves.png: loss and accuracy per epoch over all the stages of a run, redrawn during training
+by a Keras callback so that a long run can be watched.
 
 A leaf below the training core (it needs only Keras, matplotlib and tlkit.io), so the core's
 compile-and-fit can add the callback. Drawn on matplotlib's Agg canvas, never pyplot.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,15 +70,21 @@ def plot_curves(stages: Sequence[tuple[str, dict]], out: str | Path) -> Path | N
 
 
 class TrainingCurves(keras.callbacks.Callback):
-    """Redraws RUN/curves.png at the end of every epoch, so a long run can be watched.
+    """Redraws RUN/curves.png after an epoch when `every` seconds have passed since the last
+    drawing, and at the end of every stage, so a long run can be watched. Drawing takes about a
+    fifth of a second: after every epoch of a small dataset it was the largest cost tlkit added to
+    Keras' own loop (bench/run.py, P3), while an epoch of a real dataset outlasts `every` anyway.
 
     One instance follows a whole run: `stage(name)` before each stage's `fit` starts a new
     stage on the same epoch axis, and the callback itself goes into that `fit`."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, every: float = 10.0):
         super().__init__()
         self.out = Path(run_dir) / "curves.png"
+        self.every = every
         self.stages: list[tuple[str, dict]] = []
+        self.drawn: float | None = None  # time.monotonic() of the last drawing
+        self.pending = False
 
     def stage(self, name: str) -> TrainingCurves:
         self.stages.append((name, {}))
@@ -89,4 +96,14 @@ class TrainingCurves(keras.callbacks.Callback):
         history = self.stages[-1][1]
         for key, value in (logs or {}).items():
             history.setdefault(key, []).append(float(value))
+        self.pending = True
+        if self.drawn is None or time.monotonic() - self.drawn >= self.every:
+            self.draw()
+
+    def on_train_end(self, logs=None):
+        if self.pending:
+            self.draw()
+
+    def draw(self):
         plot_curves(self.stages, self.out)
+        self.drawn, self.pending = time.monotonic(), False

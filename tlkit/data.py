@@ -13,6 +13,7 @@ are an error (the label is ambiguous), and a split never puts one content on bot
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import logging
@@ -463,7 +464,16 @@ def _decodable(data: tf.Tensor) -> tf.Tensor:
 
 
 def _load(path: tf.Tensor, image_size, channels: int) -> tf.Tensor:
-    return decode_image(_file_bytes(path), image_size, channels)
+    return _loader(tuple(image_size), channels)(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _loader(image_size: tuple[int, int], channels: int):
+    # Traced once per size: every pipeline built after the first (one per extraction, per split,
+    # per run in a process) calls it instead of tracing the decoders again, which cost about as
+    # much as decoding a few hundred small photos.
+    return tf.function(lambda path: decode_image(_file_bytes(path), image_size, channels),
+                       input_signature=[tf.TensorSpec([], tf.string)])
 
 
 def _decoded(paths: Sequence[Path], image_size, channels: int) -> tf.data.Dataset:

@@ -190,6 +190,68 @@ def dataset(features: np.ndarray, labels: Sequence[int], batch_size: int, *, shu
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def frozen_split(classifier: keras.Model, base_layer: str) -> tuple[keras.Model, keras.Model] | None:
+    """(frozen, rest): the classifier cut in two where everything below is frozen, so that
+    `rest(frozen(images))` is the classifier and only `rest` has anything to train; None when no
+    single tensor separates the two (or nothing of the base is frozen). The base runs in inference
+    mode (tlkit.core.run.build_classifier), so `frozen` is a fixed function of the image: a
+    finetune stage computes it once instead of every epoch. `rest` shares the classifier's layers
+    and lists its trainable variables in the classifier's order (an optimizer's saved state is
+    matched to them by position)."""
+    base = classifier.get_layer(base_layer)
+    cut = _frozen_cut(base)
+    if cut is None:
+        return None
+    frozen = keras.Model(base.inputs, cut, name=f"{base.name}_frozen")
+    inputs = keras.Input(cut.shape[1:], dtype=cut.dtype, name="frozen_output")
+    # a functional model from an inner tensor reuses the base's layers and their variables
+    x = keras.Model(cut, base.output, name=f"{base.name}_trainable")(inputs, training=False)
+    for layer in classifier.layers[classifier.layers.index(base) + 1:]:
+        x = layer(x)
+    rest = keras.Model(inputs, x, name="trainable_part")
+    if [v.path for v in rest.trainable_variables] != [v.path for v in classifier.trainable_variables]:
+        return None
+    return frozen, rest
+
+
+def _frozen_cut(base: keras.Model):
+    """The one tensor of `base` that everything trainable depends on, as far up the base as it can
+    be: the layers with trainable weights and all after them are the trainable part; while that
+    part takes in more than one tensor (a block that pads its input and also adds it back), the
+    latest layer making one of them joins it."""
+    try:
+        layers = base.layers
+        produced = {id(t): layer for layer in layers for t in keras.tree.flatten(layer.output)}
+        inputs = {id(t) for t in keras.tree.flatten(base.inputs)}
+
+        def taken(layer):
+            return [] if isinstance(layer, keras.layers.InputLayer) else keras.tree.flatten(layer.input)
+
+        live: list = []
+        for layer in layers:
+            if layer.trainable_weights or any(produced.get(id(t)) in live for t in taken(layer)):
+                live.append(layer)
+        while live:
+            outside = {id(t): t for layer in live for t in taken(layer) if produced.get(id(t)) not in live}
+            if inputs & outside.keys():
+                return None
+            if len(outside) == 1:
+                return next(iter(outside.values()))
+            live.append(max((produced[i] for i in outside), key=layers.index))
+    except (AttributeError, ValueError):  # not a functional graph, or a layer called more than once
+        return None
+    return None
+
+
+def outputs(model: keras.Model, images: tf.data.Dataset) -> np.ndarray:
+    """`model` in inference mode over the (image, label) batches of `images`, one traced function
+    for every batch size."""
+    forward = tf.function(lambda x: model(x, training=False),
+                          input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
+    out = [forward(batch).numpy() for batch, _ in images]
+    return np.concatenate(out) if out else np.zeros((0, *model.output_shape[1:]), model.output.dtype)
+
+
 def feature_head(classifier: keras.Model, base_layer: str, pool_layer: str = "head_pool") -> keras.Model:
     """The classifier's head on feature vectors: its layers after the base but the pooling. The
     layers are shared, not copied, so training this model trains the classifier's head."""

@@ -101,7 +101,7 @@ def decoded(files: list[Path], digests: list[str], image_size: tuple[int, int], 
     shape = (*image_size, channels)
     size = len(distinct) * int(np.prod(shape)) * 4
     if mode == "auto":
-        mode = "memory" if size <= _budget(memory_budget) else "disk"
+        mode = "memory" if size <= memory_budget_of(memory_budget) else "disk"
     path_of = dict(zip(digests, files))
     files = [path_of[d] for d in distinct]
     if mode == "memory":
@@ -160,7 +160,9 @@ def _write(entry: Path, images: Iterable[np.ndarray], digests: list[str], shape)
              entry, entry.stat().st_size / 2**20)
 
 
-def _budget(memory_budget: int | None) -> int:
+def memory_budget_of(memory_budget: int | None = None) -> int:
+    """Bytes a per-image cache may hold in memory: `memory_budget`, else MEMORY_BUDGET and at
+    most a quarter of the free memory."""
     if memory_budget is not None:
         return memory_budget
     try:

@@ -8,7 +8,7 @@
     metrics.json       validation accuracy and loss after each stage
     checkpoints/best.keras   the model at the epoch with the lowest validation loss, over all stages
     logs/              TensorBoard logs, one folder per stage
-    curves.png         loss and accuracy per epoch over all stages (redrawn after every epoch)
+    curves.png         loss and accuracy per epoch over all stages (redrawn during training)
     REPORT.md          what the run did, in words, with the validation report below
     report.json, predictions.csv, confusion.png, top_losses.png   the validation split's evaluation
     .lock              while a run writes the folder: its PID and host (tlkit.runguard)

@@ -21,7 +21,8 @@ from tlkit import augment as tlaugment
 from tlkit import data as tldata
 from tlkit import datareport, runguard, training
 from tlkit.bases import Base, load_base
-from tlkit.compat import ITERATORS_PER_EPOCH, built_from_shapes, mean_logs_over_workers, set_op_determinism
+from tlkit.compat import (ITERATORS_PER_EPOCH, built_from_shapes, keep_inference_mode, mean_logs_over_workers,
+                          set_op_determinism)
 from tlkit.core.kinds import STAGES, StageKind, StageParams, check_unfreeze, needs_base, resolve, stage_params
 from tlkit.curves import TrainingCurves
 from tlkit.errors import TlkitError
@@ -116,11 +117,17 @@ def build_classifier(base: Base, num_classes: int, dropout: float, pooling: str 
     """The base, called in inference mode, under a new head (pooling, dropout, softmax)."""
     base.model.name = BASE_LAYER
     inputs = keras.Input((*base.model.input_shape[1:3], base.channels), name="image")
-    # training=False is recorded in the graph: BatchNorm inside the base stays in inference mode
-    # in every stage, including after its layers are unfrozen.
+    # inference mode in the head and finetune stages (`base_in_inference`): BatchNorm keeps its
+    # statistics, dropout inside the base is off, as the frozen base's features were at extraction
     x = base.model(inputs, training=False)
     x = head_layers(x, num_classes, dropout, pooling)
     return keras.Model(inputs, x, name=f"{base.name}_classifier")
+
+
+def base_in_inference(classifier: keras.Model, on: bool) -> None:
+    """Whether the base inside `classifier` stays in inference mode while the classifier trains
+    (head and finetune stages) or trains with it (train stage); see compat.keep_inference_mode."""
+    keep_inference_mode(classifier.get_layer(BASE_LAYER), on)
 
 
 def head_layers(features, num_classes: int, dropout: float, pooling: str = "avg"):
@@ -208,7 +215,7 @@ class RunContext:
     results: list[StageResult] = field(default_factory=list)
     best: float = np.inf  # the lowest validation loss of the classifier so far, over all stages
     decoded: dict = field(default_factory=dict)  # the decode-once image cache of each split, for every stage
-    curves: TrainingCurves | None = None  # curves.png, redrawn after every epoch of every stage
+    curves: TrainingCurves | None = None  # curves.png, redrawn during every stage
     class_weight: dict[int, float] | None = None  # fit's class_weight (recipe.class_weight), for every stage
     job: str = "finetune"  # the job that made the run, for the command that resumes it
     resume: ResumeState | None = None  # where a resumed run goes on
@@ -224,11 +231,12 @@ class RunContext:
     def augmentation(self) -> tlaugment.Augmentation:
         return tlaugment.of(self.recipe)
 
-    def dataset(self, which: str) -> tf.data.Dataset:
-        """The "train" or "val" images; only training images are shuffled and augmented."""
-        training = which == "train"
+    def dataset(self, which: str, ordered: bool = False) -> tf.data.Dataset:
+        """The "train" or "val" images; only training images are shuffled and augmented, and not
+        `ordered` ones (for one pass of a fixed function over the set)."""
+        training = which == "train" and not ordered
         r = self.recipe
-        images = self.train if training else self.val
+        images = self.train if which == "train" else self.val
         key = (which, self.image_size, self.base.channels)
         if key not in self.decoded:
             self.decoded[key] = tldata.decode_once(images, self.image_size, self.base.channels, r.cache_images)
@@ -260,11 +268,12 @@ class RunContext:
 
     def layer_scales(self, model: keras.Model, decay: float) -> dict[str, float]:
         """The learning-rate factor of each trainable variable of the base in `model` (by its
-        path): the top trainable block of the base's block map 1, the next one down `decay`, the
-        next `decay`**2...; the head's variables are left at 1. {} when decay is 1."""
-        if decay == 1.0 or model is not self.model:
+        path; `model` is the classifier or shares its layers): the top trainable block of the
+        base's block map 1, the next one down `decay`, the next `decay`**2...; the head's
+        variables are left at 1. {} when decay is 1."""
+        if decay == 1.0:
             return {}
-        base = model.get_layer(BASE_LAYER)
+        base = self.classifier.get_layer(BASE_LAYER)
         trainable = [b for b in self.base.blocks if any(base.get_layer(n).trainable_weights for n in b.layers)]
         scales = {}
         for depth, block in enumerate(reversed(trainable)):
@@ -280,14 +289,18 @@ class RunContext:
 
     def fit(self, index: int, kind: str, params: StageParams, model: keras.Model | None = None,
             data: tuple[tf.data.Dataset, tf.data.Dataset] | None = None, *,
-            loss=None, metrics=("accuracy",), checkpoint: bool = True, detail: str = "") -> StageResult:
+            loss=None, metrics=("accuracy",), checkpoint: bool = True, detail: str = "",
+            sharing: keras.Model | None = None) -> StageResult:
         """The one place that compiles and fits: `model` (the classifier by default), compiled by
         `compile` with the stage's learning-rate schedule, on `data` (train, val; default the
         images), with the recipe's class weights when `loss` is the classifier's, and the
         callbacks every stage has: the learning rate of every step (history and TensorBoard),
         TensorBoard, curves.png, early stopping when the recipe asks for it, with `checkpoint` the
         best classifier of the run, and the snapshot a resumed run goes on from. `detail` says what
-        the stage trains, for the line that opens it."""
+        the stage trains, for the line that opens it. `sharing`: a model whose trainable variables
+        `model` trains, the same in the same order (the classifier, when the finetune stage fits
+        its trainable part on the frozen part's outputs), compiled with the same optimizer, so that
+        its checkpoints and model.keras carry the stage's optimizer."""
         schedule = "" if params.schedule == "constant" and not params.warmup_epochs else \
             f" ({params.schedule}" + (f", warmup {params.warmup_epochs:g} epochs)" if params.warmup_epochs else ")")
         log.info("stage %d/%d %s: %s%d epoch%s, lr %g%s", index, len(self.recipe.stages), kind,
@@ -301,6 +314,9 @@ class RunContext:
         rate = training.schedule(params.schedule, params.learning_rate, steps, params.epochs, params.warmup_epochs)
         classifying = loss is None
         optimizer = self.compile(model, params, rate, loss, metrics)
+        if sharing is not None:
+            with self.strategy.scope():
+                sharing.compile(optimizer=optimizer, loss=model.loss, metrics=metrics, jit_compile=self.recipe.jit)
         rates = training.LearningRateLog()
         self.curves = self.curves or TrainingCurves(self.out)
         callbacks: list[keras.callbacks.Callback] = [

@@ -12,10 +12,12 @@ class Head(StageParams):
 
 
 def prepare(ctx, params: StageParams):
-    """The classifier with its base frozen."""
-    from tlkit.core.run import BASE_LAYER  # TensorFlow: imported when a stage runs, so checking a recipe stays fast
+    """The classifier with its base frozen and in inference mode."""
+    from tlkit.core.run import BASE_LAYER, base_in_inference  # TensorFlow: imported when a stage runs, so
+    # checking a recipe stays fast
 
     ctx.classifier.get_layer(BASE_LAYER).trainable = False
+    base_in_inference(ctx.classifier, True)
     return ctx.classifier, "base frozen, new head"
 
 
