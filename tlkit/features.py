@@ -39,6 +39,7 @@ from tlkit.data import file_digests
 from tlkit.bases import Base
 from tlkit.core.run import HEAD_POOLING
 from tlkit.io import write_atomic, write_json_atomic
+from tlkit.preprocessing import NAME as PREPROCESSING
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def dataset(features: np.ndarray, labels: Sequence[int], batch_size: int, *, shu
 def frozen_split(classifier: keras.Model, base_layer: str) -> tuple[keras.Model, keras.Model] | None:
     """(frozen, rest): the classifier cut in two where everything below is frozen, so that
     `rest(frozen(images))` is the classifier and only `rest` has anything to train; None when no
-    single tensor separates the two (or nothing of the base is frozen). The base runs in inference
+    single tensor separates the two, or nothing but preprocessing is frozen. The base runs in inference
     mode (tlkit.core.run.build_classifier), so `frozen` is a fixed function of the image: a
     finetune stage computes it once instead of every epoch. `rest` shares the classifier's layers
     and lists its trainable variables in the classifier's order (an optimizer's saved state is
@@ -203,6 +204,8 @@ def frozen_split(classifier: keras.Model, base_layer: str) -> tuple[keras.Model,
     if cut is None:
         return None
     frozen = keras.Model(base.inputs, cut, name=f"{base.name}_frozen")
+    if not any(layer.weights for layer in frozen.layers if layer.name != PREPROCESSING):
+        return None  # only fixed preprocessing below: nothing worth keeping
     inputs = keras.Input(cut.shape[1:], dtype=cut.dtype, name="frozen_output")
     # a functional model from an inner tensor reuses the base's layers and their variables
     x = keras.Model(cut, base.output, name=f"{base.name}_trainable")(inputs, training=False)
