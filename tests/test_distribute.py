@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -149,3 +150,70 @@ def test_jit_compiles_the_train_step_and_trains_the_same(tiny_images, tmp_path):
     losses = [runs[jit].results[-1].history["loss"] for jit in (False, True)]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)  # XLA fuses ops: float rounding differs
     assert losses[0][1] < losses[0][0]
+
+
+# A tlkit process that kills itself (SIGKILL, as a crash would) right after the resume state of
+# stage 2, epoch 1 is written, with `devices` logical CPU devices (set before TensorFlow starts).
+KILLABLE = """
+import os, signal, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * {devices})
+import tlkit.core.run as run
+from tlkit.cli import main
+
+save_state = run.save_state
+
+def save_then_stop(ctx, stage, epoch, *args, **kwargs):
+    save_state(ctx, stage, epoch, *args, **kwargs)
+    if {kill} and (stage, epoch) == (2, 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+run.save_state = save_then_stop
+main(sys.argv[1:])
+"""
+# TRAINING with a second stage of 2 epochs to stop in, shuffled and augmented: a resumed run must
+# replay the data order of the epochs done.
+RESUMABLE = [*TRAINING[:TRAINING.index("--epochs-finetune")], "--epochs-finetune", "2",
+             *TRAINING[TRAINING.index("--epochs-finetune") + 2:], "--augment"]
+
+
+def killable(*args: str, devices: int = 1, kill: bool = False) -> list[str]:
+    return [sys.executable, "-c", KILLABLE.format(devices=devices, kill=kill), *args]
+
+
+def run_results(run: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Every stage's final metrics, and every epoch's loss, val_loss and accuracy of each stage."""
+    metrics = json.loads((run / "metrics.json").read_text())["stages"]
+    history = json.loads((run / "history.json").read_text())
+    return (np.array([(s["val_loss"], s["val_accuracy"]) for s in metrics], float),
+            [np.array([h[k] for k in ("loss", "val_loss", "accuracy")], float) for h in history])
+
+
+def assert_same_results(run: Path, expected: Path) -> None:
+    (metrics, history), (expected_metrics, expected_history) = run_results(run), run_results(expected)
+    np.testing.assert_allclose(metrics, expected_metrics, rtol=0, atol=1e-5)
+    assert len(history) == len(expected_history)
+    for stage, want in zip(history, expected_history):
+        np.testing.assert_allclose(stage, want, rtol=0, atol=1e-5)
+
+
+def test_mirrored_run_killed_in_stage_two_resumes_to_the_same_metrics(tiny_images, tmp_path):
+    env = environment(tmp_path)
+    mirrored = ["--data", str(tiny_images), "--distribute", "mirrored", *RESUMABLE]
+    whole = subprocess.run(killable("finetune", *mirrored, "--out", str(tmp_path / "whole"), devices=2), env=env,
+                           capture_output=True, text=True, timeout=TIMEOUT)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert "distribute mirrored: 2 replicas" in whole.stdout
+
+    out = tmp_path / "killed"
+    killed = subprocess.run(killable("finetune", *mirrored, "--out", str(out), devices=2, kill=True), env=env,
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = subprocess.run(killable("finetune", "--resume", str(out), devices=2), env=env, capture_output=True,
+                             text=True, timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "distribute mirrored: 2 replicas" in resumed.stdout
+    assert "stage 2 resumed after epoch 1 of 2" in resumed.stdout and "stage 1/2" not in resumed.stdout
+    assert_same_results(out, tmp_path / "whole")
+    assert not (out / "checkpoints" / "resume").exists()

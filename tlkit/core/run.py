@@ -317,7 +317,8 @@ class RunContext:
             callbacks.append(stopping)
         done, earlier = 0, {}
         if self.resume is not None and self.resume.stage == index:
-            done, earlier = self.resume.restore(self.saved_model(model), model, optimizer, stopping, train)
+            with self.strategy.scope():  # the optimizer's variables are built here: mirrored like the model's
+                done, earlier = self.resume.restore(self.saved_model(model), model, optimizer, stopping, train)
             self.curves.stages[-1] = (self.curves.stages[-1][0], {k: list(v) for k, v in earlier.items()})
             log.info("stage %d resumed after epoch %d of %d", index, done, params.epochs)
         self.resume = None
