@@ -79,32 +79,51 @@ def tlkit(*args: str) -> list[str]:
     return [sys.executable, "-m", "tlkit.cli", "finetune", *args]
 
 
+def run_workers(command, tmp_path: Path, n: int = 2) -> list[tuple[int, str]]:
+    """Run `command(index)` as worker `index` of an `n`-worker cluster on 127.0.0.1, each with its
+    own TMPDIR (tmp_path/tmpINDEX); each worker's exit status and output, once all have ended."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(n)]}
+    workers = []
+    try:
+        for index in range(n):
+            scratch = tmp_path / f"tmp{index}"
+            scratch.mkdir(exist_ok=True)
+            config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            workers.append(subprocess.Popen(command(index), env=environment(tmp_path, TF_CONFIG=config,
+                                                                            TMPDIR=str(scratch)),
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        said = [w.communicate(timeout=TIMEOUT) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait(timeout=30)
+    return [(w.returncode, out + err) for w, (out, err) in zip(workers, said)]
+
+
+def listing(root: Path) -> list[str]:
+    # TensorBoard names its event files by host, process and time: count them, not their names
+    return sorted(str(p.relative_to(root).parent / "events") if "tfevents" in p.name else str(p.relative_to(root))
+                  for p in root.rglob("*") if p.is_file())
+
+
+def worker_copies(tmp_path: Path) -> list[Path]:
+    """The copies of runs that non-chief workers keep in the tlkit cache of `environment`."""
+    folder = tmp_path / "cache" / "workers"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
 def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_run_directory(tiny_images, tmp_path):
     single = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(tmp_path / "single"), "--distribute", "none",
                                   *TRAINING), env=environment(tmp_path), capture_output=True, text=True,
                             timeout=TIMEOUT)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     out = tmp_path / "multi"
-    workers = []
-    try:
-        for index in range(2):
-            scratch = tmp_path / f"tmp{index}"  # each worker's TMPDIR: where a non-chief writes, then deletes
-            scratch.mkdir()
-            config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-            workers.append(subprocess.Popen(
-                tlkit("--data", str(tiny_images), "--out", str(out), "--distribute", "multiworker", *TRAINING),
-                env=environment(tmp_path, TF_CONFIG=config, TMPDIR=str(scratch)),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        results = [w.communicate(timeout=TIMEOUT) for w in workers]
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait(timeout=30)
-    for w, (_, err) in zip(workers, results):
-        assert w.returncode == 0, err[-3000:]
+    results = run_workers(lambda _: tlkit("--data", str(tiny_images), "--out", str(out), "--distribute", "multiworker",
+                                          *TRAINING), tmp_path)
+    for code, said in results:
+        assert code == 0, said[-3000:]
 
     expected = json.loads((tmp_path / "single" / "metrics.json").read_text())
     got = json.loads((out / "metrics.json").read_text())
@@ -114,19 +133,42 @@ def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_ru
         assert a["val_accuracy"] == b["val_accuracy"]
     assert expected["train_images"] == got["train_images"] and expected["val_images"] == got["val_images"]
 
-    def listing(root: Path) -> list[str]:
-        # TensorBoard names its event files by host, process and time: count them, not their names
-        return sorted(str(p.relative_to(root).parent / "events") if "tfevents" in p.name else str(p.relative_to(root))
-                      for p in root.rglob("*") if p.is_file())
-
     # complete: what the single-worker run writes, no more (no worker's second event file, no
     # temporary file left over), no less
     assert listing(out) == listing(tmp_path / "single")
     assert "model.keras" in listing(out) and "checkpoints/best.keras" in listing(out)
-    # the worker wrote only to its temporary directory, and deleted it
-    assert not any((tmp_path / "tmp1").iterdir())
-    said = ["".join(result) for result in results]
-    assert "not the chief" in said[1] and "not the chief" not in said[0]
+    # the other worker wrote only its own copy of the run, deleted at the end, and no temporary file
+    assert worker_copies(tmp_path) == [] and not any((tmp_path / "tmp1").iterdir())
+    assert "not the chief" in results[1][1] and "not the chief" not in results[0][1]
+
+
+def test_multiworker_run_killed_in_stage_two_resumes_on_both_workers_to_the_single_worker_metrics(
+        tiny_images, tmp_path):
+    single = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(tmp_path / "single"), "--distribute", "none",
+                                  *RESUMABLE), env=environment(tmp_path), capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    out = tmp_path / "multi"
+    # each worker kills itself once it has saved stage 2, epoch 1: a crash of both machines
+    killed = run_workers(lambda _: killable("finetune", "--data", str(tiny_images), "--out", str(out), "--distribute",
+                                            "multiworker", *RESUMABLE, kill=True), tmp_path)
+    assert [code for code, _ in killed] == [-signal.SIGKILL] * 2, [said[-3000:] for _, said in killed]
+    # the other worker's state is in its own copy of the run, under its tlkit cache, not in the run directory
+    [copy] = worker_copies(tmp_path)
+    state = json.loads((copy / "checkpoints" / "resume" / "state.json").read_text())
+    assert (state["stage"], state["epoch"]) == (2, 1)
+    assert not (out / "model.keras").exists()
+
+    resumed = run_workers(lambda _: tlkit("--resume", str(out)), tmp_path)
+    for code, said in resumed:
+        assert code == 0, said[-3000:]
+        assert "stage 2 resumed after epoch 1 of 2" in said and "stage 1/2" not in said
+    assert_same_results(out, tmp_path / "single")
+    # complete, written once: the single-worker run's files (the resumed stage has a second
+    # TensorBoard event file, as a resumed run on one machine has), and no worker's copy left
+    assert set(listing(out)) == set(listing(tmp_path / "single"))
+    assert worker_copies(tmp_path) == [] and not (out / "checkpoints" / "resume").exists()
 
 
 def test_multiworker_without_tf_config_is_one_line(tiny_images, tmp_path):
@@ -157,8 +199,9 @@ def test_jit_compiles_the_train_step_and_trains_the_same(tiny_images, tmp_path):
 KILLABLE = """
 import os, signal, sys
 import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * {devices})
+if {devices} > 1:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * {devices})
 import tlkit.core.run as run
 from tlkit.cli import main
 
