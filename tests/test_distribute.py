@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 TIMEOUT = 300  # seconds for any one process: a hung collective fails the test, it does not hang it
 # head then finetune of lenet5's top block; no dropout, no augmentation, so nothing random differs
@@ -30,6 +31,54 @@ def environment(tmp_path: Path, **extra) -> dict:
            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     env.pop("TF_CONFIG", None)
     return {**env, **extra}
+
+
+# A tlkit process that kills itself (SIGKILL, as a crash would) right after the resume state of
+# stage 2, epoch 1 is written, with `devices` logical CPU devices (set before TensorFlow starts).
+KILLABLE = """
+import os, signal, sys
+import tensorflow as tf
+if {devices} > 1:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * {devices})
+import tlkit.core.run as run
+from tlkit.cli import main
+
+save_state = run.save_state
+
+def save_then_stop(ctx, stage, epoch, *args, **kwargs):
+    save_state(ctx, stage, epoch, *args, **kwargs)
+    if {kill} and (stage, epoch) == (2, 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+run.save_state = save_then_stop
+main(sys.argv[1:])
+"""
+# TRAINING with a second stage of 2 epochs to stop in, and augmented: a resumed run must replay the
+# data order and augmentation of the epochs done. Augmentation is drawn in the input pipeline,
+# before a global batch is split, so the replicas still train on the single device's images.
+RESUMABLE = [*TRAINING[:TRAINING.index("--epochs-finetune")], "--epochs-finetune", "2",
+             *TRAINING[TRAINING.index("--epochs-finetune") + 2:], "--augment"]
+
+
+def killable(*args: str, devices: int = 1, kill: bool = False) -> list[str]:
+    return [sys.executable, "-c", KILLABLE.format(devices=devices, kill=kill), *args]
+
+
+def run_results(run: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Every stage's final metrics, and every epoch's loss, val_loss and accuracy of each stage."""
+    metrics = json.loads((run / "metrics.json").read_text())["stages"]
+    history = json.loads((run / "history.json").read_text())
+    return (np.array([(s["val_loss"], s["val_accuracy"]) for s in metrics], float),
+            [np.array([h[k] for k in ("loss", "val_loss", "accuracy")], float) for h in history])
+
+
+def assert_same_results(run: Path, expected: Path) -> None:
+    (metrics, history), (expected_metrics, expected_history) = run_results(run), run_results(expected)
+    np.testing.assert_allclose(metrics, expected_metrics, rtol=0, atol=1e-5)
+    assert len(history) == len(expected_history)
+    for stage, want in zip(history, expected_history):
+        np.testing.assert_allclose(stage, want, rtol=0, atol=1e-5)
 
 
 def test_mirrored_over_two_devices_gives_the_single_device_weights(tiny_images, tmp_path):
@@ -62,6 +111,27 @@ def test_mirrored_over_two_devices_gives_the_single_device_weights(tiny_images, 
     metrics = [json.loads((tmp_path / mode / "metrics.json").read_text()) for mode in ("none", "mirrored")]
     for a, b in zip(metrics[0]["stages"], metrics[1]["stages"]):
         assert abs(a["val_loss"] - b["val_loss"]) < 1e-5 and a["val_accuracy"] == b["val_accuracy"]
+
+
+def test_mirrored_run_killed_in_stage_two_resumes_to_the_same_metrics(tiny_images, tmp_path):
+    env = environment(tmp_path)
+    mirrored = ["--data", str(tiny_images), "--distribute", "mirrored", *RESUMABLE]
+    whole = subprocess.run(killable("finetune", *mirrored, "--out", str(tmp_path / "whole"), devices=2), env=env,
+                           capture_output=True, text=True, timeout=TIMEOUT)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert "distribute mirrored: 2 replicas" in whole.stdout
+
+    out = tmp_path / "killed"
+    killed = subprocess.run(killable("finetune", *mirrored, "--out", str(out), devices=2, kill=True), env=env,
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = subprocess.run(killable("finetune", "--resume", str(out), devices=2), env=env, capture_output=True,
+                             text=True, timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "distribute mirrored: 2 replicas" in resumed.stdout
+    assert "stage 2 resumed after epoch 1 of 2" in resumed.stdout and "stage 1/2" not in resumed.stdout
+    assert_same_results(out, tmp_path / "whole")
+    assert not (out / "checkpoints" / "resume").exists()
 
 
 def free_ports(n: int) -> list[int]:
@@ -113,19 +183,25 @@ def worker_copies(tmp_path: Path) -> list[Path]:
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
-def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_run_directory(tiny_images, tmp_path):
-    single = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(tmp_path / "single"), "--distribute", "none",
-                                  *TRAINING), env=environment(tmp_path), capture_output=True, text=True,
-                            timeout=TIMEOUT)
-    assert single.returncode == 0, single.stderr[-3000:]
+@pytest.fixture(scope="module")
+def single_worker_run(tiny_images, tmp_path_factory) -> Path:
+    """The run the multi-worker runs must match: RESUMABLE on one device."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    done = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(out), "--distribute", "none", *RESUMABLE),
+                          env=environment(out.parent), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
 
+
+def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_run_directory(
+        single_worker_run, tiny_images, tmp_path):
     out = tmp_path / "multi"
     results = run_workers(lambda _: tlkit("--data", str(tiny_images), "--out", str(out), "--distribute", "multiworker",
-                                          *TRAINING), tmp_path)
+                                          *RESUMABLE), tmp_path)
     for code, said in results:
         assert code == 0, said[-3000:]
 
-    expected = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    expected = json.loads((single_worker_run / "metrics.json").read_text())
     got = json.loads((out / "metrics.json").read_text())
     assert len(got["stages"]) == 2
     for a, b in zip(expected["stages"], got["stages"]):
@@ -135,7 +211,7 @@ def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_ru
 
     # complete: what the single-worker run writes, no more (no worker's second event file, no
     # temporary file left over), no less
-    assert listing(out) == listing(tmp_path / "single")
+    assert listing(out) == listing(single_worker_run)
     assert "model.keras" in listing(out) and "checkpoints/best.keras" in listing(out)
     # the other worker wrote only its own copy of the run, deleted at the end, and no temporary file
     assert worker_copies(tmp_path) == [] and not any((tmp_path / "tmp1").iterdir())
@@ -143,12 +219,7 @@ def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_ru
 
 
 def test_multiworker_run_killed_in_stage_two_resumes_on_both_workers_to_the_single_worker_metrics(
-        tiny_images, tmp_path):
-    single = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(tmp_path / "single"), "--distribute", "none",
-                                  *RESUMABLE), env=environment(tmp_path), capture_output=True, text=True,
-                            timeout=TIMEOUT)
-    assert single.returncode == 0, single.stderr[-3000:]
-
+        single_worker_run, tiny_images, tmp_path):
     out = tmp_path / "multi"
     # each worker kills itself once it has saved stage 2, epoch 1: a crash of both machines
     killed = run_workers(lambda _: killable("finetune", "--data", str(tiny_images), "--out", str(out), "--distribute",
@@ -160,14 +231,23 @@ def test_multiworker_run_killed_in_stage_two_resumes_on_both_workers_to_the_sing
     assert (state["stage"], state["epoch"]) == (2, 1)
     assert not (out / "model.keras").exists()
 
+    # a crash between the workers' saves leaves their states an epoch apart: every worker refuses, in one line
+    saved = (copy / "checkpoints" / "resume" / "state.json").read_text()
+    (copy / "checkpoints" / "resume" / "state.json").write_text(json.dumps({**state, "epoch": 2}))
+    refused = run_workers(lambda _: tlkit("--resume", str(out)), tmp_path)
+    for code, said in refused:
+        assert code != 0 and said.strip().splitlines()[-1].startswith(
+            f"error: the workers saved {out} at different points (stage 2 epoch 1, stage 2 epoch 2; "), said[-3000:]
+    (copy / "checkpoints" / "resume" / "state.json").write_text(saved)
+
     resumed = run_workers(lambda _: tlkit("--resume", str(out)), tmp_path)
     for code, said in resumed:
         assert code == 0, said[-3000:]
         assert "stage 2 resumed after epoch 1 of 2" in said and "stage 1/2" not in said
-    assert_same_results(out, tmp_path / "single")
+    assert_same_results(out, single_worker_run)
     # complete, written once: the single-worker run's files (the resumed stage has a second
     # TensorBoard event file, as a resumed run on one machine has), and no worker's copy left
-    assert set(listing(out)) == set(listing(tmp_path / "single"))
+    assert set(listing(out)) == set(listing(single_worker_run))
     assert worker_copies(tmp_path) == [] and not (out / "checkpoints" / "resume").exists()
 
 
@@ -192,71 +272,3 @@ def test_jit_compiles_the_train_step_and_trains_the_same(tiny_images, tmp_path):
     losses = [runs[jit].results[-1].history["loss"] for jit in (False, True)]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)  # XLA fuses ops: float rounding differs
     assert losses[0][1] < losses[0][0]
-
-
-# A tlkit process that kills itself (SIGKILL, as a crash would) right after the resume state of
-# stage 2, epoch 1 is written, with `devices` logical CPU devices (set before TensorFlow starts).
-KILLABLE = """
-import os, signal, sys
-import tensorflow as tf
-if {devices} > 1:
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * {devices})
-import tlkit.core.run as run
-from tlkit.cli import main
-
-save_state = run.save_state
-
-def save_then_stop(ctx, stage, epoch, *args, **kwargs):
-    save_state(ctx, stage, epoch, *args, **kwargs)
-    if {kill} and (stage, epoch) == (2, 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-run.save_state = save_then_stop
-main(sys.argv[1:])
-"""
-# TRAINING with a second stage of 2 epochs to stop in, shuffled and augmented: a resumed run must
-# replay the data order of the epochs done.
-RESUMABLE = [*TRAINING[:TRAINING.index("--epochs-finetune")], "--epochs-finetune", "2",
-             *TRAINING[TRAINING.index("--epochs-finetune") + 2:], "--augment"]
-
-
-def killable(*args: str, devices: int = 1, kill: bool = False) -> list[str]:
-    return [sys.executable, "-c", KILLABLE.format(devices=devices, kill=kill), *args]
-
-
-def run_results(run: Path) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Every stage's final metrics, and every epoch's loss, val_loss and accuracy of each stage."""
-    metrics = json.loads((run / "metrics.json").read_text())["stages"]
-    history = json.loads((run / "history.json").read_text())
-    return (np.array([(s["val_loss"], s["val_accuracy"]) for s in metrics], float),
-            [np.array([h[k] for k in ("loss", "val_loss", "accuracy")], float) for h in history])
-
-
-def assert_same_results(run: Path, expected: Path) -> None:
-    (metrics, history), (expected_metrics, expected_history) = run_results(run), run_results(expected)
-    np.testing.assert_allclose(metrics, expected_metrics, rtol=0, atol=1e-5)
-    assert len(history) == len(expected_history)
-    for stage, want in zip(history, expected_history):
-        np.testing.assert_allclose(stage, want, rtol=0, atol=1e-5)
-
-
-def test_mirrored_run_killed_in_stage_two_resumes_to_the_same_metrics(tiny_images, tmp_path):
-    env = environment(tmp_path)
-    mirrored = ["--data", str(tiny_images), "--distribute", "mirrored", *RESUMABLE]
-    whole = subprocess.run(killable("finetune", *mirrored, "--out", str(tmp_path / "whole"), devices=2), env=env,
-                           capture_output=True, text=True, timeout=TIMEOUT)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    assert "distribute mirrored: 2 replicas" in whole.stdout
-
-    out = tmp_path / "killed"
-    killed = subprocess.run(killable("finetune", *mirrored, "--out", str(out), devices=2, kill=True), env=env,
-                            capture_output=True, text=True, timeout=TIMEOUT)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    resumed = subprocess.run(killable("finetune", "--resume", str(out), devices=2), env=env, capture_output=True,
-                             text=True, timeout=TIMEOUT)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "distribute mirrored: 2 replicas" in resumed.stdout
-    assert "stage 2 resumed after epoch 1 of 2" in resumed.stdout and "stage 1/2" not in resumed.stdout
-    assert_same_results(out, tmp_path / "whole")
-    assert not (out / "checkpoints" / "resume").exists()
