@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 TIMEOUT = 300  # seconds for any one process: a hung collective fails the test, it does not hang it
 # head then finetune of lenet5's top block; no dropout, no augmentation, so nothing random differs
@@ -29,6 +31,54 @@ def environment(tmp_path: Path, **extra) -> dict:
            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     env.pop("TF_CONFIG", None)
     return {**env, **extra}
+
+
+# A tlkit process that kills itself (SIGKILL, as a crash would) right after the resume state of
+# stage 2, epoch 1 is written, with `devices` logical CPU devices (set before TensorFlow starts).
+KILLABLE = """
+import os, signal, sys
+import tensorflow as tf
+if {devices} > 1:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * {devices})
+import tlkit.core.run as run
+from tlkit.cli import main
+
+save_state = run.save_state
+
+def save_then_stop(ctx, stage, epoch, *args, **kwargs):
+    save_state(ctx, stage, epoch, *args, **kwargs)
+    if {kill} and (stage, epoch) == (2, 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+run.save_state = save_then_stop
+main(sys.argv[1:])
+"""
+# TRAINING with a second stage of 2 epochs to stop in, and augmented: a resumed run must replay the
+# data order and augmentation of the epochs done. Augmentation is drawn in the input pipeline,
+# before a global batch is split, so the replicas still train on the single device's images.
+RESUMABLE = [*TRAINING[:TRAINING.index("--epochs-finetune")], "--epochs-finetune", "2",
+             *TRAINING[TRAINING.index("--epochs-finetune") + 2:], "--augment"]
+
+
+def killable(*args: str, devices: int = 1, kill: bool = False) -> list[str]:
+    return [sys.executable, "-c", KILLABLE.format(devices=devices, kill=kill), *args]
+
+
+def run_results(run: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Every stage's final metrics, and every epoch's loss, val_loss and accuracy of each stage."""
+    metrics = json.loads((run / "metrics.json").read_text())["stages"]
+    history = json.loads((run / "history.json").read_text())
+    return (np.array([(s["val_loss"], s["val_accuracy"]) for s in metrics], float),
+            [np.array([h[k] for k in ("loss", "val_loss", "accuracy")], float) for h in history])
+
+
+def assert_same_results(run: Path, expected: Path) -> None:
+    (metrics, history), (expected_metrics, expected_history) = run_results(run), run_results(expected)
+    np.testing.assert_allclose(metrics, expected_metrics, rtol=0, atol=1e-5)
+    assert len(history) == len(expected_history)
+    for stage, want in zip(history, expected_history):
+        np.testing.assert_allclose(stage, want, rtol=0, atol=1e-5)
 
 
 def test_mirrored_over_two_devices_gives_the_single_device_weights(tiny_images, tmp_path):
@@ -63,6 +113,27 @@ def test_mirrored_over_two_devices_gives_the_single_device_weights(tiny_images, 
         assert abs(a["val_loss"] - b["val_loss"]) < 1e-5 and a["val_accuracy"] == b["val_accuracy"]
 
 
+def test_mirrored_run_killed_in_stage_two_resumes_to_the_same_metrics(tiny_images, tmp_path):
+    env = environment(tmp_path)
+    mirrored = ["--data", str(tiny_images), "--distribute", "mirrored", *RESUMABLE]
+    whole = subprocess.run(killable("finetune", *mirrored, "--out", str(tmp_path / "whole"), devices=2), env=env,
+                           capture_output=True, text=True, timeout=TIMEOUT)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert "distribute mirrored: 2 replicas" in whole.stdout
+
+    out = tmp_path / "killed"
+    killed = subprocess.run(killable("finetune", *mirrored, "--out", str(out), devices=2, kill=True), env=env,
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = subprocess.run(killable("finetune", "--resume", str(out), devices=2), env=env, capture_output=True,
+                             text=True, timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "distribute mirrored: 2 replicas" in resumed.stdout
+    assert "stage 2 resumed after epoch 1 of 2" in resumed.stdout and "stage 1/2" not in resumed.stdout
+    assert_same_results(out, tmp_path / "whole")
+    assert not (out / "checkpoints" / "resume").exists()
+
+
 def free_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
     try:
@@ -78,34 +149,59 @@ def tlkit(*args: str) -> list[str]:
     return [sys.executable, "-m", "tlkit.cli", "finetune", *args]
 
 
-def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_run_directory(tiny_images, tmp_path):
-    single = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(tmp_path / "single"), "--distribute", "none",
-                                  *TRAINING), env=environment(tmp_path), capture_output=True, text=True,
-                            timeout=TIMEOUT)
-    assert single.returncode == 0, single.stderr[-3000:]
-
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-    out = tmp_path / "multi"
+def run_workers(command, tmp_path: Path, n: int = 2) -> list[tuple[int, str]]:
+    """Run `command(index)` as worker `index` of an `n`-worker cluster on 127.0.0.1, each with its
+    own TMPDIR (tmp_path/tmpINDEX); each worker's exit status and output, once all have ended."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(n)]}
     workers = []
     try:
-        for index in range(2):
-            scratch = tmp_path / f"tmp{index}"  # each worker's TMPDIR: where a non-chief writes, then deletes
-            scratch.mkdir()
+        for index in range(n):
+            scratch = tmp_path / f"tmp{index}"
+            scratch.mkdir(exist_ok=True)
             config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-            workers.append(subprocess.Popen(
-                tlkit("--data", str(tiny_images), "--out", str(out), "--distribute", "multiworker", *TRAINING),
-                env=environment(tmp_path, TF_CONFIG=config, TMPDIR=str(scratch)),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        results = [w.communicate(timeout=TIMEOUT) for w in workers]
+            workers.append(subprocess.Popen(command(index), env=environment(tmp_path, TF_CONFIG=config,
+                                                                            TMPDIR=str(scratch)),
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        said = [w.communicate(timeout=TIMEOUT) for w in workers]
     finally:
         for w in workers:
             if w.poll() is None:
                 w.kill()
                 w.wait(timeout=30)
-    for w, (_, err) in zip(workers, results):
-        assert w.returncode == 0, err[-3000:]
+    return [(w.returncode, out + err) for w, (out, err) in zip(workers, said)]
 
-    expected = json.loads((tmp_path / "single" / "metrics.json").read_text())
+
+def listing(root: Path) -> list[str]:
+    # TensorBoard names its event files by host, process and time: count them, not their names
+    return sorted(str(p.relative_to(root).parent / "events") if "tfevents" in p.name else str(p.relative_to(root))
+                  for p in root.rglob("*") if p.is_file())
+
+
+def worker_copies(tmp_path: Path) -> list[Path]:
+    """The copies of runs that non-chief workers keep in the tlkit cache of `environment`."""
+    folder = tmp_path / "cache" / "workers"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.fixture(scope="module")
+def single_worker_run(tiny_images, tmp_path_factory) -> Path:
+    """The run the multi-worker runs must match: RESUMABLE on one device."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    done = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(out), "--distribute", "none", *RESUMABLE),
+                          env=environment(out.parent), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_run_directory(
+        single_worker_run, tiny_images, tmp_path):
+    out = tmp_path / "multi"
+    results = run_workers(lambda _: tlkit("--data", str(tiny_images), "--out", str(out), "--distribute", "multiworker",
+                                          *RESUMABLE), tmp_path)
+    for code, said in results:
+        assert code == 0, said[-3000:]
+
+    expected = json.loads((single_worker_run / "metrics.json").read_text())
     got = json.loads((out / "metrics.json").read_text())
     assert len(got["stages"]) == 2
     for a, b in zip(expected["stages"], got["stages"]):
@@ -113,19 +209,46 @@ def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_ru
         assert a["val_accuracy"] == b["val_accuracy"]
     assert expected["train_images"] == got["train_images"] and expected["val_images"] == got["val_images"]
 
-    def listing(root: Path) -> list[str]:
-        # TensorBoard names its event files by host, process and time: count them, not their names
-        return sorted(str(p.relative_to(root).parent / "events") if "tfevents" in p.name else str(p.relative_to(root))
-                      for p in root.rglob("*") if p.is_file())
-
     # complete: what the single-worker run writes, no more (no worker's second event file, no
     # temporary file left over), no less
-    assert listing(out) == listing(tmp_path / "single")
+    assert listing(out) == listing(single_worker_run)
     assert "model.keras" in listing(out) and "checkpoints/best.keras" in listing(out)
-    # the worker wrote only to its temporary directory, and deleted it
-    assert not any((tmp_path / "tmp1").iterdir())
-    said = ["".join(result) for result in results]
-    assert "not the chief" in said[1] and "not the chief" not in said[0]
+    # the other worker wrote only its own copy of the run, deleted at the end, and no temporary file
+    assert worker_copies(tmp_path) == [] and not any((tmp_path / "tmp1").iterdir())
+    assert "not the chief" in results[1][1] and "not the chief" not in results[0][1]
+
+
+def test_multiworker_run_killed_in_stage_two_resumes_on_both_workers_to_the_single_worker_metrics(
+        single_worker_run, tiny_images, tmp_path):
+    out = tmp_path / "multi"
+    # each worker kills itself once it has saved stage 2, epoch 1: a crash of both machines
+    killed = run_workers(lambda _: killable("finetune", "--data", str(tiny_images), "--out", str(out), "--distribute",
+                                            "multiworker", *RESUMABLE, kill=True), tmp_path)
+    assert [code for code, _ in killed] == [-signal.SIGKILL] * 2, [said[-3000:] for _, said in killed]
+    # the other worker's state is in its own copy of the run, under its tlkit cache, not in the run directory
+    [copy] = worker_copies(tmp_path)
+    state = json.loads((copy / "checkpoints" / "resume" / "state.json").read_text())
+    assert (state["stage"], state["epoch"]) == (2, 1)
+    assert not (out / "model.keras").exists()
+
+    # a crash between the workers' saves leaves their states an epoch apart: every worker refuses, in one line
+    saved = (copy / "checkpoints" / "resume" / "state.json").read_text()
+    (copy / "checkpoints" / "resume" / "state.json").write_text(json.dumps({**state, "epoch": 2}))
+    refused = run_workers(lambda _: tlkit("--resume", str(out)), tmp_path)
+    for code, said in refused:
+        assert code != 0 and said.strip().splitlines()[-1].startswith(
+            f"error: the workers saved {out} at different points (stage 2 epoch 1, stage 2 epoch 2; "), said[-3000:]
+    (copy / "checkpoints" / "resume" / "state.json").write_text(saved)
+
+    resumed = run_workers(lambda _: tlkit("--resume", str(out)), tmp_path)
+    for code, said in resumed:
+        assert code == 0, said[-3000:]
+        assert "stage 2 resumed after epoch 1 of 2" in said and "stage 1/2" not in said
+    assert_same_results(out, single_worker_run)
+    # complete, written once: the single-worker run's files (the resumed stage has a second
+    # TensorBoard event file, as a resumed run on one machine has), and no worker's copy left
+    assert set(listing(out)) == set(listing(single_worker_run))
+    assert worker_copies(tmp_path) == [] and not (out / "checkpoints" / "resume").exists()
 
 
 def test_multiworker_without_tf_config_is_one_line(tiny_images, tmp_path):

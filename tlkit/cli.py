@@ -241,7 +241,7 @@ def finetune_options(command):
 
 @cli.command()
 @finetune_options
-@click.option("--resume", type=click.Path(exists=True, file_okay=False), metavar="RUN",
+@click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
               help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
 @click.pass_obj
 def finetune(obj, **options):
@@ -286,7 +286,7 @@ def lr_find(obj, stage, start_lr, end_lr, steps, **options):
 @training_options
 @click.option("--epochs", type=int, help="Epochs of the train stage.")
 @click.option("--lr", "learning_rate", type=float, help="Learning rate of the train stage.")
-@click.option("--resume", type=click.Path(exists=True, file_okay=False), metavar="RUN",
+@click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
               help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
 @click.pass_obj
 def train(obj, arch, epochs, learning_rate, **options):
@@ -304,7 +304,7 @@ def train(obj, arch, epochs, learning_rate, **options):
 @click.option("--lr", "learning_rate", type=float, help="Learning rate of the extract stage.")
 @click.option("--cache", type=click.Path(), help="Feature cache folder (default $TLKIT_CACHE/features, "
               "else ~/.cache/tlkit/features).")
-@click.option("--resume", type=click.Path(exists=True, file_okay=False), metavar="RUN",
+@click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
               help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
 @click.pass_obj
 def extract(obj, epochs, learning_rate, **options):
@@ -331,7 +331,7 @@ def extract(obj, epochs, learning_rate, **options):
 @click.option("--val-split", type=float)
 @click.option("--seed", type=int)
 @click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them.")
-@click.option("--resume", type=click.Path(exists=True, file_okay=False), metavar="RUN",
+@click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
               help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
 @click.pass_obj
 def pretrain(obj, decoder, noise, channels, epochs, learning_rate, **options):

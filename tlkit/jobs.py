@@ -15,7 +15,7 @@ from tlkit.bases import Base
 from tlkit.bases.zoo import zoo_input
 from tlkit.blocks import build_block_map
 from tlkit.core.kinds import StageOverrides, resolve  # noqa: F401  (tlkit.resolve)
-from tlkit.core.run import RESUME_FOLDER, ResumeState, RunContext, run_recipe
+from tlkit.core.run import RESUME_FOLDER, ResumeState, RunContext, run_recipe, tf_config_task, worker_folder
 from tlkit.errors import TlkitError
 from tlkit.models import ZOO
 from tlkit.recipe import Recipe
@@ -95,11 +95,20 @@ def resume(run: str | Path, *, verbose: str | int = "auto") -> RunContext:
     """Go on with the run in `run` that stopped (a crash, Ctrl-C, a killed machine) from the end
     of its last saved epoch, with the recipe it resolved; it ends as it would have."""
     run = Path(run)
-    state = ResumeState.read(run)
+    # A worker other than the chief of a multi-worker run resumes from its own copy of the run, on
+    # its own machine; the chief, or a run on one machine, from `run`. If this worker has nothing
+    # to resume from, it stops here with that said, before the strategy: the other workers wait for
+    # it to join until they are killed (run_recipe's check that all saved the same epoch needs them all).
+    task = tf_config_task()
+    copy = worker_folder(run, *task) if task else None
+    saved = copy if copy is not None and ResumeState.read(copy) is not None else run
+    state = ResumeState.read(saved)
     if state is None:
-        raise TlkitError(f"{run} has nothing to resume from (no {RESUME_FOLDER / 'state.json'}): "
-                         + ("it finished" if (run / "model.keras").is_file() else "it stopped before its first epoch "
-                            "ended, or is not a run directory") + "; run it again")
-    recipe = Recipe.load(run / "recipe.toml")
+        where = f" (nor has this worker's copy of it, {copy})" if copy is not None else ""
+        raise TlkitError(f"{run} has nothing to resume from (no {RESUME_FOLDER / 'state.json'}){where}: "
+                         + ("it finished" if (run / "model.keras").is_file() else "there is no such folder"
+                            if not run.exists() else "it stopped before its first epoch ended, or is not a run "
+                            "directory") + "; run it again")
+    recipe = Recipe.load(saved / "recipe.toml")
     build = _zoo_builder(recipe.base, recipe) if state.job == "train" else None
     return run_recipe(recipe, None, run, build=build, verbose=verbose, job=state.job, resume=True)

@@ -3,11 +3,11 @@ compiles and fits, and `run_recipe`, which every job goes through."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,6 +107,45 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run's results: the only process of a single-machine run,
     the chief (or worker 0 of a cluster without one) of a multi-worker run."""
     return strategy.extended.should_checkpoint
+
+
+def tf_config_task() -> tuple[str, int] | None:
+    """This process's task in TF_CONFIG, (type, index); None when it names none."""
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG") or "{}")["task"]
+        return str(task["type"]), int(task.get("index", 0))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def worker_folder(run: str | Path, task_type: str, index: int) -> Path:
+    """Where a worker other than the chief of a multi-worker run writes its own copy of the run
+    that the chief writes into `run`: under this machine's tlkit cache ($TLKIT_CACHE, else
+    ~/.cache/tlkit), named by `run`'s absolute path and the task, so that `--resume RUN` on that
+    machine finds the resume state it kept there with no file shared between the machines, and
+    nothing of it lies where results do."""
+    run = Path(run).resolve()
+    key = hashlib.sha256(str(run).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("TLKIT_CACHE") or Path.home() / ".cache" / "tlkit")
+    return cache / "workers" / f"{run.name}-{task_type}{index}-{key}"
+
+
+def check_same_resume_state(strategy: tf.distribute.Strategy, state: ResumeState | None, run: Path) -> None:
+    """Refuse to resume a multi-worker run whose workers did not all save the same epoch: each
+    restores its own copy of the state, and copies of different epochs would make their variables
+    and data order diverge. It can happen: every worker writes its copy at an epoch's end with no
+    collective between the writes, so a crash may come after one worker's write and before
+    another's (never more than one write apart: the next epoch's first step needs them all).
+    A collective itself, so every worker must call it, at the same point of the run."""
+    here = (state.stage, state.epoch) if state else (0, -1)
+    mine = tf.constant([here], tf.int64)
+    every = strategy.gather(strategy.experimental_distribute_values_from_function(lambda _: mine), axis=0).numpy()
+    positions = sorted({tuple(int(x) for x in row) for row in every})
+    if len(positions) > 1:
+        said = ", ".join("no state" if epoch < 0 else f"stage {stage} epoch {epoch}" for stage, epoch in positions)
+        raise TlkitError(f"the workers saved {run} at different points ({said}; a crash came between their "
+                         "writes): every worker saves the same state, so copy the checkpoints/resume folder of the "
+                         "one furthest on over the others' (each logs where it keeps it), then resume again")
 
 
 HEAD_POOLING = dict(zip(POOLINGS, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D,
@@ -333,7 +372,8 @@ class RunContext:
             callbacks.append(stopping)
         done, earlier = 0, {}
         if self.resume is not None and self.resume.stage == index:
-            done, earlier = self.resume.restore(self.saved_model(model), model, optimizer, stopping, train)
+            with self.strategy.scope():  # the optimizer's variables are built here: mirrored like the model's
+                done, earlier = self.resume.restore(self.saved_model(model), model, optimizer, stopping, train)
             self.curves.stages[-1] = (self.curves.stages[-1][0], {k: list(v) for k, v in earlier.items()})
             log.info("stage %d resumed after epoch %d of %d", index, done, params.epochs)
         self.resume = None
@@ -544,8 +584,9 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     goes on from its next epoch. `job` names the job, for the line that tells how to resume.
 
     In a multi-worker run every worker runs every step (the collectives need them all), but only
-    the chief writes `out`; the others write to a temporary directory, deleted at the end, as
-    Keras' own callbacks do.
+    the chief writes `out`; each other worker writes its own copy of the run into its
+    `worker_folder`, resume state included, so that it can resume too: cleared when a new run
+    starts, kept when the run stops before its end, deleted when it ends.
 
     `out` must be new, empty, or an existing run with `overwrite` (tlkit.runguard); the run holds
     its lock throughout and is marked unfinished until its last file is written.
@@ -559,22 +600,33 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
         # Keras averages the loss on each replica, then over replicas: uneven shares weigh unevenly
         log.warning("batch size %d does not split evenly over %d replicas: each step then weighs images "
                     "unevenly; pass a multiple of %d", recipe.batch_size, replicas, replicas)
+    run = Path(out)
     chief = is_chief(strategy)
     if not chief:
-        out = Path(tempfile.mkdtemp(prefix="tlkit-worker-"))
-        log.info("not the chief: writing to %s, deleted at the end; the chief writes the run directory", out)
+        resolver = strategy.cluster_resolver
+        out = worker_folder(run, resolver.task_type, resolver.task_id)
+        if not resume:
+            # what a run that stopped left here; only now, once the strategy is made: that waits for
+            # every worker, so the chief has accepted its --out (a mistaken rerun it refused, in place
+            # of --resume, has not cost this worker its state)
+            shutil.rmtree(out, ignore_errors=True)
+        log.info("not the chief: writing this worker's copy of the run to %s, kept until the run ends so that "
+                 "--resume %s finds it here; the chief writes the run directory", out, run)
+    if resume and recipe.distribute == "multiworker":
+        check_same_resume_state(strategy, ResumeState.read(Path(out)), run)
     lock = runguard.claim(out, overwrite=overwrite, resume=resume)
     try:
         return _run_recipe(recipe, base, Path(out), model=model, build=build, data=data, verbose=verbose, job=job,
-                           resume=resume, overwrite=overwrite)
+                           resume=resume, overwrite=overwrite, run=run)
     finally:
         lock.release()
-        if not chief:
+        if not chief and ResumeState.read(Path(out)) is None:  # it ended, or stopped with nothing to resume
             shutil.rmtree(out, ignore_errors=True)
 
 
 def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, data, verbose, job, resume,
-                overwrite) -> RunContext:
+                overwrite, run: Path) -> RunContext:
+    """`run_recipe` writing into `out`: `run` itself, or a worker's own copy of it."""
     state = ResumeState.read(out) if resume else None
     if resume and state is None:
         raise TlkitError(f"{out} has nothing to resume from (no {RESUME_FOLDER / 'state.json'}): it finished, or "
@@ -608,7 +660,7 @@ def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, d
             kind.run(ctx, index, stage)
     except KeyboardInterrupt:
         saved = ResumeState.read(out)
-        raise RunInterrupted(out, job, saved) from None
+        raise RunInterrupted(run, job, saved) from None
     if state is not None and state.stage > len(kinds) and classes:  # every stage had ended: the last one's weights
         state.restore(ctx.classifier, None, None, None, None)
     if labelled:
