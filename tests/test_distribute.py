@@ -84,9 +84,10 @@ def assert_same_results(run: Path, expected: Path) -> None:
 def test_mirrored_over_two_devices_gives_the_single_device_weights(tiny_images, tmp_path):
     # logical devices must be configured before TensorFlow starts its runtime: a fresh process
     script = textwrap.dedent(f"""
-        import json, sys
+        import json, logging, sys
         import numpy as np
         import tensorflow as tf
+        logging.basicConfig(level=logging.INFO)
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from tlkit.jobs import finetune
@@ -94,7 +95,7 @@ def test_mirrored_over_two_devices_gives_the_single_device_weights(tiny_images, 
                    "finetune": {{"epochs": 1, "learning_rate": 0.001, "unfreeze": 1}}}}
         for mode in ("none", "mirrored"):
             ctx = finetune("lenet5", {str(tiny_images)!r}, out={str(tmp_path)!r} + "/" + mode, weights="none",
-                           image_size=32, batch_size=6, seed=1, dropout=0.0, cache_images="none", distribute=mode,
+                           image_size=32, batch_size=6, seed=1, dropout=0.0, cache_images="memory", distribute=mode,
                            stages=stages, verbose=0)
             np.savez({str(tmp_path)!r} + "/" + mode + ".npz", *[v.numpy() for v in ctx.classifier.weights])
             print(json.dumps({{"mode": mode, "replicas": ctx.strategy.num_replicas_in_sync}}))
@@ -102,6 +103,8 @@ def test_mirrored_over_two_devices_gives_the_single_device_weights(tiny_images, 
     done = subprocess.run([sys.executable, "-c", script], env=environment(tmp_path), capture_output=True, text=True,
                           timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
+    # no augmentation, images in memory: finetune trains on the frozen layers' outputs, under the strategy too
+    assert done.stderr.count("the frozen layers ran once") == 2, done.stderr[-3000:]
     replicas = {r["mode"]: r["replicas"] for r in map(json.loads, done.stdout.splitlines())}
     assert replicas == {"none": 1, "mirrored": 2}
     single, mirrored = (np.load(tmp_path / f"{mode}.npz") for mode in ("none", "mirrored"))
