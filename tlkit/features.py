@@ -18,6 +18,10 @@ determines the features:
 
 Entries are written to a temporary name and renamed, so a reader sees a whole entry or none, and
 two runs that write the same entry at once each leave a whole one.
+
+Within a run, the head and finetune stages also run their frozen layers once (`fit_frozen_once`):
+the outputs of the frozen part of the classifier, kept in memory for the stage, in place of the
+forward pass through it every epoch.
 """
 from __future__ import annotations
 
@@ -35,9 +39,10 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit import data as tldata
+from tlkit import imagecache
 from tlkit.data import file_digests
 from tlkit.bases import Base
-from tlkit.core.run import HEAD_POOLING
+from tlkit.core.run import BASE_LAYER, HEAD_POOLING
 from tlkit.io import write_atomic, write_json_atomic
 from tlkit.preprocessing import NAME as PREPROCESSING
 
@@ -191,15 +196,81 @@ def dataset(features: np.ndarray, labels: Sequence[int], batch_size: int, *, shu
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def frozen_split(classifier: keras.Model, base_layer: str) -> tuple[keras.Model, keras.Model] | None:
+# The outputs are a constant of the training set's tf.data graph, which distribution serializes
+# (protocol buffers stop at 2 GB).
+FROZEN_BUDGET = 1 << 30
+
+
+def fit_frozen_once(ctx, index: int, kind: str, params, model: keras.Model, detail: str):
+    """`ctx.fit` (tlkit.core.run.RunContext) of a head or finetune stage whose `model` is the
+    classifier, made ready by the stage: on the outputs of its frozen layers, computed once, where
+    nothing random comes before the trainable layers (no augmentation) and the image cache may hold
+    things in memory (`cache_images` auto or memory); else on the images, every epoch. The same
+    batches and the same steps either way: only the frozen layers' forward pass is saved."""
+    once = frozen_once(ctx, index, kind)
+    if once is None:
+        return ctx.fit(index, kind, params, model, detail=detail)
+    rest, data = once
+    return ctx.fit(index, kind, params, rest, data, detail=f"{detail}, the frozen layers run once",
+                   sharing=ctx.classifier)
+
+
+def frozen_once(ctx, index: int, kind: str):
+    """(the trainable part of the classifier, its (train, val) datasets of the frozen part's
+    outputs), or None where the frozen part must run every epoch (a log line says why)."""
+    r = ctx.recipe
+    if ctx.augmentation.active:
+        log.info("stage %d (%s): augment=%s changes the images every epoch: the frozen layers run every epoch",
+                 index, kind, r.augment)
+        return None
+    if r.cache_images in ("disk", "none"):  # asked to hold nothing per image in memory
+        return None
+    with ctx.strategy.scope():  # a model fitted under a strategy is made in its scope
+        split = frozen_split(ctx.classifier, BASE_LAYER, r.pooling)
+    if split is None:
+        log.info("stage %d (%s): no single layer output separates the frozen layers from the trainable ones: the "
+                 "frozen layers run every epoch", index, kind)
+        return None
+    frozen, rest = split
+    images = len(ctx.train) + len(ctx.val)
+    size = images * int(np.prod(frozen.output_shape[1:])) * np.dtype(frozen.output.dtype).itemsize
+    budget = min(FROZEN_BUDGET, imagecache.memory_budget_of())
+    if size > budget:
+        log.info("stage %d (%s): the frozen layers' outputs (%.0f MB) are more than the %.0f MB held in memory: "
+                 "they run every epoch", index, kind, size / 2**20, budget / 2**20)
+        return None
+    train, val = (outputs(frozen, ctx.dataset(which, ordered=True)) for which in ("train", "val"))
+    log.info("stage %d (%s): the frozen layers ran once over %d images (up to %s, %.1f MB in memory)", index, kind,
+             images, frozen.layers[-1].name, size / 2**20)
+    # shuffled as the images would be (same seed, same count): the same batches
+    return rest, (dataset(train, ctx.train.labels, r.batch_size, shuffle=True, seed=r.seed),
+                  dataset(val, ctx.val.labels, r.batch_size))
+
+
+def frozen_split(classifier: keras.Model, base_layer: str,
+                 pooling: str = "avg") -> tuple[keras.Model, keras.Model] | None:
     """(frozen, rest): the classifier cut in two where everything below is frozen, so that
     `rest(frozen(images))` is the classifier and only `rest` has anything to train; None when no
-    single tensor separates the two, or nothing but preprocessing is frozen. The base runs in inference
-    mode (tlkit.core.run.build_classifier), so `frozen` is a fixed function of the image: a
-    finetune stage computes it once instead of every epoch. `rest` shares the classifier's layers
-    and lists its trainable variables in the classifier's order (an optimizer's saved state is
-    matched to them by position)."""
+    single tensor separates the two, or nothing but preprocessing is frozen. A wholly frozen base
+    is cut after the head's `pooling`, as an extraction pools it. The base runs in inference mode
+    (tlkit.core.run.base_in_inference), so `frozen` is a fixed function of the image: a stage
+    computes it once instead of every epoch. `rest` shares the classifier's layers and lists its
+    trainable variables in the classifier's order (an optimizer's saved state is matched to them
+    by position)."""
     base = classifier.get_layer(base_layer)
+    if not base.trainable_weights:
+        frozen, rest = pooled_model(base, pooling), feature_head(classifier, base_layer)
+    else:
+        split = _split_base(classifier, base)
+        if split is None:
+            return None
+        frozen, rest = split
+    if [v.path for v in rest.trainable_variables] != [v.path for v in classifier.trainable_variables]:
+        return None
+    return frozen, rest
+
+
+def _split_base(classifier: keras.Model, base: keras.Model) -> tuple[keras.Model, keras.Model] | None:
     cut = _frozen_cut(base)
     if cut is None:
         return None
@@ -211,10 +282,7 @@ def frozen_split(classifier: keras.Model, base_layer: str) -> tuple[keras.Model,
     x = keras.Model(cut, base.output, name=f"{base.name}_trainable")(inputs, training=False)
     for layer in classifier.layers[classifier.layers.index(base) + 1:]:
         x = layer(x)
-    rest = keras.Model(inputs, x, name="trainable_part")
-    if [v.path for v in rest.trainable_variables] != [v.path for v in classifier.trainable_variables]:
-        return None
-    return frozen, rest
+    return frozen, keras.Model(inputs, x, name="trainable_part")
 
 
 def _frozen_cut(base: keras.Model):

@@ -35,7 +35,7 @@ def run(ctx, index: int, params: Extract):
     return ctx.fit(index, "extract", params, head, (
         features.dataset(train, ctx.train.labels, r.batch_size, shuffle=True, seed=r.seed),
         features.dataset(val, ctx.val.labels, r.batch_size),
-    ), detail="new head on the cached features")
+    ), detail="new head on the cached features", sharing=ctx.classifier)
 
 
 # lr-find sweeps it as the head stage it equals (the same trainable weights), on the images

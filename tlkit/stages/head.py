@@ -22,8 +22,10 @@ def prepare(ctx, params: StageParams):
 
 
 def run(ctx, index: int, params: Head):
+    from tlkit import features  # TensorFlow: imported when a stage runs, so checking a recipe stays fast
+
     model, detail = prepare(ctx, params)
-    return ctx.fit(index, "head", params, model, detail=detail)
+    return features.fit_frozen_once(ctx, index, "head", params, model, detail)
 
 
 STAGES.add("head", StageKind("head", Head, run, "base frozen, a new head trained", prepare=prepare))
