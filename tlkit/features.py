@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import zipfile
 from collections.abc import Sequence
@@ -43,7 +42,7 @@ from tlkit import imagecache
 from tlkit.data import file_digests
 from tlkit.bases import Base
 from tlkit.core.run import BASE_LAYER, HEAD_POOLING
-from tlkit.io import write_atomic, write_json_atomic
+from tlkit.io import cache_root, write_atomic, write_json_atomic
 from tlkit.preprocessing import NAME as PREPROCESSING
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def cache_dir(path: str | Path | None = None) -> Path:
     """The feature cache folder: `path`, else $TLKIT_CACHE/features, else ~/.cache/tlkit/features."""
     if path:
         return Path(path)
-    return Path(os.environ.get("TLKIT_CACHE") or Path.home() / ".cache" / "tlkit") / "features"
+    return cache_root() / "features"
 
 
 def model_fingerprint(model: keras.Model) -> str:

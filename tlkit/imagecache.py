@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import tensorflow as tf
 
-from tlkit.io import write_atomic, write_json_atomic
+from tlkit.io import cache_root, write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def cache_dir(path: str | Path | None = None) -> Path:
     """The image cache folder: `path`, else $TLKIT_CACHE/images, else ~/.cache/tlkit/images."""
     if path:
         return Path(path)
-    return Path(os.environ.get("TLKIT_CACHE") or Path.home() / ".cache" / "tlkit") / "images"
+    return cache_root() / "images"
 
 
 class DecodedImages:

@@ -14,6 +14,11 @@ import tempfile
 from pathlib import Path
 
 
+def cache_root() -> Path:
+    """tlkit's cache folder on this machine: $TLKIT_CACHE, else ~/.cache/tlkit."""
+    return Path(os.environ.get("TLKIT_CACHE") or Path.home() / ".cache" / "tlkit")
+
+
 def umask() -> int:
     """The process's umask (read by setting it and putting it back: POSIX has no getter)."""
     mask = os.umask(0o022)

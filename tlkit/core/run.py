@@ -26,7 +26,7 @@ from tlkit.compat import (ITERATORS_PER_EPOCH, built_from_shapes, keep_inference
 from tlkit.core.kinds import STAGES, StageKind, StageParams, check_unfreeze, needs_base, resolve, stage_params
 from tlkit.curves import TrainingCurves
 from tlkit.errors import TlkitError
-from tlkit.io import save_model_atomic, write_atomic, write_json_atomic
+from tlkit.io import cache_root, save_model_atomic, write_atomic, write_json_atomic
 from tlkit.recipe import POOLINGS, Recipe
 from tlkit.report import write_run_report
 from tlkit.rundir import write_labels
@@ -126,8 +126,7 @@ def worker_folder(run: str | Path, task_type: str, index: int) -> Path:
     nothing of it lies where results do."""
     run = Path(run).resolve()
     key = hashlib.sha256(str(run).encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("TLKIT_CACHE") or Path.home() / ".cache" / "tlkit")
-    return cache / "workers" / f"{run.name}-{task_type}{index}-{key}"
+    return cache_root() / "workers" / f"{run.name}-{task_type}{index}-{key}"
 
 
 def check_same_resume_state(strategy: tf.distribute.Strategy, state: ResumeState | None, run: Path) -> None:
