@@ -158,9 +158,9 @@ def child_p3(args):
 
         TrainingCurves.on_epoch_end = lambda self, epoch, logs=None: None
     if "no_frozen" in variant:
-        from tlkit.stages import finetune as finetune_stage
+        from tlkit import features
 
-        finetune_stage.frozen_once = lambda ctx, index: None
+        features.frozen_once = lambda ctx, index, kind: None
     if "no_snapshot" in variant:
         from tlkit.core import run as core_run
 
