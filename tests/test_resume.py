@@ -95,3 +95,23 @@ def test_ctrl_c_saves_and_prints_the_command_that_goes_on(tiny_images, tmp_path,
     assert capsys.readouterr().err == "error: --resume goes on with the run as its recipe.toml says: drop stage options\n"
     main(["finetune", "--resume", str(out)])
     assert (out / "model.keras").is_file()
+
+
+def test_stages_on_the_frozen_layers_outputs_resume_the_same(tiny_images, tmp_path):
+    import signal
+
+    # no augmentation: both stages train on the outputs of their frozen layers, computed once
+    args = [a for a in ARGS if a != "--augment"] + ["--data", str(tiny_images)]
+    whole = tlkit_process([*args, "--out", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert (whole.stdout + whole.stderr).count("the frozen layers ran once") == 2
+    out = tmp_path / "killed"
+    killed = tlkit_process([*args, "--out", str(out)], stop=(2, 1, signal.SIGKILL))
+    assert killed.returncode == -signal.SIGKILL
+    resumed = tlkit_process(["finetune", "--resume", str(out)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stage 2 resumed after epoch 1 of 3" in resumed.stdout and "the frozen layers ran once" in resumed.stdout
+    (metrics, history), (expected_metrics, expected_history) = results(out), results(tmp_path / "whole")
+    np.testing.assert_allclose(np.array(metrics, float), np.array(expected_metrics, float), atol=1e-6)
+    for stage, expected in zip(history, expected_history):
+        np.testing.assert_allclose(np.array(stage, float), np.array(expected, float), atol=1e-6)
