@@ -209,14 +209,14 @@ def fit_frozen_once(ctx, index: int, kind: str, params, model: keras.Model, deta
     once = frozen_once(ctx, index, kind)
     if once is None:
         return ctx.fit(index, kind, params, model, detail=detail)
-    rest, data = once
-    return ctx.fit(index, kind, params, rest, data, detail=f"{detail}, the frozen layers run once",
-                   sharing=ctx.classifier)
+    rest, data, note = once
+    return ctx.fit(index, kind, params, rest, data, detail=f"{detail}, {note}", sharing=ctx.classifier)
 
 
 def frozen_once(ctx, index: int, kind: str):
     """(the trainable part of the classifier, its (train, val) datasets of the frozen part's
-    outputs), or None where the frozen part must run every epoch (a log line says why)."""
+    outputs, what was done in words), or None where the frozen part must run every epoch (a log
+    line says why)."""
     r = ctx.recipe
     if ctx.augmentation.active:
         log.info("stage %d (%s): augment=%s changes the images every epoch: the frozen layers run every epoch",
@@ -238,12 +238,15 @@ def frozen_once(ctx, index: int, kind: str):
         log.info("stage %d (%s): the frozen layers' outputs (%.0f MB) are more than the %.0f MB held in memory: "
                  "they run every epoch", index, kind, size / 2**20, budget / 2**20)
         return None
+    start = time.perf_counter()
     train, val = (outputs(frozen, ctx.dataset(which, ordered=True)) for which in ("train", "val"))
-    log.info("stage %d (%s): the frozen layers ran once over %d images (up to %s, %.1f MB in memory)", index, kind,
-             images, frozen.layers[-1].name, size / 2**20)
+    where = ("the whole base, pooled" if not ctx.classifier.get_layer(BASE_LAYER).trainable_weights
+             else f"up to {frozen.layers[-1].name}")
+    note = (f"the frozen layers ({where}) run once: {time.perf_counter() - start:.1f} s, "
+            f"{size / 2**20:.1f} MB in memory")
     # shuffled as the images would be (same seed, same count): the same batches
     return rest, (dataset(train, ctx.train.labels, r.batch_size, shuffle=True, seed=r.seed),
-                  dataset(val, ctx.val.labels, r.batch_size))
+                  dataset(val, ctx.val.labels, r.batch_size)), note
 
 
 def frozen_split(classifier: keras.Model, base_layer: str,
