@@ -47,9 +47,10 @@ from tlkit.cli import main
 save_state = run.save_state
 
 def save_then_stop(ctx, stage, epoch, *args, **kwargs):
-    save_state(ctx, stage, epoch, *args, **kwargs)
+    name = save_state(ctx, stage, epoch, *args, **kwargs)
     if {kill} and (stage, epoch) == (2, 1):
         os.kill(os.getpid(), signal.SIGKILL)
+    return name
 
 run.save_state = save_then_stop
 main(sys.argv[1:])

@@ -25,9 +25,10 @@ stop = {stop}
 save_state = run.save_state
 
 def save_then_stop(ctx, stage, epoch, *args, **kwargs):
-    save_state(ctx, stage, epoch, *args, **kwargs)
+    name = save_state(ctx, stage, epoch, *args, **kwargs)
     if (stage, epoch) == stop[:2]:
         os.kill(os.getpid(), stop[2])
+    return name
 
 run.save_state = save_then_stop
 main(sys.argv[1:])
@@ -106,11 +107,14 @@ def test_stages_on_the_frozen_layers_outputs_resume_the_same(tiny_images, tmp_pa
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert (whole.stdout + whole.stderr).count(") run once: ") == 2
     out = tmp_path / "killed"
-    killed = tlkit_process([*args, "--out", str(out)], stop=(2, 1, signal.SIGKILL))
+    killed = tlkit_process([*args, "--out", str(out)], stop=(2, 2, signal.SIGKILL))
     assert killed.returncode == -signal.SIGKILL
+    # the stage's second snapshot: only what the stage changes, beside the first, which holds the frozen base too
+    state = json.loads((out / "checkpoints" / "resume" / "state.json").read_text())
+    assert (state["arrays"], state["full"]) == ("stage2-epoch2.npz", "stage2-epoch1.npz")
     resumed = tlkit_process(["finetune", "--resume", str(out)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "stage 2 resumed after epoch 1 of 3" in resumed.stdout and ") run once: " in resumed.stdout
+    assert "stage 2 resumed after epoch 2 of 3" in resumed.stdout and ") run once: " in resumed.stdout
     (metrics, history), (expected_metrics, expected_history) = results(out), results(tmp_path / "whole")
     np.testing.assert_allclose(np.array(metrics, float), np.array(expected_metrics, float), atol=1e-6)
     for stage, expected in zip(history, expected_history):

@@ -125,3 +125,8 @@ def keep_inference_mode(layer: keras.Layer, on: bool) -> None:
         layer._call_context_args = layer._call_context_args - {"training"}
     else:
         layer._call_context_args = layer._call_context_args | {"training"}
+
+
+def keeps_inference_mode(layer: keras.Layer) -> bool:
+    """Whether `keep_inference_mode(layer, True)` is in force."""
+    return "training" not in layer._call_context_args

@@ -21,8 +21,8 @@ from tlkit import augment as tlaugment
 from tlkit import data as tldata
 from tlkit import datareport, runguard, training
 from tlkit.bases import Base, load_base
-from tlkit.compat import (ITERATORS_PER_EPOCH, built_from_shapes, keep_inference_mode, mean_logs_over_workers,
-                          set_op_determinism)
+from tlkit.compat import (ITERATORS_PER_EPOCH, built_from_shapes, keep_inference_mode, keeps_inference_mode,
+                          mean_logs_over_workers, set_op_determinism)
 from tlkit.core.kinds import STAGES, StageKind, StageParams, check_unfreeze, needs_base, resolve, stage_params
 from tlkit.curves import TrainingCurves
 from tlkit.errors import TlkitError
@@ -446,25 +446,49 @@ class Snapshot(keras.callbacks.Callback):
     """At the end of every epoch, atomically, what a run needs to go on after a crash: the
     weights (every variable, the random generators' states too) of the model being fitted, the
     optimizer's state, the stage and epoch, the history so far, the early-stopping and
-    best-checkpoint state (tlkit.core.run.ResumeState reads it back)."""
+    best-checkpoint state (tlkit.core.run.ResumeState reads it back).
+
+    The stage's first snapshot holds every variable; the later ones only those the stage can
+    change, beside a reference to the first: a base frozen in inference mode keeps its weights
+    and statistics, and copying and writing all of them every epoch was most of what tlkit added
+    to a short epoch (bench/run.py, P3)."""
 
     def __init__(self, ctx: RunContext, index: int, model, optimizer, stopping, earlier: dict, best):
         super().__init__()
         self.ctx, self.index, self.saved, self.optimizer = ctx, index, ctx.saved_model(model), optimizer
         self.stopping, self.best_checkpoint = stopping, best
         self.history = {k: list(v) for k, v in earlier.items()}
+        fixed = _fixed_variables(self.saved)
+        self.changing = [i for i, v in enumerate(self.saved.variables) if id(v) not in fixed]
+        self.full: str | None = None  # the file of the stage's first snapshot
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
         if self.best_checkpoint is not None:
             self.ctx.best = self.best_checkpoint.best
-        arrays = {**variables(self.saved, "model"), **variables(self.optimizer, "optimizer")}
+        if self.full is None:
+            model = variables(self.saved, "model")
+        else:
+            model = {f"model_{i}": np.asarray(self.saved.variables[i]) for i in self.changing}
+        arrays = {**model, **variables(self.optimizer, "optimizer")}
         stopping = None
         if self.stopping is not None:
             stopping = self.stopping.state()
             arrays.update({f"stopping_{i}": np.asarray(w) for i, w in enumerate(self.stopping.best_weights or [])})
-        save_state(self.ctx, self.index, epoch + 1, arrays, self.history, stopping)
+        name = save_state(self.ctx, self.index, epoch + 1, arrays, self.history, stopping, full=self.full)
+        self.full = self.full or name
+
+
+def _fixed_variables(model: keras.Model) -> set[int]:
+    """ids of the variables of `model` that no step of its stage changes: those of its base that
+    are not trained while the base is kept in inference mode (its frozen weights, its BatchNorm
+    statistics, its dropout's random state)."""
+    try:
+        base = model.get_layer(BASE_LAYER)
+    except ValueError:  # no base layer: a model of its own (autoencoder)
+        return set()
+    return {id(v) for v in base.non_trainable_variables} if keeps_inference_mode(base) else set()
 
 
 def variables(holder, prefix: str) -> dict[str, np.ndarray]:
@@ -473,9 +497,10 @@ def variables(holder, prefix: str) -> dict[str, np.ndarray]:
 
 
 def save_state(ctx: RunContext, stage: int, epoch: int, arrays: dict | None = None, history: dict | None = None,
-               stopping: dict | None = None) -> None:
-    """Write the resume state: the arrays first, then state.json naming them, so that a crash
-    between the two leaves the previous, whole state."""
+               stopping: dict | None = None, full: str | None = None) -> str:
+    """Write the resume state: the arrays first, then state.json naming them (and `full`, an
+    earlier file of the stage holding the variables `arrays` leaves out), so that a crash
+    between the two leaves the previous, whole state. Returns the arrays' file name."""
     folder = ctx.out / RESUME_FOLDER
     name = f"stage{stage}-epoch{epoch}.npz"
     if arrays is not None:
@@ -483,12 +508,14 @@ def save_state(ctx: RunContext, stage: int, epoch: int, arrays: dict | None = No
     previous = ResumeState.read(ctx.out)
     write_json_atomic(folder / "state.json", {
         "job": ctx.job, "stage": stage, "epoch": epoch, "arrays": name if arrays is not None else None,
-        "history": history or {}, "early_stopping": stopping, "best": float(ctx.best),
+        "full": full, "history": history or {}, "early_stopping": stopping, "best": float(ctx.best),
         "results": [{"kind": r.kind, "history": r.history, "val_loss": r.val_loss, "val_accuracy": r.val_accuracy,
                      "seconds": r.seconds} for r in ctx.results],
     })
-    if previous and previous.arrays and previous.arrays != name:
-        (folder / previous.arrays).unlink(missing_ok=True)
+    for old in (previous.arrays, previous.full) if previous else ():
+        if old and old not in (name, full):
+            (folder / old).unlink(missing_ok=True)
+    return name
 
 
 @dataclass
@@ -505,6 +532,7 @@ class ResumeState:
     early_stopping: dict | None
     best: float
     results: list[dict]
+    full: str | None = None  # the file holding the variables `arrays` leaves out (Snapshot)
 
     @classmethod
     def read(cls, run: Path) -> ResumeState | None:
@@ -526,9 +554,10 @@ class ResumeState:
         stage goes on as if it had never stopped; returns the epochs done and the history so far."""
         if self.arrays is None:
             return 0, {}
-        with np.load(self.folder / self.arrays) as saved:
+        with np.load(self.folder / self.arrays) as saved, np.load(self.folder / (self.full or self.arrays)) as whole:
             for i, variable in enumerate(saved_model.variables):
-                variable.assign(saved[f"model_{i}"])
+                key = f"model_{i}"
+                variable.assign(saved[key] if key in saved.files else whole[key])
             if not self.epoch:  # saved at the end of the stage before: a fresh optimizer
                 return 0, {}
             optimizer.build(fitted.trainable_variables)
