@@ -135,6 +135,7 @@ def test_best_checkpoint_writes_the_best_epoch_once_a_minute_and_at_the_end(tmp_
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     path = tmp_path / "best.keras"
     best = BestCheckpoint(path, model)
+    best.on_train_begin()
     kernels = []
     for epoch, loss in enumerate([1.0, 0.5, 0.7]):
         model.layers[0].kernel.assign(np.full((2, 1), float(epoch), "float32"))

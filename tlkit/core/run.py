@@ -199,13 +199,18 @@ class BestCheckpoint(keras.callbacks.Callback):
         self.best = np.inf
         self.every = every
         self.written = time.monotonic()
-        self.pending: list[np.ndarray] | None = None  # the best epoch's weights, not yet written
+        self.changing: list = []  # the weights the stage can change (not those of a base it keeps fixed)
+        self.pending: list[np.ndarray] | None = None  # their values at the best epoch, not yet written
+
+    def on_train_begin(self, logs=None):
+        fixed = _fixed_variables(self.saved)
+        self.changing = [v for v in self.saved.weights if id(v) not in fixed]
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("val_loss")
         if loss is not None and loss < self.best:
             self.best = loss
-            self.pending = self.saved.get_weights()
+            self.pending = [v.numpy() for v in self.changing]
         if self.pending is not None and time.monotonic() - self.written >= self.every:
             self.write()
 
@@ -214,12 +219,14 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.write()
 
     def write(self):
-        current = self.saved.get_weights()
-        self.saved.set_weights(self.pending)
+        current = [v.numpy() for v in self.changing]
+        for variable, value in zip(self.changing, self.pending):
+            variable.assign(value)
         try:
             save_model_atomic(self.saved, self.path)
         finally:
-            self.saved.set_weights(current)
+            for variable, value in zip(self.changing, current):
+                variable.assign(value)
         self.pending = None
         self.written = time.monotonic()
 
