@@ -227,8 +227,8 @@ def frozen_once(ctx, index: int, kind: str):
     with ctx.strategy.scope():  # a model fitted under a strategy is made in its scope
         split = frozen_split(ctx.classifier, BASE_LAYER, r.pooling)
     if split is None:
-        log.info("stage %d (%s): no single layer output separates the frozen layers from the trainable ones: the "
-                 "frozen layers run every epoch", index, kind)
+        log.info("stage %d (%s): the frozen layers run every epoch: no single layer output separates them from "
+                 "the trainable ones, or only preprocessing is frozen", index, kind)
         return None
     frozen, rest = split
     images = len(ctx.train) + len(ctx.val)
