@@ -98,14 +98,18 @@ def run_base(model: keras.Model, files: Sequence[Path], image_size: tuple[int, i
     dataset = tldata.make_dataset(images, image_size, batch_size, channels=channels)
     forward = _forward(model, pooling, image_size, channels)
     progress = keras.utils.Progbar(len(files)) if verbose else None
+    return _through(forward, dataset, (forward.features,), np.float32, progress).astype(np.float32)
+
+
+def _through(forward, images: tf.data.Dataset, shape, dtype, progress=None) -> np.ndarray:
+    """`forward` over the (image, label) batches of `images`, concatenated; (0, *shape) of
+    `dtype` when there are none."""
     out = []
-    for batch, _ in dataset:
+    for batch, _ in images:
         out.append(forward(batch).numpy())
         if progress:
             progress.add(len(out[-1]))
-    if not out:
-        return np.zeros((0, forward.features), np.float32)
-    return np.concatenate(out).astype(np.float32)
+    return np.concatenate(out) if out else np.zeros((0, *shape), dtype)
 
 
 _last_forward: list = []  # [(model, key, function)]: the last extraction's, so a repeated one is not traced again
@@ -282,9 +286,7 @@ def _split_base(classifier: keras.Model, base: keras.Model) -> tuple[keras.Model
     inputs = keras.Input(cut.shape[1:], dtype=cut.dtype, name="frozen_output")
     # a functional model from an inner tensor reuses the base's layers and their variables
     x = keras.Model(cut, base.output, name=f"{base.name}_trainable")(inputs, training=False)
-    for layer in classifier.layers[classifier.layers.index(base) + 1:]:
-        x = layer(x)
-    return frozen, keras.Model(inputs, x, name="trainable_part")
+    return frozen, _with_head(classifier, base, inputs, x, "trainable_part")
 
 
 def _frozen_cut(base: keras.Model):
@@ -321,8 +323,7 @@ def outputs(model: keras.Model, images: tf.data.Dataset) -> np.ndarray:
     for every batch size."""
     forward = tf.function(lambda x: model(x, training=False),
                           input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
-    out = [forward(batch).numpy() for batch, _ in images]
-    return np.concatenate(out) if out else np.zeros((0, *model.output_shape[1:]), model.output.dtype)
+    return _through(forward, images, model.output_shape[1:], model.output.dtype)
 
 
 def feature_head(classifier: keras.Model, base_layer: str, pool_layer: str = "head_pool") -> keras.Model:
@@ -332,8 +333,13 @@ def feature_head(classifier: keras.Model, base_layer: str, pool_layer: str = "he
     after = classifier.layers[classifier.layers.index(base) + 1:]
     pooled = next((layer for layer in after if layer.name == pool_layer), base)  # a vector base has no pooling
     inputs = keras.Input(pooled.output.shape[1:], name="features")
-    head = [layer for layer in after if layer is not pooled]
-    x = inputs
-    for layer in head:
-        x = layer(x)
-    return keras.Model(inputs, x, name="head")
+    return _with_head(classifier, base, inputs, inputs, "head", skip=pooled)
+
+
+def _with_head(classifier: keras.Model, base, inputs, x, name: str, skip=None) -> keras.Model:
+    """The model from `inputs` that takes `x` through the classifier's layers after `base` but
+    `skip`, shared, not copied."""
+    for layer in classifier.layers[classifier.layers.index(base) + 1:]:
+        if layer is not skip:
+            x = layer(x)
+    return keras.Model(inputs, x, name=name)
