@@ -110,12 +110,13 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def tf_config_task() -> tuple[str, int] | None:
-    """This process's task in TF_CONFIG, (type, index); None when it names none."""
+    """This process's task in TF_CONFIG, (type, index), as TensorFlow reads it, without making a
+    strategy; None when it names none."""
     try:
-        task = json.loads(os.environ.get("TF_CONFIG") or "{}")["task"]
-        return str(task["type"]), int(task.get("index", 0))
-    except (ValueError, KeyError, TypeError, AttributeError):
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    except ValueError:  # not JSON: making the strategy says so
         return None
+    return (resolver.task_type, resolver.task_id or 0) if resolver.task_type else None
 
 
 def worker_folder(run: str | Path, task_type: str, index: int) -> Path:
