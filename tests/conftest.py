@@ -31,6 +31,23 @@ def tlkit_logging():
     yield
 
 
+@pytest.fixture
+def cli(capsys):
+    """tlkit's command line run in this process: cli(*args) -> (exit status, stdout, stderr)."""
+    from tlkit.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 TINY_CLASSES = ("blue", "green", "red")
 TINY_PER_CLASS = 8
 TINY_SIZE = 32

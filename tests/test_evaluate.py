@@ -13,21 +13,10 @@ from PIL import Image
 from sklearn.metrics import classification_report
 
 from tlkit.bases import load_base
-from tlkit.cli import main
 from tlkit.core.run import build_classifier, configure
 from tlkit.jobs import run_recipe
 from tlkit.recipe import Recipe, Stage
 from tlkit.visualize import gradcam, gradcam_layer
-
-
-def tlkit(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +51,9 @@ def test_a_run_ends_with_its_validation_report(run):
             assert min(image.size) > 200, picture
 
 
-def test_evaluate_prints_and_writes_the_same_numbers(run, tiny_images, tmp_path, capsys):
-    code, out, err = tlkit(capsys, "evaluate", "--model", str(run), "--data", str(tiny_images),
-                           "--out", str(tmp_path / "eval"))
+def test_evaluate_prints_and_writes_the_same_numbers(run, tiny_images, tmp_path, cli):
+    code, out, err = cli("evaluate", "--model", str(run), "--data", str(tiny_images),
+                         "--out", str(tmp_path / "eval"))
     assert code == 0, err
     assert out.splitlines()[0] == f"model: {run / 'model.keras'} (final: the model as the run ended: last epoch of " \
                                   "the last stage, or its best epoch with early stopping)"
@@ -90,16 +79,16 @@ def test_evaluate_prints_and_writes_the_same_numbers(run, tiny_images, tmp_path,
     assert f"accuracy {report['accuracy']:.4f}" in out
 
 
-def test_min_accuracy_exits_1_below_and_0_above(run, tiny_images, tmp_path, capsys):
-    code, _, _ = tlkit(capsys, "evaluate", "--model", str(run), "--data", str(tiny_images), "--out",
-                       str(tmp_path / "e"), "--top-losses", "2")
+def test_min_accuracy_exits_1_below_and_0_above(run, tiny_images, tmp_path, cli):
+    code, _, _ = cli("evaluate", "--model", str(run), "--data", str(tiny_images), "--out",
+                     str(tmp_path / "e"), "--top-losses", "2")
     accuracy = json.loads((tmp_path / "e" / "report.json").read_text())["accuracy"]
     assert code == 0
-    code, _, err = tlkit(capsys, "evaluate", "--model", str(run), "--data", str(tiny_images), "--out",
-                         str(tmp_path / "e"), "--top-losses", "2", "--min-accuracy", str(accuracy + 0.01))
+    code, _, err = cli("evaluate", "--model", str(run), "--data", str(tiny_images), "--out",
+                       str(tmp_path / "e"), "--top-losses", "2", "--min-accuracy", str(accuracy + 0.01))
     assert code == 1 and err.strip() == f"error: accuracy {accuracy:.4f} is below --min-accuracy {accuracy + 0.01}"
-    code, _, err = tlkit(capsys, "evaluate", "--model", str(run), "--data", str(tiny_images), "--out",
-                         str(tmp_path / "e"), "--top-losses", "2", "--min-accuracy", str(accuracy - 0.01))
+    code, _, err = cli("evaluate", "--model", str(run), "--data", str(tiny_images), "--out",
+                       str(tmp_path / "e"), "--top-losses", "2", "--min-accuracy", str(accuracy - 0.01))
     assert code == 0 and err == ""
 
 
@@ -114,7 +103,7 @@ def test_tta_report_gives_the_accuracy_with_and_without(run, tiny_images, tmp_pa
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_predict_walks_folders_skips_the_bad_file_and_writes_what_it_prints(run, tiny_images, tmp_path, capsys):
+def test_predict_walks_folders_skips_the_bad_file_and_writes_what_it_prints(run, tiny_images, tmp_path, cli):
     tree = tmp_path / "photos"
     shutil.copytree(tiny_images / "red", tree / "a" / "b")
     shutil.copy(tiny_images / "blue" / "0.png", tree / "top.png")
@@ -122,11 +111,11 @@ def test_predict_walks_folders_skips_the_bad_file_and_writes_what_it_prints(run,
     (tree / "a" / "notes.txt").write_text("not an image")
     good = [tree / "top.png"] + sorted((tree / "a" / "b").glob("*.png"))
 
-    code, _, err = tlkit(capsys, "predict", "--model", str(run), str(tree))
+    code, _, err = cli("predict", "--model", str(run), str(tree))
     assert code == 2 and str(tree / "a" / "corrupt.jpg") in err and "--skip-bad" in err
 
-    code, out, err = tlkit(capsys, "predict", "--model", str(run), str(tree), "--skip-bad", "--top", "2",
-                           "--out", str(tmp_path / "p.csv"))
+    code, out, err = cli("predict", "--model", str(run), str(tree), "--skip-bad", "--top", "2",
+                         "--out", str(tmp_path / "p.csv"))
     assert code == 0, err
     assert f"skipped {tree / 'a' / 'corrupt.jpg'}: " in out
     printed = [line for line in out.splitlines() if line.startswith(str(tree))]
@@ -138,26 +127,26 @@ def test_predict_walks_folders_skips_the_bad_file_and_writes_what_it_prints(run,
         assert first == row["predicted"] and p == f"{float(row['probability']):.3f}"
         assert float(row[f"p_{first}"]) == pytest.approx(float(row["probability"]))
 
-    code, _, _ = tlkit(capsys, "predict", "--model", str(run), *map(str, good[:2]), "--out", str(tmp_path / "p.json"))
+    code, _, _ = cli("predict", "--model", str(run), *map(str, good[:2]), "--out", str(tmp_path / "p.json"))
     saved = json.loads((tmp_path / "p.json").read_text())
     assert code == 0 and [s["path"] for s in saved] == [str(p) for p in good[:2]]
     assert saved[0]["top"][0][1] == pytest.approx(float(rows[0]["probability"]), abs=1e-6)
 
 
-def test_checkpoint_best_uses_the_best_file(run, tiny_images, capsys, tmp_path):
-    code, out, _ = tlkit(capsys, "predict", "--model", str(run), "--checkpoint", "best", str(tiny_images / "red"))
+def test_checkpoint_best_uses_the_best_file(run, tiny_images, cli, tmp_path):
+    code, out, _ = cli("predict", "--model", str(run), "--checkpoint", "best", str(tiny_images / "red"))
     assert code == 0 and out.startswith(f"model: {run / 'checkpoints' / 'best.keras'} (best: ")
 
 
-def test_visualize_gradcam_writes_one_picture_per_image(run, tiny_images, tmp_path, capsys):
+def test_visualize_gradcam_writes_one_picture_per_image(run, tiny_images, tmp_path, cli):
     images = sorted((tiny_images / "green").glob("*.png"))[:2]
-    code, out, err = tlkit(capsys, "visualize", "gradcam", "--model", str(run), "--class", "red",
-                           "--out", str(tmp_path / "cam"), *map(str, images))
+    code, out, err = cli("visualize", "gradcam", "--model", str(run), "--class", "red",
+                         "--out", str(tmp_path / "cam"), *map(str, images))
     assert code == 0, err
     written = sorted((tmp_path / "cam").glob("*.png"))
     assert [p.name for p in written] == ["000_0_gradcam.png", "001_1_gradcam.png"]
-    code, _, err = tlkit(capsys, "visualize", "gradcam", "--model", str(run), "--class", "purple",
-                         "--out", str(tmp_path / "cam"), str(images[0]))
+    code, _, err = cli("visualize", "gradcam", "--model", str(run), "--class", "purple",
+                       "--out", str(tmp_path / "cam"), str(images[0]))
     assert code == 2 and "class 'purple' is not one of the model's: blue, green, red" in err
 
 
