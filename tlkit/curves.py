@@ -3,15 +3,23 @@ by a Keras callback so that a long run can be watched.
 
 A leaf below the training core (it needs only Keras, matplotlib and tlkit.io), so the core's
 compile-and-fit can add the callback. Drawn on matplotlib's Agg canvas, never pyplot.
+
+`any_script` is how every picture of tlkit draws text: class names in any script, emoji too.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import time
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import keras
+import matplotlib
 import numpy as np
+from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -19,8 +27,47 @@ from matplotlib.ticker import MaxNLocator
 from tlkit.io import write_atomic
 
 _DPI = 100
+# Noto fonts that come as Python packages (the CJK one first: it covers the most), each file
+# registered with matplotlib.
+FONT_PACKAGES = ("manimgx_fonts_cjk", "manimgx_fonts")
 
 
+@functools.cache
+def _fallback_fonts() -> tuple[str, ...]:
+    """The families of the FONT_PACKAGES installed, registered with matplotlib, in that order."""
+    families: list[str] = []
+    files: list[str] = []
+    for package in FONT_PACKAGES:
+        try:
+            found = resources.files(package).iterdir()
+        except ModuleNotFoundError:
+            continue
+        files += sorted(str(f) for f in found if f.name.endswith((".ttf", ".otf", ".ttc")))
+    for file in files:
+        font_manager.fontManager.addfont(file)
+        name = font_manager.get_font(file).family_name  # of a collection (.ttc), its first face's
+        if name not in families:
+            families.append(name)
+    # These are variable fonts, registered with the weight of their default instance (Noto Sans
+    # CJK's is 100), the only one matplotlib draws: call it normal, or each lookup of normal text
+    # logs that there is none.
+    manager = font_manager.fontManager
+    manager.ttflist = [dataclasses.replace(entry, weight=400) if entry.fname in files else entry
+                       for entry in manager.ttflist]
+    return tuple(families)
+
+
+@contextlib.contextmanager
+def any_script():
+    """Text made inside (a context or a decorator) falls back, glyph by glyph, from DejaVu Sans
+    (matplotlib's own) to the Noto fonts of FONT_PACKAGES, so that a class named in Chinese,
+    Arabic or with an emoji is drawn, not as empty boxes. matplotlib fixes a text's fonts when
+    the text is made: wrap the whole drawing."""
+    with matplotlib.rc_context({"font.family": ["DejaVu Sans", *_fallback_fonts()]}):
+        yield
+
+
+@any_script()
 def plot_curves(stages: Sequence[tuple[str, dict]], out: str | Path) -> Path | None:
     """curves.png: loss and accuracy per epoch, training and validation, over all stages on one
     epoch axis; each stage is shaded and named, the epoch with the lowest validation loss (the

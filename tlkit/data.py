@@ -12,12 +12,15 @@ are an error (the label is ambiguous), and a split never puts one content on bot
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
 import io
 import logging
 import os
+import stat
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from tlkit import augment as augmentation
 from tlkit import imagecache
@@ -37,7 +40,15 @@ log = logging.getLogger(__name__)
 # progress(done, total): called while files are checked, first with done=0
 Progress = Callable[[int, int], None]
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".avif", ".bmp", ".gif", ".heic", ".heif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+# Images that would decode to more pixels are refused by name: Pillow's decompression-bomb limit
+# (about 89.5 megapixels). A JPEG counts at 1/8 of its size, the scale every path decodes it at
+# when it is large, so a 12,000 x 12,000 photo is taken and a PNG of that size is not.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+# Decodes of more pixels than this (after any JPEG reduction) run one at a time in the scan, so
+# its threads never hold several huge images at once: a 9,000 x 9,000 PNG alone is 243 MB.
+_LARGE_DECODE = 16_000_000
+_large_decodes = threading.BoundedSemaphore(1)
 # Modes Pillow writes as 8-bit PNG unchanged; `_eight_bit` converts the others.
 _PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
 JPEG_RATIOS = (8, 4, 2)  # the scales libjpeg decodes at, largest reduction first
@@ -62,6 +73,8 @@ class ImageSet:
     digests: list[str] = field(default_factory=list, repr=False)
     # (copy, kept): files left out because an earlier file of the same class has the same content
     duplicates: list[tuple[Path, Path]] = field(default_factory=list, repr=False)
+    # (file, why): files in the folder that are not read at all (no image extension, no class)
+    ignored: list[tuple[Path, str]] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -83,8 +96,10 @@ def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, 
 
     Classes are the sub-folders, sorted by name, unless `classes` gives the list and its order
     (a trained model's labels); then a sub-folder outside it is an error, and classes without a
-    folder are allowed. Hidden files and folders and files without an image extension are ignored.
-    Each image is decoded in full, the way training will decode it, so a bad file is found now
+    folder are allowed. Hidden files and folders are ignored; files without an image extension, and
+    files beside the class folders, are not read and are listed in `ignored`, with the reason.
+    Each image is decoded the way training will decode it (a large JPEG at 1/8 of its size, which
+    still reads all of it), so a bad file is found now
     rather than mid-training: by default one TlkitError lists them all; with `skip_bad` they are
     left out and recorded in `skipped`. `progress(done, total)` is called as files are checked.
 
@@ -118,10 +133,12 @@ def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, 
                 )
 
     files, labels = [], []
+    ignored = [(p, "beside the class folders, so it has no class: move it into a class folder")
+               for p in sorted(root.iterdir()) if not p.name.startswith(".") and not p.is_dir()]
     for label, name in enumerate(classes):
         if name not in folders:
             continue
-        found = _list_images(root / name)
+        found = _list_images(root / name, ignored)
         if not found:
             raise TlkitError(
                 f"class '{name}' has no images in '{printable(root / name)}'; add some or remove the folder"
@@ -130,7 +147,7 @@ def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, 
         labels += [label] * len(found)
 
     digests, problems = _check_all(files, root, skip_bad, progress)
-    images = _without_copies(ImageSet(root, classes, files, labels, problems, digests), skip_bad)
+    images = _without_copies(ImageSet(root, classes, files, labels, problems, digests, ignored=ignored), skip_bad)
 
     counts = images.counts()
     label_of = dict(zip(files, labels))
@@ -154,11 +171,13 @@ def scan_unlabeled(root, *, skip_bad: bool = False, progress: Progress | None = 
     copies of one content count once.
     """
     root = _folder(root, "give a folder of images (sub-folders are searched too)")
-    files = _list_images(root)
+    ignored = []
+    files = _list_images(root, ignored)
     if not files:
         raise TlkitError(f"no images in '{printable(root)}' or its sub-folders")
     digests, problems = _check_all(files, root, skip_bad, progress)
-    images = _without_copies(ImageSet(root, ["unlabeled"], files, [0] * len(files), problems, digests), skip_bad)
+    images = _without_copies(ImageSet(root, ["unlabeled"], files, [0] * len(files), problems, digests,
+                                      ignored=ignored), skip_bad)
     if not images.files:
         raise TlkitError(f"every image in '{printable(root)}' is bad ({len(files)} skipped)")
     return images
@@ -235,8 +254,10 @@ def decode_image(data: tf.Tensor, image_size: tuple[int, int], channels: int = 3
     size on each side is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg scales while it decodes),
     keeping at least JPEG_MARGIN times the target size: on photos of 2,000-4,000 px about twice
     as fast, and nearer an antialiased downscale than a full decode (bench/jpeg_decode.py).
+    A JPEG's EXIF orientation is applied as Pillow's `ImageOps.exif_transpose` applies it. The
+    full-size image is only ever held as uint8: the resize gives the float32 image at `image_size`.
     """
-    return tf.image.resize(_to_channels(_decode_for(data, image_size), channels), image_size)
+    return _to_channels(tf.image.resize(_decode_for(data, image_size), image_size), channels)
 
 
 def load_images(paths: Sequence, image_size: tuple[int, int], channels: int = 3) -> np.ndarray:
@@ -366,28 +387,76 @@ def _check_all(files: list[Path], root: Path, skip_bad: bool, progress: Progress
 
 
 def _decode(data: tf.Tensor) -> tf.Tensor:
-    # uint8 rather than float32: TensorFlow's WebP decoder only gives uint8, and its PNG decoder
-    # scales 16-bit images to 8 bits (the high byte), so every format lands on [0, 255].
-    # Channels are left as stored (channels=0) because the WebP decoder accepts no other request,
-    # and so gray and RGB conversions are done one way for all formats in `_to_channels`.
-    image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
-    return tf.cast(image, tf.float32)
+    # uint8: TensorFlow's WebP decoder only gives uint8, and its PNG decoder scales 16-bit images
+    # to 8 bits (the high byte), so every format lands on [0, 255]; and a float32 copy of a large
+    # image would take four times its memory. Channels are left as stored (channels=0) because the
+    # WebP decoder accepts no other request, and so gray and RGB conversions are done one way for
+    # all formats in `_to_channels`.
+    return tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
 
 
 def _decode_for(data: tf.Tensor, size, margin: int | None = None) -> tf.Tensor:
     """`_decode`, but a large JPEG at the largest of 1/8, 1/4, 1/2 of its size that leaves at least
-    `margin` (JPEG_MARGIN) times `size` on each side."""
+    `margin` (JPEG_MARGIN) times `size` on each side, turned upright by its EXIF orientation."""
     margin = JPEG_MARGIN if margin is None else margin
 
-    def reduced():
+    def jpeg():
+        orientation = exif_orientation(data)
         shape = tf.image.extract_jpeg_shape(data)  # reads the header only
+        shape = tf.cond(orientation >= 5, lambda: tf.reverse(shape[:2], [0]), lambda: shape[:2])  # upright
         fits = [tf.logical_and(shape[0] // r >= margin * size[0], shape[1] // r >= margin * size[1])
                 for r in JPEG_RATIOS]
         index = tf.argmax(tf.cast(tf.stack([*fits, True]), tf.int32), output_type=tf.int32)  # first that fits
-        branches = [lambda r=r: tf.cast(tf.io.decode_jpeg(data, channels=0, ratio=r), tf.float32) for r in JPEG_RATIOS]
-        return tf.switch_case(index, [*branches, lambda: _decode(data)])
+        branches = [lambda r=r: tf.io.decode_jpeg(data, channels=0, ratio=r) for r in JPEG_RATIOS]
+        return _upright(tf.switch_case(index, [*branches, lambda: _decode(data)]), orientation)
 
-    return tf.cond(tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff", reduced, lambda: _decode(data))
+    return tf.cond(tf.strings.substr(data, 0, 3) == b"\xff\xd8\xff", jpeg, lambda: _decode(data))
+
+
+_EXIF_REACH = 1 << 16  # bytes searched for the Exif segment: APP segments come first in a JPEG
+
+
+def exif_orientation(data: tf.Tensor) -> tf.Tensor:
+    """The EXIF Orientation tag (int32 1-8; 1 when absent or unreadable) of JPEG bytes, in graph
+    ops: the tag 0x0112 of IFD0 in the first APP1 "Exif" segment, in the TIFF's byte order, which
+    is where Pillow's `getexif` reads it for `ImageOps.exif_transpose`."""
+    padded = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, _EXIF_REACH), b"\0" * _EXIF_REACH]),
+                               0, _EXIF_REACH)
+    b = tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int32)
+    marker = b"\xff\xe1\0\0Exif\0\0"  # APP1, its length (any), "Exif\0\0"
+    span = _EXIF_REACH - len(marker)
+    found = tf.reduce_all(tf.stack([tf.equal(b[k:k + span], byte)
+                                    for k, byte in enumerate(marker) if k not in (2, 3)]), 0)
+    tiff = tf.argmax(tf.cast(found, tf.int32), output_type=tf.int32) + len(marker)
+    little = tf.equal(b[tiff], ord("I"))
+
+    def uint(pos, size):
+        pos = pos + tf.range(size)
+        digits = tf.gather(b, tf.clip_by_value(pos, 0, _EXIF_REACH - 1), axis=-1)
+        weights = tf.bitwise.left_shift(1, 8 * tf.where(little, tf.range(size), tf.range(size - 1, -1, -1)))
+        return tf.reduce_sum(digits * weights, -1)
+
+    ifd = tiff + uint(tiff + 4, 4)
+    entries = ifd + 2 + 12 * tf.range(64)  # at most 64 entries are looked at; IFD0 has a dozen or so
+    tags = uint(entries[:, None], 2)
+    is_orientation = (tf.range(64) < uint(ifd, 2)) & (entries + 10 < _EXIF_REACH) & tf.equal(tags, 0x0112)
+    value = tf.reduce_max(tf.where(is_orientation, uint(entries[:, None] + 8, 2), 0))
+    valid = tf.reduce_any(found) & (ifd > tiff) & (value >= 1) & (value <= 8)
+    return tf.where(valid, value, 1)
+
+
+def _upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """`image` (h, w, c) as Pillow's `ImageOps.exif_transpose` turns it for EXIF `orientation`."""
+    return tf.switch_case(orientation - 1, [
+        lambda: image,
+        lambda: tf.reverse(image, [1]),  # mirrored
+        lambda: tf.image.rot90(image, 2),
+        lambda: tf.reverse(image, [0]),  # flipped
+        lambda: tf.image.transpose(image),
+        lambda: tf.image.rot90(image, 3),  # turned a quarter clockwise
+        lambda: tf.image.rot90(tf.image.transpose(image), 2),
+        lambda: tf.image.rot90(image, 1),  # a quarter anticlockwise
+    ])
 
 
 def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
@@ -405,30 +474,35 @@ def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
 def _tf_reads(data: tf.Tensor) -> tf.Tensor:
     """Whether TensorFlow decodes these bytes, from their signature. BMP is left to Pillow:
     TensorFlow reads palette BMPs as their raw indices."""
-    head = tf.strings.join([tf.strings.substr(data, 0, 12), "\0" * 12])  # padded: substr needs pos <= length
+    head = tf.strings.join([tf.strings.substr(data, 0, 21), "\0" * 21])  # padded: substr needs pos <= length
     return tf.reduce_any(image_signatures(head))
 
 
 def image_signatures(head: tf.Tensor) -> list[tf.Tensor]:
-    """Whether the first bytes `head` (at least 12) start a JPEG, a PNG, a GIF, a WebP: the
-    formats TensorFlow decodes, told apart as tf.io.decode_image tells them."""
+    """Whether the first bytes `head` (at least 21) start a JPEG, a PNG, a GIF, a still WebP: the
+    formats TensorFlow decodes, told apart as tf.io.decode_image tells them. An animated WebP (a
+    VP8X header with the animation flag) is not among them: TensorFlow's decoder aborts the
+    process on it ("double free or corruption"), so it goes to Pillow, which takes its first frame."""
 
     def starts(prefix, pos=0):
         return tf.equal(tf.strings.substr(head, pos, len(prefix)), prefix)
 
+    flags = tf.io.decode_raw(tf.strings.substr(head, 20, 1), tf.uint8)[0]
+    animated = tf.logical_and(starts(b"VP8X", 12), tf.not_equal(tf.bitwise.bitwise_and(flags, 2), 0))
     return [
         starts(b"\xff\xd8\xff"),  # JPEG
         starts(b"\x89PNG\r\n\x1a\n"),
         starts(b"GIF8"),
-        tf.logical_and(starts(b"RIFF"), starts(b"WEBP", 8)),
+        starts(b"RIFF") & starts(b"WEBP", 8) & tf.logical_not(animated),
     ]
 
 
 def _png_bytes(data: bytes) -> np.ndarray:
-    """Any image Pillow reads, re-encoded as PNG with 8 bits a sample (see `_eight_bit`)."""
+    """Any image Pillow reads (the first frame of an animation), upright by its EXIF orientation,
+    re-encoded as PNG with 8 bits a sample (see `_eight_bit`)."""
     with Image.open(io.BytesIO(data)) as image:
         out = io.BytesIO()
-        _eight_bit(image).save(out, "PNG", compress_level=1)
+        _eight_bit(ImageOps.exif_transpose(image)).save(out, "PNG", compress_level=1)
     # an object array: numpy's fixed-width bytes would drop trailing NUL bytes
     return np.array(out.getvalue(), dtype=object)
 
@@ -484,15 +558,22 @@ def _decoded(paths: Sequence[Path], image_size, channels: int) -> tf.data.Datase
 
 @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
 def _decoded_shape(data):
-    return tf.shape(_decode(_decodable(data)))
+    # a JPEG at 1/8 of its size: libjpeg still reads all of it, so damage is found as in full
+    return tf.shape(_decode_for(_decodable(data), (1, 1)))
 
 
 def _inspect(path: Path) -> tuple[str | None, str | None]:
     """(SHA-256 of the bytes, None if the file decodes in full, by Pillow and the way training
     decodes it, else what is wrong with it). Both decoders, because each accepts some damage the
     other refuses: TensorFlow decodes a JPEG cut short (greying the missing rows), Pillow a PNG
-    missing its last bytes. The file is read once, for the hash and both decoders."""
+    missing its last bytes. The file is read once, for the hash and both decoders.
+
+    A file that is not a regular file (a named pipe, a socket, a device) is never opened: reading
+    a pipe would wait for a writer for ever. A JPEG is decoded at 1/8 of its size, an image over
+    MAX_PIXELS not at all, and large decodes one at a time, so the scan's memory stays bounded."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None, "not an image (not a regular file: a named pipe, socket or device)"
         data = path.read_bytes()
     except OSError as error:
         return None, unreadable(path, error)
@@ -500,21 +581,47 @@ def _inspect(path: Path) -> tuple[str | None, str | None]:
     if not data:
         return digest, "empty file"
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
+        with _pillow_open(data) as image:
+            size = image.size
+        if size[0] * size[1] > MAX_PIXELS:
+            return digest, _too_large(size)
+        with _large_decodes if size[0] * size[1] > _LARGE_DECODE else contextlib.nullcontext():
+            with _pillow_open(data) as image:
+                image.load()
+            _decoded_shape(tf.constant(data))
+    except Image.DecompressionBombError:  # over twice MAX_PIXELS: Pillow refuses to open it
+        return digest, _too_large(None)
     except UnidentifiedImageError:
         if data[:4] in (b"II*\0", b"MM\0*"):
             return digest, ("a TIFF of a kind Pillow cannot read (for example float RGB or 64-bit samples); "
                             "save it as 8- or 16-bit, or as float gray")
+        if data[4:8] == b"ftyp":  # the ISO media formats of phones: HEIC, and AVIF where Pillow lacks it
+            kind = "AVIF" if data[8:12] in (b"avif", b"avis") else "HEIC/HEIF"
+            return digest, (f"a {kind} image, which this installation cannot read (Pillow has no "
+                            f"{kind.split('/')[-1]} plugin here): convert it to JPEG or PNG")
         return digest, "not an image (no image format recognised in it)"
-    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad data
-        return digest, f"{'truncated' if 'truncated' in str(error).lower() else 'corrupt'} image ({error})"
-    try:
-        _decoded_shape(tf.constant(data))
     except tf.errors.OpError:
         return digest, ("corrupt or truncated image "
                         "(Pillow reads it but TensorFlow cannot decode it; often a file cut short)")
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad data
+        return digest, f"{'truncated' if 'truncated' in str(error).lower() else 'corrupt'} image ({error})"
     return digest, None
+
+
+def _pillow_open(data: bytes) -> Image.Image:
+    """The image in `data`, a JPEG set to decode at 1/8 of its size (its `size` is then that
+    size). A JPEG is opened without `Image.open`, whose decompression-bomb check counts it at full
+    size."""
+    opener = JpegImagePlugin.JpegImageFile if data[:3] == b"\xff\xd8\xff" else Image.open
+    image = opener(io.BytesIO(data))
+    image.draft(image.mode, (1, 1))
+    return image
+
+
+def _too_large(size: tuple[int, int] | None) -> str:
+    pixels = f"{size[0]} x {size[1]} pixels, " if size else ""
+    return (f"image too large ({pixels}over the limit of {MAX_PIXELS:,} pixels, Pillow's decompression-bomb "
+            "limit); shrink it")
 
 
 def unreadable(path: Path, error: OSError) -> str:
@@ -573,12 +680,43 @@ def _is_image_name(path: Path) -> bool:
     return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _list_images(folder: Path) -> list[Path]:
+def _list_images(folder: Path, ignored: list[tuple[Path, str]]) -> list[Path]:
+    """The image files under `folder`, at any depth; the other files (not hidden) are added to
+    `ignored` with the reason."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath, f) for f in sorted(filenames) if _is_image_name(Path(f))]
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            if _is_image_name(path):
+                found.append(path)
+            elif not name.startswith("."):
+                ignored.append((path, _not_an_image_name(path)))
     return found
+
+
+# the first bytes of the formats Pillow reads here, to name an image that lacks its extension
+_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP", b"II*\0": "TIFF",
+          b"MM\0*": "TIFF"}
+
+
+def _not_an_image_name(path: Path) -> str:
+    """Why a file without an image extension is not read; a regular file's first bytes are
+    looked at, to say when it is an image all the same."""
+    head = b""
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):  # never open a pipe: reading it could wait for ever
+            with open(path, "rb") as f:
+                head = f.read(16)
+    except OSError:
+        pass
+    kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "WebP"
+    extensions = ", ".join(IMAGE_EXTENSIONS)
+    if kind:
+        return f"a {kind} image without an image extension: rename it with one ({extensions}) to use it"
+    return f"not an image file name ({path.suffix or 'no extension'}; images end in {extensions})"
 
 
 def _images(n: int) -> str:

@@ -42,6 +42,7 @@ class DataReport:
     train: list[int]  # images per class, in the order of `classes`
     val: list[int]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (file, why): not an image name, no class
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (copy left out, file kept), same class
     overlap: list[tuple[str, str]] = field(default_factory=list)  # (training copy removed, validation file)
     train_digests: list[str] = field(default_factory=list, repr=False)  # SHA-256 of the training images
@@ -52,10 +53,12 @@ class DataReport:
         """The report of a split (or of training and separate validation sets)."""
         skipped = train.skipped + (val.skipped if val_data else [])
         duplicates = train.duplicates + (val.duplicates if val_data else [])
+        ignored = train.ignored + (val.ignored if val_data else [])
         return cls(
             data=printable(train.root), val_data=printable(val.root) if val_data else None, classes=list(train.classes),
             train=train.counts(), val=val.counts(),
             skipped=[(printable(p), why) for p, why in skipped],
+            ignored=[(printable(p), why) for p, why in ignored],
             duplicates=[(printable(a), printable(b)) for a, b in duplicates],
             overlap=[(printable(a), printable(b)) for a, b in overlap],
             train_digests=sorted(train.digests),
@@ -79,6 +82,9 @@ class DataReport:
             more = f" and {len(few) - _TABLE_ROWS} more" if len(few) > _TABLE_ROWS else ""
             found.append(f"{len(few)} {'class has' if len(few) == 1 else 'classes have'} fewer than {FEW} images: "
                          f"{listed}{more}; too few to learn a class well or to measure it")
+        if self.ignored:
+            found.append(f"{len(self.ignored)} {_files(len(self.ignored))} in the data not used (every one in "
+                         f"{REPORT_FILE})" + _examples(f"{p}: {why}" for p, why in self.ignored))
         return found
 
     def table(self) -> list[str]:
@@ -136,7 +142,7 @@ class DataReport:
     @classmethod
     def from_json(cls, data: dict) -> DataReport:
         names = cls.__dataclass_fields__
-        return cls(**{k: [tuple(x) for x in v] if k in ("skipped", "duplicates", "overlap") else v
+        return cls(**{k: [tuple(x) for x in v] if k in ("skipped", "duplicates", "overlap", "ignored") else v
                       for k, v in data.items() if k in names})
 
     def save(self, path: str | Path) -> None:

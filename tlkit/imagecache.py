@@ -39,10 +39,13 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "memory", "disk", "none")
 # Bump when tlkit.data's decoding or resizing change, so entries made the old way are not reused.
-FORMAT = 1
+FORMAT = 2  # 2: JPEGs turned upright by their EXIF orientation
 # decode(files, image_size, channels): each file's float32 (height, width, channels) image, in order
 Decoder = Callable[[list[Path], tuple[int, int], int], Iterable[np.ndarray]]
 MEMORY_BUDGET = 2 << 30  # bytes of decoded images "auto" keeps in memory, at most a quarter of free RAM
+# Cache folders reported unusable and not usable since: a run's training and validation sets
+# each try the cache, and the user is told once.
+_unusable: set[Path] = set()
 
 
 def cache_dir(path: str | Path | None = None) -> Path:
@@ -121,10 +124,13 @@ def decoded(files: list[Path], digests: list[str], image_size: tuple[int, int], 
             log.info("decoded images of %d files from the image cache: %s", len(files), entry)
         else:
             _write(entry, decode(files, image_size, channels), distinct, shape)
+        _unusable.discard(entry.parent)
         return DecodedImages(shape, rows, path=entry)
     except OSError as error:
-        log.warning("image cache %s cannot be used (%s); reading the images from their files every epoch",
-                    entry.parent, error.strerror or error)
+        if entry.parent not in _unusable:
+            _unusable.add(entry.parent)
+            log.warning("image cache %s cannot be used (%s); reading the images from their files every epoch",
+                        entry.parent, error.strerror or error)
         return None
 
 
@@ -155,7 +161,11 @@ def _write(entry: Path, images: Iterable[np.ndarray], digests: list[str], shape)
             for image in images:
                 f.write(np.ascontiguousarray(image, np.float32).tobytes())
 
-    write_atomic(entry, write)
+    try:
+        write_atomic(entry, write)
+    except OSError:
+        entry.with_suffix(".json").unlink(missing_ok=True)  # a description of no rows only takes space
+        raise
     log.info("decoded %d images once in %.1f s; cached in %s (%.0f MB)", len(digests), time.perf_counter() - start,
              entry, entry.stat().st_size / 2**20)
 

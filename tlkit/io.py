@@ -40,6 +40,12 @@ def write_atomic(path: Path, write) -> None:
         ordinary_modes(Path(tmp))  # before `write`: writers that reopen the file keep its modes
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        # a write deep in a library (a full disk) names no file, or the temporary one: name `path`
+        if error.errno is None or error.filename not in (None, tmp):
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -54,6 +60,11 @@ def write_dir_atomic(path: Path, write) -> None:
         write(tmp)
         ordinary_modes(tmp)
         tmp.rename(path)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if error.errno is None or error.filename not in (None, str(tmp)):  # as in write_atomic
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,13 +13,18 @@ runs, imports Keras).
   last. With `overwrite`, the old run's files go at that moment (after the base has loaded and
   the data was scanned, so a mistake found before leaves the old run as it was): a failure
   half-way leaves a new run marked unfinished, never old files beside new ones.
+- While a run holds its lock, SIGTERM (`kill`, `docker stop`, a scheduler's pre-emption) stops it
+  as Ctrl-C does: `Terminated`, a KeyboardInterrupt, is raised in the main thread, so the run
+  says what it saved and how to go on, instead of dying silently.
 """
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 from pathlib import Path
 
 from tlkit.errors import TlkitError
@@ -30,6 +35,16 @@ LOCK = ".lock"
 UNFINISHED = ".unfinished"
 # Any of these makes a folder a run directory (a finished, unfinished or pretrain run).
 RUN_MARKERS = ("recipe.toml", "model.keras", "checkpoints", "base.keras", UNFINISHED)
+# Every run directory this process has locked, in order: the CLI tells what a fault left of the run.
+CLAIMED: list[Path] = []
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a run holds its lock: the run stops as on Ctrl-C (see the module)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def is_run(path: Path) -> bool:
@@ -130,6 +145,7 @@ class RunLock:
         self.path = self.out / LOCK
         self.made_folder = False
         self.held = False
+        self._sigterm = None  # the SIGTERM handler before the lock, while the lock handles it
 
     def acquire(self) -> RunLock:
         if not self.out.exists():
@@ -145,6 +161,10 @@ class RunLock:
             with os.fdopen(fd, "w") as f:
                 f.write(me)
             self.held = True
+            CLAIMED.append(self.out)
+            if threading.current_thread() is threading.main_thread():  # only it may set handlers
+                # None: a handler set outside Python, which cannot be put back
+                self._sigterm = signal.signal(signal.SIGTERM, _terminate) or signal.SIG_DFL
             return self
         raise TlkitError(f"{self.path} came back while clearing it: another run is starting in {self.out}")
 
@@ -158,6 +178,9 @@ class RunLock:
         if not self.held:
             return
         self.held = False
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
         self.path.unlink(missing_ok=True)
         if self.made_folder:
             try:

@@ -6,6 +6,8 @@ take, both give the same pixels (they share `tlkit.data.decode_image`); every fo
 predict takes is refused by serving with a message, never decoded wrong. TensorFlow's BMP
 decoder reads a palette BMP's indices as grey levels, so palette BMPs (1, 4 and 8 bits per pixel)
 are decoded here, in graph ops, to the colours Pillow gives; compressed BMPs and TIFF are refused.
+An animated WebP is refused too (TensorFlow's WebP decoder aborts the process on one; predict
+takes its first frame with Pillow), and a JPEG's EXIF orientation is applied as predict applies it.
 
 In a batch, an entry serving cannot decode (empty, corrupt, refused format) fails the whole call
 with one message naming every such entry by its 0-based index: a client that sent 32 images
@@ -17,7 +19,7 @@ import tensorflow as tf
 
 from tlkit.data import decode_image, image_signatures
 
-SERVING_FORMATS = "JPEG, PNG, GIF (first frame), WebP and uncompressed BMP"
+SERVING_FORMATS = "JPEG, PNG, GIF (first frame), still WebP and uncompressed BMP"
 REFUSED = f"image_bytes entries that are not images this model decodes ({SERVING_FORMATS}), by 0-based index:"
 
 
