@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 import tlkit.rundir  # noqa: F401  (registers tlkit's layers for safe-mode loading)
@@ -20,7 +21,7 @@ from tlkit.core.run import BASE_LAYER, configure
 from tlkit.jobs import finetune, resolve, run_recipe
 from tlkit.errors import TlkitError
 from tlkit.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
-from tlkit.models.autoencoder import conv_autoencoder, encoder_model
+from tlkit.models.autoencoder import conv_autoencoder, corrupt, encoder_model
 from tlkit.stages.autoencoder import reconstruction_grid
 from tlkit.recipe import Recipe, Stage
 
@@ -74,21 +75,19 @@ def test_sides_must_halve_evenly():
         conv_autoencoder((30, 32, 3))
 
 
-def test_noise_is_added_in_training_only():
-    autoencoder = conv_autoencoder((32, 32, 3), noise=0.2)
-    noise = keras.Model(autoencoder.input, autoencoder.get_layer("noise").output)
-    x = images(8)
-    np.testing.assert_allclose(noise(x, training=False), x / 255, atol=1e-6)
-    added = noise(x, training=True).numpy() - x / 255
-    assert added.std() == pytest.approx(0.2, rel=0.05) and abs(added.mean()) < 0.01
-    np.testing.assert_array_equal(autoencoder(x, training=False), autoencoder(x, training=False))
-    assert not np.allclose(autoencoder(x, training=True), autoencoder(x, training=False), atol=1e-4)
-    # without noise there is no noise layer, and training changes nothing
-    clean = conv_autoencoder((32, 32, 3))
-    assert "noise" not in [layer.name for layer in clean.layers]
-    np.testing.assert_array_equal(clean(x, training=True), clean(x, training=False))
-    # the encoder taken out as a base has no noise either
-    assert "noise" not in [layer.name for layer in encoder_model(autoencoder).layers]
+def test_corruption_adds_noise_on_the_unit_scale_seeded_or_fresh():
+    x = np.full((64, 16, 16, 1), 128.0, "float32")
+    added = (np.asarray(corrupt(x, 0.2, tf.constant([0, 1], tf.int64))) - x) / 255
+    # per-image std drawn from [0, 0.2]: on average 0.1, on the [0, 1] scale (not 0.2 / 255, not 51)
+    stds = added.reshape(64, -1).std(axis=1)
+    assert 0.0 <= stds.min() and stds.max() <= 0.21 and stds.mean() == pytest.approx(0.1, abs=0.02)
+    np.testing.assert_array_equal(corrupt(x, 0.2, tf.constant([0, 1], tf.int64)),
+                                  corrupt(x, 0.2, tf.constant([0, 1], tf.int64)))
+    assert not np.array_equal(corrupt(x, 0.2), corrupt(x, 0.2))
+    assert np.asarray(corrupt(np.zeros_like(x), 0.5)).min() == 0  # clipped to the image range
+    # the model itself adds no noise: its encoder as a base sees what it is given
+    autoencoder = conv_autoencoder((32, 32, 3))
+    assert not any(isinstance(layer, keras.layers.GaussianNoise) for layer in autoencoder.layers)
 
 
 @pytest.fixture(scope="module")
@@ -126,17 +125,29 @@ def test_pretrain_reduces_the_reconstruction_error_and_writes_a_base_directory(p
         assert (pretrained / name).is_file()
 
 
-def test_the_grid_shows_inputs_beside_reconstructions(pretrained, tiny_images):
+def title_band(grid: np.ndarray, columns: int, tile: int, gap: int = 4) -> list[bool]:
+    """Whether each column's title band (above the first tile) has dark pixels: text."""
+    return [bool((grid[:24, c * (tile + gap):c * (tile + gap) + tile] < 128).any()) for c in range(columns)]
+
+
+def test_the_grid_shows_clean_noisy_and_the_reconstruction_of_noisy_under_titles(pretrained):
     grid = np.asarray(Image.open(pretrained / "reconstructions.png"))
-    # 5 validation images, 32 px enlarged twice to 64, 2 px gaps; columns: input, noisy input, reconstruction
-    assert grid.shape == (5 * 64 + 4 * 2, 3 * 64 + 2 * 2, 3)
+    # 5 validation images, 32 px enlarged 3x to 96, 4 px gaps, a 24 px title band;
+    # columns: clean, noisy, reconstruction of noisy
+    assert grid.shape == (24 + 5 * 96 + 4 * 4, 3 * 96 + 2 * 4, 3)
+    assert title_band(grid, 3, 96) == [True] * 3
     autoencoder = keras.models.load_model(pretrained / "autoencoder.keras", safe_mode=True)
     x = images(2)
-    made = reconstruction_grid(autoencoder, x)
-    assert made.shape == (2 * 64 + 2, 2 * 64 + 2, 3)
-    np.testing.assert_array_equal(made[:64:2, :64:2], np.round(x[0]).astype(np.uint8))
-    reconstruction = autoencoder.predict(x, verbose=0)[0]
-    np.testing.assert_array_equal(made[:64:2, 66::2], np.round(reconstruction * 255).astype(np.uint8))
+    made = reconstruction_grid(autoencoder, x, noise=0.1)
+    tile = lambda row, col: made[24 + row * 100:24 + row * 100 + 96:3, col * 100:col * 100 + 96:3]  # noqa: E731
+    np.testing.assert_array_equal(tile(1, 0), np.round(x[1]).astype(np.uint8))
+    noisy = tile(1, 1).astype(float)
+    assert 0.05 < (noisy - x[1]).std() / 255 < 0.15
+    reconstruction = autoencoder.predict(noisy[None].astype("float32"), verbose=0)[0]
+    np.testing.assert_allclose(tile(1, 2), np.round(reconstruction * 255), atol=3)
+    # without noise: clean and reconstruction
+    plain = reconstruction_grid(autoencoder, x)
+    assert plain.shape == (24 + 2 * 96 + 4, 2 * 96 + 4, 3) and title_band(plain, 2, 96) == [True] * 2
 
 
 def encoder_as_base(folder: Path) -> Base:
@@ -234,3 +245,90 @@ def test_pretrain_errors_are_one_line(tiny_images, tmp_path, capsys, args, messa
         main(["pretrain", "--data", str(tiny_images), "--out", str(tmp_path / "run"), *args])
     assert exit.value.code == 2
     assert capsys.readouterr().err == message + "\n"
+
+
+def test_an_autoencoder_base_gets_flatten_pooling_by_default_recorded_and_overridable(pretrained, tiny_images,
+                                                                                       tmp_path, caplog):
+    assert json.loads((pretrained / "base.json").read_text())["pooling"] == "flatten"
+    fast = ["--data", str(tiny_images), "--batch-size", "8", "--epochs-head", "1", "--epochs-finetune", "0"]
+    with caplog.at_level("INFO", logger="tlkit"):
+        main(["finetune", "--base", str(pretrained), "--out", str(tmp_path / "default"), *fast])
+    assert any("head pooling: flatten, as base" in r.getMessage() and "--pooling overrides" in r.getMessage()
+               for r in caplog.records)
+    assert Recipe.load(tmp_path / "default" / "recipe.toml").pooling == "flatten"
+    assert any(isinstance(layer, keras.layers.Flatten)
+               for layer in keras.models.load_model(tmp_path / "default" / "model.keras", compile=False).layers)
+    main(["finetune", "--base", str(pretrained), "--out", str(tmp_path / "avg"), "--pooling", "avg", *fast])
+    assert Recipe.load(tmp_path / "avg" / "recipe.toml").pooling == "avg"
+    # a base without metadata keeps the default
+    plain = tmp_path / "plain"
+    shutil.copytree(pretrained, plain)
+    (plain / "base.json").unlink()
+    main(["finetune", "--base", str(plain), "--out", str(tmp_path / "plain_run"), *fast])
+    assert Recipe.load(tmp_path / "plain_run" / "recipe.toml").pooling == "avg"
+
+
+DIGITS = Path(__file__).resolve().parents[1] / "data_samples" / "digits"
+
+
+def digits_subset(root: Path, per_class: int) -> Path:
+    for folder in sorted(DIGITS.iterdir()):
+        (root / folder.name).mkdir(parents=True)
+        for path in sorted(folder.glob("*.png"))[:per_class]:
+            shutil.copy(path, root / folder.name / path.name)
+    return root
+
+
+def test_a_denoising_autoencoder_validates_on_noisy_inputs_and_reconstructs_clean_ones(tmp_path):
+    data = digits_subset(tmp_path / "digits", 20)
+    out = tmp_path / "ae"
+    main(["pretrain", "--data", str(data), "--out", str(out), "--image-size", "32", "--channels", "1",
+          "--epochs", "6", "--noise", "0.2", "--batch-size", "16"])
+    history = json.loads((out / "history.json").read_text())[0]
+    # validation measures the task training does (noisy in, clean out), so the two track each other
+    assert history["val_loss"][-1] < 2 * history["loss"][-1]
+    assert history["val_loss"][-1] < history["val_loss"][0]
+    autoencoder = keras.models.load_model(out / "autoencoder.keras", safe_mode=True)
+    x = tldata.load_images(sorted(data.rglob("*.png"))[::4], (32, 32), 1)
+    noisy = np.clip(x + 255 * np.random.default_rng(1).normal(0, 0.2, x.shape), 0, 255).astype("float32")
+    clean_mse = np.mean((autoencoder.predict(x, verbose=0) - x / 255) ** 2)
+    noisy_mse = np.mean((autoencoder.predict(noisy, verbose=0) - x / 255) ** 2)
+    assert clean_mse < 3 * noisy_mse
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_commands(*starts: str) -> list[list[str]]:
+    """The README's command lines that begin with `tlkit START`, as argument lists, comments cut."""
+    lines = [line.split("#")[0].split() for line in README.read_text().splitlines() if line.startswith("    tlkit ")]
+    return [line[1:] for line in lines if line[1] in starts]
+
+
+def run_readme_pretrain_then_finetune(tmp_path, monkeypatch, extra_pretrain=(), extra_finetune=(), per_class=None):
+    """The README's `tlkit pretrain` and `tlkit finetune --base runs/ae` lines, as written, in
+    tmp_path (with data_samples/digits there, or a subset of it); the finetune run's accuracy."""
+    (tmp_path / "data_samples").mkdir()
+    if per_class:
+        digits_subset(tmp_path / "data_samples" / "digits", per_class)
+    else:
+        (tmp_path / "data_samples" / "digits").symlink_to(DIGITS)
+    monkeypatch.chdir(tmp_path)
+    pretrain = next(c for c in readme_commands("pretrain") if "--noise" in c)
+    finetune = next(c for c in readme_commands("finetune") if c[1:3] == ["--base", "runs/ae"])
+    main([*pretrain, *extra_pretrain])
+    main([*finetune, "--out", "runs/ft", *extra_finetune])
+    metrics = json.loads((tmp_path / "runs" / "ft" / "metrics.json").read_text())
+    return metrics["stages"][-1]["val_accuracy"]
+
+
+def test_the_readme_pretrain_then_finetune_fast_settings_beat_chance(tmp_path, monkeypatch):
+    fast = next(c for c in readme_commands("pretrain") if "--epochs" in c)
+    epochs = fast[fast.index("--epochs"):fast.index("--epochs") + 2]
+    accuracy = run_readme_pretrain_then_finetune(tmp_path, monkeypatch, epochs, per_class=30)
+    assert accuracy >= 0.6  # chance is 0.1; average pooling of the code stayed near it
+
+
+@pytest.mark.slow
+def test_the_readme_pretrain_then_finetune_reach_090_on_the_digits_as_written(tmp_path, monkeypatch):
+    assert run_readme_pretrain_then_finetune(tmp_path, monkeypatch) >= 0.9

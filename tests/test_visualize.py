@@ -8,7 +8,9 @@ import keras
 from tlkit.preprocessing import ImagePreprocessing
 from tlkit.blocks import build_block_map
 from tlkit.errors import TlkitError
-from tlkit.visualize import TILE_PX, TITLE_PX, plot_activations, plot_filters
+from tlkit.visualize import (
+    GAP_PX, KERNEL_PIXEL_PX, MIN_SIDE_PX, TILE_PX, TITLE_PX, _normalise, plot_activations, plot_filters,
+)
 
 
 def read_png(path) -> np.ndarray:
@@ -16,10 +18,14 @@ def read_png(path) -> np.ndarray:
 
 
 def mosaic_box(pixels):
-    """Rows and columns of the mosaic's non-white pixels, below the title band."""
-    body = pixels[TITLE_PX:]
-    ys, xs = np.nonzero((body < 255).any(axis=-1))
-    return TITLE_PX + ys.min(), TITLE_PX + ys.max() + 1, xs.min(), xs.max() + 1
+    """Rows and columns of the mosaic's non-white pixels, below the title band and left of the
+    colour bar (the first run of non-white columns with no white gap wider than the tiles')."""
+    body = (pixels[TITLE_PX:] < 255).any(axis=-1)
+    xs = np.nonzero(body.any(axis=0))[0]
+    breaks = np.nonzero(np.diff(xs) > GAP_PX + 1)[0]
+    x1 = xs[breaks[0]] + 1 if len(breaks) else xs[-1] + 1
+    ys = np.nonzero(body[:, xs[0]:x1].any(axis=1))[0]
+    return TITLE_PX + ys.min(), TITLE_PX + ys.max() + 1, xs[0], x1
 
 
 def cell_centres(y0, x0, tile, k=3):
@@ -45,8 +51,9 @@ def test_filter_tile_is_brighter_where_the_kernel_is_larger(tmp_path):
     out = plot_filters(conv_model(values.reshape(3, 3, 1, 1) - 3.0), tmp_path / "filters.png")
     pixels = read_png(out)
     y0, y1, x0, x1 = mosaic_box(pixels)
-    assert y1 - y0 == x1 - x0 == TILE_PX  # one 3x3 kernel, each value a 16-px cell
-    for (i, j), (y, x) in cell_centres(y0, x0, TILE_PX).items():
+    tile = 3 * KERNEL_PIXEL_PX  # one 3x3 kernel, each value a cell large enough to see
+    assert y1 - y0 == x1 - x0 == tile
+    for (i, j), (y, x) in cell_centres(y0, x0, tile).items():
         r, g, b = pixels[y, x]
         assert r == g == b  # grayscale for a one-channel kernel
         assert abs(r - 255 * values[i, j] / 8) <= 1  # the kernel scaled to [0, 1]
@@ -59,8 +66,9 @@ def test_rgb_kernels_in_colour_and_caffe_models_flipped(tmp_path):
     for preprocessing, colours in ((None, ("red", "green", "blue")), ("caffe", ("blue", "green", "red"))):
         pixels = read_png(plot_filters(conv_model(kernel, preprocessing), tmp_path / "f.png"))
         y0, y1, x0, x1 = mosaic_box(pixels)
-        assert (y1 - y0, x1 - x0) == (TILE_PX, 2 * TILE_PX + 2)  # two tiles side by side, a 2-px gap
-        centres = cell_centres(y0, x0, TILE_PX)
+        tile = 3 * KERNEL_PIXEL_PX
+        assert (y1 - y0, x1 - x0) == (tile, 2 * tile + 2)  # two tiles side by side, a 2-px gap
+        centres = cell_centres(y0, x0, tile)
         for d, colour in enumerate(colours):
             expected = [255 * (c == colour) for c in ("red", "green", "blue")]
             assert pixels[centres[d, d]].tolist() == expected
@@ -71,7 +79,8 @@ def test_kernels_over_other_channel_counts_are_grayscale_tiles(tmp_path):
     kernel = np.random.default_rng(0).normal(size=(3, 3, 4, 3)).astype(np.float32)
     pixels = read_png(plot_filters(conv_model(kernel), tmp_path / "f.png", max_tiles=5))
     y0, y1, x0, x1 = mosaic_box(pixels)
-    assert (y1 - y0, x1 - x0) == (2 * TILE_PX + 2, 3 * TILE_PX + 4)  # 5 of the 12 tiles, in a 3x2 grid
+    tile = 3 * KERNEL_PIXEL_PX
+    assert (y1 - y0, x1 - x0) == (2 * tile + 2, 3 * tile + 4)  # 5 of the 12 tiles, in a 3x2 grid
     assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
 
 
@@ -102,9 +111,11 @@ def test_activations_one_png_per_conv_or_pool_layer(tmp_path):
     names = ["01_block1_conv.png", "02_block1_pool.png", "03_features_block2_conv.png", "04_features_block2_pool.png"]
     assert [f.name for f in files] == names
     assert sorted(p.name for p in tmp_path.iterdir()) == names  # no temporary files left behind
-    # (channels, map side) -> grid; tiles are upscaled to >= 48 px; 2-px gaps; 24-px title band
+    # (channels, map side) -> grid; tiles are upscaled to >= 48 px; 2-px gaps
     for f, (cols, rows, tile) in zip(files, [(3, 3, 64), (3, 3, 48), (8, 8, 48), (8, 8, 48)]):
-        assert Image.open(f).size == (2 + cols * (tile + 2), TITLE_PX + 2 + rows * (tile + 2))
+        y0, y1, x0, x1 = mosaic_box(read_png(f))
+        assert (x1 - x0, y1 - y0) == (cols * (tile + 2) - 2, rows * (tile + 2) - 2)
+        assert min(Image.open(f).size) >= MIN_SIDE_PX
 
 
 def test_activations_of_block_outputs_show_the_image(tmp_path):
@@ -128,3 +139,30 @@ def test_activations_of_block_outputs_show_the_image(tmp_path):
 def test_activations_reject_an_image_of_the_wrong_channels(tmp_path):
     with pytest.raises(TlkitError, match=r"image of shape \(32, 32\) does not fit"):
         plot_activations(small_cnn(), np.zeros((32, 32)), tmp_path)
+
+
+def test_pictures_are_large_enough_to_read(tmp_path):
+    # LeNet-5's first layer: 6 kernels 5x5 over one channel, once drawn 160x130 px
+    model = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Conv2D(6, 5, name="conv1")], name="lenet5")
+    width, height = Image.open(plot_filters(model, tmp_path / "f.png")).size
+    assert width >= 3 * 5 * KERNEL_PIXEL_PX and height >= MIN_SIDE_PX
+
+
+def test_a_dead_channel_is_drawn_as_zero_on_a_shared_colour_scale(tmp_path):
+    assert (_normalise(np.full((2, 3, 3), 7.0), axes=(1, 2)) == 0).all()  # constant: no contrast, not mid-grey
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 1, activation="relu", name="c")],
+                             name="tiny")
+    model.layers[0].kernel.assign(np.ones((1, 1, 1, 2), np.float32))
+    model.layers[0].bias.assign(np.array([0.0, -1000.0], np.float32))  # the second channel is dead
+    image = np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8, 1)
+    out = plot_activations(model, image, tmp_path)[0]
+    pixels = read_png(out)
+    y0, y1, x0, x1 = mosaic_box(pixels)
+    viridis = (np.asarray(matplotlib.colormaps["viridis"]([0.0, 1.0])[:, :3]) * 255).round()
+    dead = pixels[y0:y1, (x0 + x1) // 2 + 2:x1]
+    assert np.abs(dead - viridis[0]).max() <= 1  # the colour scale's bottom, as zero is
+    assert np.abs(pixels[y1 - 2, (x0 + x1) // 2 - 3] - viridis[1]).max() <= 1  # the live channel's peak: the top
+    # the bar beside the mosaic runs from the top colour to the bottom one
+    column = pixels[TITLE_PX:, x1 + GAP_PX + 12]
+    bar = column[(column < 255).any(axis=-1)]
+    assert np.abs(bar[0] - viridis[1]).max() <= 2 and np.abs(bar[-1] - viridis[0]).max() <= 2

@@ -5,16 +5,21 @@ need no TensorFlow answer at once.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
 import os
+import re
+import signal
 import sys
 import typing
+import warnings
+from pathlib import Path
 
 import click
 
-from tlkit import __version__
+from tlkit import __version__, runguard
 from tlkit.errors import TlkitError
 from tlkit.core.kinds import StageParams
 from tlkit.exporters import FORMATS as EXPORT_FORMATS  # no TensorFlow until an export runs
@@ -66,6 +71,13 @@ def _install_logging(level: int) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python's warnings (a glyph missing from a font, Pillow's decompression-bomb check) as the
+    CLI's one `warning:` line, without the source line of the library that raised them."""
+    logging.getLogger("tlkit").warning("%s", message)
 
 
 def _stage_options(values: tuple[str, ...]) -> dict:
@@ -168,6 +180,21 @@ def _settings(options: dict) -> dict:
 JOB_RECIPES = {"finetune": "classic", "extract": "extract", "train": "scratch", "pretrain": "autoencoder"}
 
 
+def _check_folders(settings: dict) -> None:
+    """Refuse a missing --data/--val-data folder at once: tlkit.data, which checks them in the
+    same words, imports TensorFlow (seconds) first."""
+    for name in ("data", "val_data"):
+        path = settings.get(name)
+        if path is not None and not os.path.exists(path):
+            raise TlkitError(f"data folder '{path}' does not exist")
+
+
+def _check_model(model: str) -> None:
+    """Refuse a missing --model at once, before TensorFlow loads (tlkit.rundir says the same after)."""
+    if not os.path.exists(model):
+        raise TlkitError(f"no model at {model}: pass a run directory made by `tlkit finetune` or `tlkit train`")
+
+
 def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, resume=None, overwrite=None,
              **settings) -> None:
     """Check the job's recipe and every option over it (tlkit.core.kinds.resolve: no TensorFlow,
@@ -186,7 +213,8 @@ def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, res
         _tensorflow()
         from tlkit import jobs
 
-        jobs.resume(resume, verbose=obj["fit_verbose"])
+        with _run_faults(obj):
+            jobs.resume(resume, verbose=obj["fit_verbose"])
         return
     if job == "train" and not args[0]:
         raise TlkitError("pass --arch NAME (a zoo architecture: lenet5, alexnet, vgg16, resnet18, ...)")
@@ -195,14 +223,62 @@ def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, res
     resolved = resolve(recipe or JOB_RECIPES[job], stages=stages, **settings)
     if job in ("finetune", "extract") and not resolved.base and needs_base(resolved):
         raise TlkitError("no base: pass --base NAME (see `tlkit bases`)")
+    _check_folders(settings)
     if out:
         check_out(out, overwrite=bool(overwrite))
     _tensorflow()
     from tlkit import jobs
 
-    getattr(jobs, job)(*args, recipe=recipe or JOB_RECIPES[job], stages=stages, out=out, verbose=obj["fit_verbose"],
-                       overwrite=bool(overwrite),
-                       **{k: v for k, v in settings.items() if job != "train" or k not in ("base", "weights")})
+    with _run_faults(obj):
+        getattr(jobs, job)(*args, recipe=recipe or JOB_RECIPES[job], stages=stages, out=out,
+                           verbose=obj["fit_verbose"], overwrite=bool(overwrite),
+                           **{k: v for k, v in settings.items() if job != "train" or k not in ("base", "weights")})
+
+
+@contextlib.contextmanager
+def _run_faults(obj: dict):
+    """A full disk during a run: its error line says too what the run saved and how to go on
+    from there (--resume only when there is something to resume). It and an interruption start
+    on a line of their own, not after the progress bar they cut short."""
+    claimed = len(runguard.CLAIMED)
+    try:
+        yield
+    except Exception as err:
+        full, runs = _disk_full(err), runguard.CLAIMED[claimed:]
+        interrupted = type(err).__name__ == "RunInterrupted"
+        if (interrupted or full is not None and runs) and obj["fit_verbose"]:
+            click.echo()
+        if full is None or not runs:
+            raise
+        raise TlkitError(f"{os_error_line(full)}; {_what_was_saved(runs[-1])}") from err
+
+
+def _disk_full(err: Exception) -> OSError | None:
+    """`err` as an OSError when it says that the disk is full, else None. TensorFlow's own file
+    writes (TensorBoard's event files, a SavedModel) raise its error with the path in the text."""
+    if isinstance(err, OSError):
+        return err if err.errno in (errno.ENOSPC, errno.EDQUOT) else None
+    if not type(err).__module__.startswith("tensorflow"):
+        return None
+    text = re.sub(r"^\{\{[^}]*\}\}\s*", "", str(err))  # the op that failed
+    for code in (errno.ENOSPC, errno.EDQUOT):
+        found = re.match(rf"(.+?); {re.escape(os.strerror(code))}", text)
+        if found:
+            return OSError(code, os.strerror(code), found[1])
+    return None
+
+
+def _what_was_saved(run: Path) -> str:
+    from tlkit.core.run import ResumeState  # loaded: a run was writing
+
+    state = ResumeState.read(run)
+    if state is not None:
+        where = f"stage {state.stage}, after epoch {state.epoch}" if state.epoch else f"the start of stage {state.stage}"
+        return f"{run} is saved at {where}: go on with `tlkit {state.job} --resume {run}` once there is space"
+    if (run / "model.keras").is_file():
+        return f"the trained model is saved in {run / 'model.keras'}, the run's report files are not"
+    return (f"nothing of {run} was saved to resume from: run it again once there is space (--out {run} --overwrite "
+            "reuses its folder)")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -273,12 +349,22 @@ def lr_find(obj, stage, start_lr, end_lr, steps, **options):
     The model is the one the stage trains (the same frozen blocks, optimizer, loss and
     augmentation), from the base's weights; nothing is written but the plot (OUT defaults to the
     current folder)."""
+    settings = _finetune_settings(options)
+    _check_folders(settings)
+    settings["out"] = settings.get("out") or "."
+    _tensorflow()
     from tlkit.lrfind import lr_find as run
 
-    settings = _finetune_settings(options)
-    settings["out"] = settings.get("out") or "."
     result = run(stage=stage, start_lr=start_lr, end_lr=end_lr, steps=steps, verbose=obj["fit_verbose"], **settings)
     click.echo(result.flag)
+
+
+# lr-find takes finetune's options, but its --out holds only the plot
+for _param in lr_find.params:
+    if _param.name == "out":
+        _param.help = "Folder for lr_find.png (default: the current folder)."
+    elif _param.name == "overwrite":
+        _param.help = "No effect: lr-find always replaces the lr_find.png in --out (it writes nothing else)."
 
 
 @cli.command()
@@ -495,6 +581,9 @@ def _describe_training(recipe: Recipe) -> str:
 def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
     """Print the most probable classes of each image in PATHS (image files, or folders searched
     recursively)."""
+    _check_model(model)
+    if out and Path(out).suffix.lower() not in (".csv", ".json"):
+        raise TlkitError(f"--out '{out}': give a .csv or .json file name")
     _tensorflow()
     from tlkit.inference import predict as run
 
@@ -523,6 +612,8 @@ def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
 def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_bad, checkpoint):
     """Evaluate a run on a labelled folder: per-class precision, recall, F1; confusion matrix,
     the images with the highest loss and their Grad-CAM, every prediction as CSV."""
+    _check_model(model)
+    _check_folders({"data": data})
     _tensorflow()
     from tlkit.inference import evaluate as run
     from tlkit.report import format_report
@@ -568,8 +659,7 @@ _OS_ADVICE = {
     errno.EISDIR: "is a folder where a file is expected: pass a file, or remove the folder",
     errno.ENOTDIR: "part of the path is a file where a folder is expected: choose another path",
     errno.EROFS: "is on a read-only file system: choose a writable place (--out, $TLKIT_CACHE)",
-    errno.ENOSPC: "no space left on its device: free some space or choose another disk; the files written "
-                  "so far are whole, and a run goes on with --resume RUN",
+    errno.ENOSPC: "no space left on its device: free some space or choose another disk",
     errno.EDQUOT: "disk quota exceeded: free some space or choose another disk",
     errno.ELOOP: "is a symbolic link loop: fix or remove the link",
     errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
@@ -606,19 +696,32 @@ def main(argv=None) -> None:
         click.echo(f"error: {unicode_error_line(err)}", err=True)
         sys.exit(2)
     except TlkitError as err:
-        if type(err).__name__ == "RunInterrupted":  # Ctrl-C in a run: saved, and how to go on
+        if type(err).__name__ == "RunInterrupted":  # Ctrl-C or SIGTERM in a run: saved, and how to go on
             click.echo(str(err), err=True)
-            sys.exit(130)
+            sys.exit(_interrupted_status(err))
         if debug:
             raise
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as err:
+        status = _interrupted_status(err)
+        click.echo("terminated" if status != 130 else "aborted", err=True)
+        sys.exit(status)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
+    except Exception as err:
+        full = _disk_full(err)  # TensorFlow's error for a full disk
+        if full is None or debug:
+            raise
+        click.echo(f"error: {os_error_line(full)}", err=True)
+        sys.exit(2)
+
+
+def _interrupted_status(err: BaseException) -> int:
+    """The shell's status of a command stopped by a signal: 128 + SIGTERM (143) or SIGINT (130)."""
+    cause = err.__cause__ or err.__context__
+    return 128 + (signal.SIGTERM if isinstance(cause, runguard.Terminated) else signal.SIGINT)
 
 
 if __name__ == "__main__":

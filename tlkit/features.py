@@ -48,7 +48,7 @@ from tlkit.preprocessing import NAME as PREPROCESSING
 log = logging.getLogger(__name__)
 
 # Bump when decoding, resizing or pooling change, so entries made the old way are not reused.
-FORMAT = 2  # 2: JPEGs decoded at reduced size when much larger than the target
+FORMAT = 3  # 2: JPEGs decoded at reduced size when much larger than the target; 3: EXIF orientation
 
 
 def cache_dir(path: str | Path | None = None) -> Path:
@@ -154,8 +154,7 @@ def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, p
         path_of = dict(zip(digests, files))
         start = time.perf_counter()
         stored = run_base(base.model, [path_of[d] for d in distinct], image_size, batch_size, pooling, verbose)
-        log.info("extracted features of %d images with %s in %.1f s; cached in %s", len(distinct), base.name,
-                 time.perf_counter() - start, entry)
+        seconds = time.perf_counter() - start
         try:
             write_atomic(entry, lambda tmp: np.savez(tmp, features=stored, digests=np.array(distinct)))
             write_json_atomic(entry.with_suffix(".json"), {
@@ -163,7 +162,10 @@ def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, p
                 "channels": base.channels, "pooling": pooling, "images": len(distinct), "features": stored.shape[1],
                 "format": FORMAT,
             })
+            log.info("extracted features of %d images with %s in %.1f s; cached in %s", len(distinct), base.name,
+                     seconds, entry)
         except OSError as err:  # a cache can only cost time: the run goes on with the features in memory
+            log.info("extracted features of %d images with %s in %.1f s", len(distinct), base.name, seconds)
             log.warning("feature cache %s cannot be written (%s); going on without caching", entry.parent,
                         err.strerror or err)
         features = dict(zip(distinct, stored))
@@ -210,11 +212,16 @@ def fit_frozen_once(ctx, index: int, kind: str, params, model: keras.Model, deta
     nothing random comes before the trainable layers (no augmentation) and the image cache may hold
     things in memory (`cache_images` auto or memory); else on the images, every epoch. The same
     batches and the same steps either way: only the frozen layers' forward pass is saved."""
+    start = time.perf_counter()
     once = frozen_once(ctx, index, kind)
     if once is None:
         return ctx.fit(index, kind, params, model, detail=detail)
     rest, data, note = once
-    return ctx.fit(index, kind, params, rest, data, detail=f"{detail}, {note}", sharing=ctx.classifier)
+    frozen_seconds = time.perf_counter() - start
+    result = ctx.fit(index, kind, params, rest, data, detail=f"{detail}, {note}", sharing=ctx.classifier)
+    # the frozen pass is part of the stage's time (REPORT.md's seconds), though fit does not see it
+    result.seconds += frozen_seconds
+    return result
 
 
 def frozen_once(ctx, index: int, kind: str):

@@ -138,7 +138,7 @@ class Recipe:
     label_smoothing: float = 0.0  # the target of cross-entropy becomes (1 - a) y + a / K
     class_weight: ClassWeight = "none"
     dropout: float = 0.2
-    pooling: Pooling = "avg"
+    pooling: Pooling | None = None  # None: what the base asks for (an autoencoder's: flatten), else avg
     early_stopping: int = 0  # patience in epochs; 0 is off
     mixed_precision: bool = False
     cache: str | None = None  # feature cache folder of extract stages; None: tlkit.features.cache_dir()

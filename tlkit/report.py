@@ -30,7 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
-from tlkit.curves import plot_curves
+from tlkit.curves import any_script, plot_curves
 from tlkit.data import load_images, make_dataset
 from tlkit.errors import TlkitError
 from tlkit.io import write_atomic, write_json_atomic, write_text_atomic
@@ -185,6 +185,7 @@ def _save(fig: Figure, out: Path) -> Path:
     return out
 
 
+@any_script()
 def plot_confusion(confusion: np.ndarray, classes: Sequence[str], out: str | Path) -> Path:
     """confusion.png: counts on the left, row-normalised (the share of each true class) on the
     right. The cells keep a readable size, so a large matrix makes a large picture; counts are
@@ -235,6 +236,7 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], out: str | Pat
     return _save(fig, Path(out))
 
 
+@any_script()
 def plot_top_losses(model: keras.Model, classes: Sequence[str], files: Sequence[Path], truth: Sequence[int],
                     out: str | Path, blocks: dict | None = None) -> Path:
     """top_losses.png: each image (highest loss first) as the model sees it, and beside it its

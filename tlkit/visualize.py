@@ -1,10 +1,11 @@
 """Pictures of what a network learned: its first-layer kernels and its feature maps for one image.
 
 Every picture is a mosaic of tiles on a white background: tiles `GAP_PX` apart and from the edge,
-each upscaled (nearest neighbour) so its longer side is at least `TILE_PX`, laid out row by row
-in a near-square grid, centred under a `TITLE_PX` band naming what is shown (the canvas is
-widened when the title is wider than the mosaic). The mosaic is drawn pixel for pixel (no
-resampling by matplotlib), so a tile's pixels are its values.
+each upscaled (nearest neighbour) so its longer side is at least `TILE_PX` (a kernel pixel at
+least `KERNEL_PIXEL_PX`, so a 3x3 kernel can be read), laid out row by row in a near-square grid
+under a `TITLE_PX` band naming the model and layer, with a colour scale in the `COLORBAR_PX` on
+its right; the canvas is at least `MIN_SIDE_PX` wide and high, and wider when the title needs it.
+The mosaic is drawn pixel for pixel (no resampling by matplotlib), so a tile's pixels are its values.
 Drawing uses matplotlib's Agg canvas directly and never pyplot, so it neither needs a display nor
 changes the backend of a user's session.
 """
@@ -32,7 +33,11 @@ from tlkit.preprocessing import is_bgr
 
 GAP_PX = 2
 TILE_PX = 48
+KERNEL_PIXEL_PX = 24
 TITLE_PX = 24
+COLORBAR_PX = 72
+MIN_SIDE_PX = 320
+_BAR_GAP_PX, _BAR_WIDTH_PX = 8, 14
 _DPI = 100
 _CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D, keras.layers.Conv2DTranspose)
 _POOLS = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
@@ -47,16 +52,20 @@ def _leaf_layers(model: keras.Model):
 
 
 def _normalise(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """Scale each slice along the axes not in `axes` to [0, 1]; a constant slice becomes 0.5."""
+    """Scale each slice along the axes not in `axes` to [0, 1]; a constant slice becomes 0.
+
+    A constant slice (a dead channel, a zeroed kernel) carries no contrast: drawing it as 0, the
+    colour scale's bottom, shows it as dead instead of passing it off as a mid value."""
     low, high = x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
     span = high - low
-    return np.where(span > 0, (x - low) / np.where(span > 0, span, 1), 0.5)
+    return np.where(span > 0, (x - low) / np.where(span > 0, span, 1), 0.0)
 
 
-def _mosaic(tiles: np.ndarray) -> np.ndarray:
-    """Lay out `tiles` (n, h, w, 3), values in [0, 1], as one RGB image (see the module docstring)."""
+def _mosaic(tiles: np.ndarray, pixel_px: int = 1) -> np.ndarray:
+    """Lay out `tiles` (n, h, w, 3), values in [0, 1], as one RGB image (see the module docstring);
+    each tile pixel is at least `pixel_px` screen pixels a side."""
     n, h, w, _ = tiles.shape
-    scale = max(1, math.ceil(TILE_PX / max(h, w)))
+    scale = max(pixel_px, math.ceil(TILE_PX / max(h, w)))
     tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
     th, tw = h * scale, w * scale
     cols = math.ceil(math.sqrt(n))
@@ -69,16 +78,28 @@ def _mosaic(tiles: np.ndarray) -> np.ndarray:
     return image
 
 
-def _save(image: np.ndarray, title: str, out: Path) -> Path:
-    """Save `image` under a title band, through a temporary file so `out` is never half written."""
-    height = image.shape[0] + TITLE_PX
+def _save(image: np.ndarray, title: str, out: Path, colormap, scale: tuple[str, str]) -> Path:
+    """Save `image` under a title band, beside a bar of `colormap` labelled with `scale` (bottom,
+    top), through a temporary file so `out` is never half written."""
+    body = max(image.shape[0], MIN_SIDE_PX - TITLE_PX)
+    height = body + TITLE_PX
     fig = Figure(dpi=_DPI, facecolor="white")
     text = fig.text(0.5, 1 - TITLE_PX / 2 / height, title, ha="center", va="center", fontsize=9)
     canvas = FigureCanvasAgg(fig)
     # widen a narrow mosaic's canvas so its title fits; the mosaic stays centred below it
-    width = max(image.shape[1], math.ceil(text.get_window_extent(canvas.get_renderer()).width) + 8)
+    title_px = math.ceil(text.get_window_extent(canvas.get_renderer()).width) + 8
+    width = max(image.shape[1] + COLORBAR_PX, title_px, MIN_SIDE_PX)
     fig.set_size_inches(width / _DPI, height / _DPI)
-    fig.figimage(image, xo=(width - image.shape[1]) // 2, yo=0)
+    left = (width - COLORBAR_PX - image.shape[1]) // 2
+    bar_height = max(image.shape[0], 64)
+    # the mosaic and its bar centred in the body; figimage counts rows from the canvas's bottom
+    top = height - TITLE_PX - (body - max(image.shape[0], bar_height)) // 2
+    fig.figimage(image, xo=left, yo=top - image.shape[0])
+    bar = colormap(np.linspace(1, 0, bar_height))[:, None, :3].repeat(_BAR_WIDTH_PX, axis=1)
+    bar_x = left + image.shape[1] + _BAR_GAP_PX
+    fig.figimage(bar, xo=bar_x, yo=top - bar_height)
+    for label, y, va in ((scale[1], top, "top"), (scale[0], top - bar_height, "bottom")):
+        fig.text((bar_x + _BAR_WIDTH_PX + 3) / width, y / height, label, ha="left", va=va, fontsize=7)
     write_atomic(out, lambda tmp: canvas.print_png(str(tmp)))
     return out
 
@@ -89,8 +110,8 @@ def plot_filters(
     """Draw the kernels of the first Conv2D of `model` (nested models searched too) as a grid.
 
     A kernel over 3 input channels is one colour tile; otherwise each (kernel, input channel)
-    pair is a grayscale tile; the first `max_tiles` are drawn. Each kernel is scaled to [0, 1] on
-    its own. `bgr` says the input
+    pair is a grayscale tile; the first `max_tiles` are drawn. Each kernel is scaled from its own
+    minimum to its own maximum (a constant kernel is black). `bgr` says the input
     channels are in BGR order (Caffe-style preprocessing); by default it is True when the model
     holds a "caffe" preprocessing, whose flip puts the kernels in BGR order.
     """
@@ -110,10 +131,11 @@ def plot_filters(
     else:
         gray = kernel.transpose(3, 2, 0, 1).reshape(n * c_in, kh, kw)
         tiles = np.repeat(gray[..., None], 3, axis=-1)
-    title = f"{conv.name}: {n} kernels {kh}x{kw}x{c_in}"
+    title = f"{model.name} / {conv.name}: {n} kernels {kh}x{kw}x{c_in}, each from its min to its max"
     if len(tiles) > max_tiles:
         title += f", first {max_tiles} tiles"
-    return _save(_mosaic(tiles[:max_tiles]), title, Path(out_png))
+    image = _mosaic(tiles[:max_tiles], pixel_px=KERNEL_PIXEL_PX)
+    return _save(image, title, Path(out_png), matplotlib.colormaps["gray"], ("min", "max"))
 
 
 def plot_activations(
@@ -127,8 +149,9 @@ def plot_activations(
 
     The stages are the last layers of `blocks` (a block map of `model`) when given, else every
     convolution and pooling layer, nested models included. Each stage gives one PNG,
-    `NN_<layer>.png` in `out_dir`, of its first `max_channels` channels, each scaled to [0, 1] on
-    its own and coloured with viridis. The image is resized to the model's input size if that is
+    `NN_<layer>.png` in `out_dir`, of its first `max_channels` channels on one colour scale (viridis,
+    from the stage's minimum to its maximum, printed beside the mosaic), so channels compare and a
+    dead channel (constant) is counted in the title. The image is resized to the model's input size if that is
     fixed and differs. Returns the files in stage order.
     """
     image = np.asarray(image, np.float32)
@@ -162,10 +185,15 @@ def plot_activations(
     colormap = matplotlib.colormaps["viridis"]
     for i, (name, fmap) in enumerate(maps):
         h, w, c = fmap.shape
-        shown = _normalise(fmap[..., :max_channels].transpose(2, 0, 1), axes=(1, 2))
-        title = f"{name}: {h}x{w}x{c}" + (f", first {max_channels} channels" if c > max_channels else "")
+        channels = fmap[..., :max_channels].transpose(2, 0, 1)
+        shown = _normalise(channels, axes=(0, 1, 2))
+        dead = int((channels.min(axis=(1, 2)) == channels.max(axis=(1, 2))).sum())
+        title = f"{model.name} / {name}: {h}x{w}x{c}" + (f", first {max_channels} channels" if c > max_channels else "")
+        if dead:
+            title += f", {dead} dead (constant)"
         out = Path(out_dir) / f"{i + 1:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"
-        files.append(_save(_mosaic(colormap(shown)[..., :3]), title, out))
+        scale = (f"{channels.min():.3g}", f"{channels.max():.3g}")
+        files.append(_save(_mosaic(colormap(shown)[..., :3]), title, out, colormap, scale))
     return files
 
 

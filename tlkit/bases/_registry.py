@@ -19,6 +19,9 @@ class Base:
     input_size: tuple[int, int]  # the default (height, width)
     source: str  # "keras", "zoo", "package", "hub", "file", "run", ...
     weights: str  # "imagenet", "none", a path, ...
+    # the head pooling this base asks for, and why (an autoencoder's small spatial code: flatten);
+    # None: the recipe's default, avg
+    pooling: tuple[str, str] | None = None
 
     @property
     def channels(self) -> int:

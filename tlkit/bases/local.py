@@ -9,8 +9,9 @@
 - a run directory of `tlkit finetune`: the base inside its model.keras, with its blocks.json.
 - a run directory of `tlkit train`: the zoo model of its recipe, with the weights it learned
   (`tlkit.bases.zoo`); the trained top is left out.
-- a base directory (the autoencoder path writes one): base.keras, a features model, and
-  blocks.json.
+- a base directory (the autoencoder path writes one): base.keras, a features model,
+  blocks.json, and optionally base.json ({"pooling": NAME, "why": TEXT}: the head pooling the
+  base asks for, which --pooling overrides).
 
 `--base-layer NAME` cuts any base at that layer instead (its output becomes the features); the
 blocks after it go.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -29,11 +31,12 @@ from tlkit.bases._registry import Base
 from tlkit.bases.zoo import load_zoo
 from tlkit.blocks import Block, build_block_map, single_block
 from tlkit.errors import TlkitError, unknown_name
-from tlkit.recipe import Recipe
+from tlkit.recipe import POOLINGS, Recipe
 from tlkit.rundir import model_file_error
 
 BASE_FILE = "base.keras"
 BLOCKS_FILE = "blocks.json"
+META_FILE = "base.json"
 CLASSIFIER_BASE = "base"  # the layer name of the base inside a tlkit classifier (engine.BASE_LAYER)
 
 
@@ -46,7 +49,8 @@ def load_local(path: str | Path, weights: str = "imagenet", image_size: tuple[in
     file = path
     if path.is_dir():
         if (path / BASE_FILE).is_file():
-            return _finish(path, _load_keras(path / BASE_FILE), path / BLOCKS_FILE, image_size, base_layer)
+            base = _finish(path, _load_keras(path / BASE_FILE), path / BLOCKS_FILE, image_size, base_layer)
+            return replace(base, pooling=_pooling(path / META_FILE)) if (path / META_FILE).is_file() else base
         recipe = _train_recipe(path)
         if recipe:
             size = image_size or ((recipe.image_size,) * 2 if recipe.image_size else None)
@@ -76,6 +80,18 @@ def _finish(path: Path, model: keras.Model, blocks_file: Path, image_size, base_
     source = "file" if path.is_file() else "run"
     base = Base(name, model, blocks, _size(model) or image_size or (224, 224), source, str(path))
     return resized(base, image_size) if image_size else base
+
+
+def _pooling(path: Path) -> tuple[str, str]:
+    """The head pooling a base directory's base.json asks for, and why."""
+    try:
+        meta = json.loads(path.read_text())
+        pooling, why = meta["pooling"], meta.get("why", f"as {path} says")
+    except (ValueError, KeyError, TypeError) as err:
+        raise TlkitError(f"{path} is not a base's metadata ({{\"pooling\": NAME, \"why\": TEXT}}): {err}") from err
+    if pooling not in POOLINGS:
+        raise TlkitError(f"{path} asks for pooling {pooling!r}: choose one of {', '.join(POOLINGS)}, or delete it")
+    return pooling, why
 
 
 def _train_recipe(path: Path):
@@ -167,7 +183,7 @@ def cut_base(base: Base, layer_name: str) -> Base:
 def resized(base: Base, size: tuple[int, int]) -> Base:
     """`base` taking images of `size`: the same layers (and weights) called on a new input."""
     if _size(base.model) in (None, tuple(size)):
-        return Base(base.name, base.model, base.blocks, tuple(size), base.source, base.weights)
+        return Base(base.name, base.model, base.blocks, tuple(size), base.source, base.weights, base.pooling)
     inputs = keras.Input((*size, base.channels), name=base.model.layers[0].name)
     try:
         model = keras.models.clone_model(
@@ -177,4 +193,4 @@ def resized(base: Base, size: tuple[int, int]) -> Base:
     except ValueError as err:
         raise TlkitError(f"base {base.name} cannot take images of {size[0]}x{size[1]}: {err}") from err
     model.name = base.model.name
-    return Base(base.name, model, base.blocks, tuple(size), base.source, base.weights)
+    return Base(base.name, model, base.blocks, tuple(size), base.source, base.weights, base.pooling)

@@ -425,11 +425,15 @@ RESUME_FOLDER = Path("checkpoints") / "resume"
 
 
 class RunInterrupted(TlkitError):
-    """Ctrl-C during a run: what was saved, and the command that goes on from there."""
+    """Ctrl-C (or SIGTERM, tlkit.runguard) during a run: what was saved, and the command that goes on
+    from there."""
 
     def __init__(self, out: Path, job: str, state: ResumeState | None):
-        where = (f"stage {state.stage}, after epoch {state.epoch}" if state and state.epoch
-                 else f"the start of stage {state.stage}" if state else "the start")
+        if state is None:  # `--resume` would refuse: say what works
+            super().__init__(f"interrupted: {out} stopped before its first epoch ended, with nothing saved to resume "
+                             f"from; run it again (--out {out} --overwrite reuses its folder)")
+            return
+        where = f"stage {state.stage}, after epoch {state.epoch}" if state.epoch else f"the start of stage {state.stage}"
         super().__init__(f"interrupted: {out} is saved at {where}; go on with: tlkit {job} --resume {out}")
 
 
@@ -759,11 +763,23 @@ def context(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.
     image_size = tuple(base.model.input_shape[1:3])
     if None in image_size:
         image_size = base.input_size
-    resolved = dataclasses.replace(recipe, base=recipe.base or base.name, image_size=image_size[0])
+    resolved = dataclasses.replace(recipe, base=recipe.base or base.name, image_size=image_size[0],
+                                   pooling=head_pooling(recipe, base) if labelled else recipe.pooling)
     ctx = RunContext(resolved, base, classes, train, val, image_size, Path(out), strategy, verbose, model)
     if labelled:
         ctx.class_weight = training.class_weights(recipe.class_weight, classes, train.counts())
     return ctx, report
+
+
+def head_pooling(recipe: Recipe, base: Base) -> str:
+    """The pooling of the new head: --pooling, else the base's choice (said, with why), else avg."""
+    if recipe.pooling:
+        return recipe.pooling
+    if base.pooling:
+        log.info("head pooling: %s, as base %s asks (%s); --pooling overrides", base.pooling[0], base.name,
+                 base.pooling[1])
+        return base.pooling[0]
+    return "avg"
 
 
 def write_results(ctx: RunContext) -> None:

@@ -31,13 +31,12 @@ def encoder_blocks(depth: int = len(FILTERS)) -> BlockSpec:
 
 
 def conv_autoencoder(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 3), filters=FILTERS, decoder: str = "unpool",
-                     noise: float = 0.0, name: str = "conv_autoencoder") -> keras.Model:
+                     name: str = "conv_autoencoder") -> keras.Model:
     """The autoencoder: float32 images in [0, 255] (B, H, W, C) -> their reconstruction in [0, 1].
 
-    See `encoder_model` for the encoder as a base. With `noise` > 0 the autoencoder is
-    denoising: Gaussian noise of that standard deviation is added to the [0, 1]-scaled input in
-    training only (Keras' GaussianNoise). The target stays the clean image.
-    H and W must be multiples of 2 ** len(filters).
+    See `encoder_model` for the encoder as a base. A denoising autoencoder is this model fed
+    `corrupt`ed images against clean targets: the noise belongs to the data, not the model, so
+    validation can measure the same task as training. H and W must be multiples of 2 ** len(filters).
     """
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
@@ -47,8 +46,6 @@ def conv_autoencoder(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 3), filters=FILTER
                          f"{side}, not {input_shape[0]}x{input_shape[1]}")
     inputs = keras.Input(input_shape, name="image")
     x = preprocessing_layer("unit")(inputs)
-    if noise:
-        x = layers.GaussianNoise(noise, seed=0, name="noise")(x)
     switches = []
     for i, width in enumerate(filters, start=1):
         x = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"block{i}_conv")(x)
@@ -69,9 +66,30 @@ def conv_autoencoder(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 3), filters=FILTER
     return keras.Model(inputs, outputs, name=name)
 
 
+def corrupt(images, noise: float, seed=None):
+    """Denoising's input: [0, 255] `images` plus Gaussian noise on the [0, 1] scale, clipped to
+    the image range. Each image's std is drawn from [0, noise], so near-clean images are trained
+    on too: trained on noisy images alone, the encoder and its pooling switches meet a clean
+    image's flat background only at test time, and reconstruct it badly.
+
+    `seed`, a stateless (2,) seed, fixes the noise (validation, pictures); None draws new noise
+    on every call (training).
+    """
+    import tensorflow as tf  # the dataset pipeline's ops: keras.ops has no stateless random
+
+    shape = tf.shape(images)
+    if seed is None:
+        std = tf.random.uniform([shape[0], 1, 1, 1], 0.0, noise)
+        normal = tf.random.normal(shape)
+    else:
+        std_seed, normal_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        std = tf.random.stateless_uniform([shape[0], 1, 1, 1], std_seed, 0.0, noise)
+        normal = tf.random.stateless_normal(shape, normal_seed)
+    return tf.clip_by_value(images + 255.0 * std * normal, 0.0, 255.0)
+
+
 def encoder_model(autoencoder: keras.Model) -> keras.Model:
-    """The encoder as a base: [0, 255] images -> the code feature map, without the noise and
-    the switches. Its layers are the autoencoder's own (shared), so it holds the trained weights."""
+    """The encoder as a base: [0, 255] images -> the code feature map, without the switches. Its layers are the autoencoder's own (shared), so it holds the trained weights."""
     inputs = keras.Input(autoencoder.input_shape[1:], name="image")
     x = autoencoder.get_layer("preprocessing")(inputs)
     for layer in autoencoder.layers:

@@ -5,6 +5,7 @@ train on that. It writes a base directory, which `tlkit finetune --base DIR` tak
     base.keras          the encoder: float32 [0, 255] images -> the code feature map ([0, 1]
                         scaling inside), reloadable in safe mode
     blocks.json         its block map ({block: [layer names]}, in order)
+    base.json           what a head on it should be: {"pooling": "flatten", "why": ...}
     autoencoder.keras   the whole autoencoder
     reconstructions.png validation images beside their reconstructions
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from tlkit.core.kinds import STAGES, StageKind, StageParams
 from tlkit.errors import TlkitError
@@ -28,14 +29,20 @@ from tlkit.io import save_model_atomic, write_atomic, write_json_atomic
 log = logging.getLogger(__name__)
 
 GRID_IMAGES = 8
-GRID_TILE = 64  # smallest side of a tile in the grid, in pixels: small images are enlarged
+GRID_TILE = 96  # smallest side of a tile in the grid, in pixels: small images are enlarged
+# Global average pooling of the code (4x4 for 32-px digits) throws away where the strokes are:
+# a head on it stays near chance, one on the flattened code does not (BENCHMARKS.md).
+POOLING = ("flatten", "the encoder's code is a small feature map whose positions matter, which average "
+                      "pooling would throw away")
 
 
 @dataclass
 class Autoencoder(StageParams):
     epochs: int = 20
     decoder: Literal["unpool", "transpose"] = "unpool"  # max-unpooling with the switches, or transposed convs
-    noise: float = 0.0  # std of Gaussian noise on the [0, 1]-scaled training inputs: denoising
+    # denoising: the inputs (training and validation) get Gaussian noise of std up to this, on the
+    # [0, 1] scale; the target stays the clean image
+    noise: float = 0.0
     channels: Literal[1, 3] | None = None  # default: the run's base's, else 3
     data: str | None = None  # unlabeled images to pretrain on; default: the run's training images
 
@@ -53,7 +60,7 @@ def build_autoencoder(params: Autoencoder, image_size: tuple[int, int], channels
     # so that checking a recipe stays fast
 
     try:
-        return conv_autoencoder((*image_size, channels), FILTERS, params.decoder, params.noise)
+        return conv_autoencoder((*image_size, channels), FILTERS, params.decoder)
     except ValueError as err:
         raise TlkitError(f"{err}; pass --image-size N with N a multiple of {2 ** len(FILTERS)}") from err
 
@@ -66,7 +73,7 @@ def encoder_base(autoencoder, weights: str):
 
     model = encoder_model(autoencoder)
     return Base("conv_encoder", model, build_block_map(model, encoder_blocks()), tuple(model.input_shape[1:3]),
-                "autoencoder", weights)
+                "autoencoder", weights, POOLING)
 
 
 def untrained_base(recipe, params: Autoencoder):
@@ -82,7 +89,10 @@ def run(ctx, index: int, params: Autoencoder):
     """Train the autoencoder on `params.data` (split as the recipe says) or, without it, on the
     run's images, whose labels are not used; write the base directory and make the encoder the
     run's base."""
+    import tensorflow as tf
+
     from tlkit import data as tldata  # TensorFlow, as above
+    from tlkit.models.autoencoder import corrupt
 
     r = ctx.recipe
     if params.data:
@@ -97,7 +107,14 @@ def run(ctx, index: int, params: Autoencoder):
     def pairs(images, training: bool):
         ds = tldata.make_dataset(images, ctx.image_size, r.batch_size, channels=channels, shuffle=training,
                                  augment=augment if training else False, seed=r.seed)
-        return ds.map(lambda x, _: (x, x / 255.0))  # the target is the clean image on the [0, 1] scale
+        ds = ds.map(lambda x, _: (x, x / 255.0))  # the target is the clean image on the [0, 1] scale
+        if not params.noise:
+            return ds
+        if training:
+            return ds.map(lambda x, clean: (corrupt(x, params.noise), clean))
+        # the same noise model, the same noise every epoch: validation losses compare across epochs
+        return ds.enumerate().map(
+            lambda i, pair: (corrupt(pair[0], params.noise, tf.stack([tf.constant(r.seed, tf.int64), i])), pair[1]))
 
     with ctx.strategy.scope():
         autoencoder = build_autoencoder(params, ctx.image_size, channels)
@@ -131,6 +148,7 @@ def save_pretrained(autoencoder, folder: Path, grid_files, noise: float):
     base = encoder_base(autoencoder, str(folder))
     save_model_atomic(base.model, folder / "base.keras")
     write_json_atomic(folder / "blocks.json", {block.name: list(block.layers) for block in base.blocks})
+    write_json_atomic(folder / "base.json", {"pooling": POOLING[0], "why": POOLING[1]})
     save_model_atomic(autoencoder, folder / "autoencoder.keras")
     images = load_images(grid_files, autoencoder.input_shape[1:3], autoencoder.input_shape[-1])
     grid = reconstruction_grid(autoencoder, images, noise)
@@ -139,25 +157,30 @@ def save_pretrained(autoencoder, folder: Path, grid_files, noise: float):
 
 
 def reconstruction_grid(autoencoder, images: np.ndarray, noise: float = 0.0, seed: int = 0) -> np.ndarray:
-    """uint8 image: one row per image, the input beside its reconstruction; with `noise`, the
-    noisy input the autoencoder was given sits between them (denoising)."""
-    columns = [images / 255.0]
+    """uint8 image, titled columns, one row per image: the clean image and its reconstruction;
+    with `noise` (denoising), the clean image, the noisy one (Gaussian noise of std `noise` on the
+    [0, 1] scale, the most training adds) and the reconstruction of the noisy one, which training
+    compared with the clean image."""
+    columns = {"clean": images}
     if noise:
-        noisy = np.clip(columns[0] + np.random.default_rng(seed).normal(0, noise, images.shape), 0, 1)
-        columns.append(noisy.astype(np.float32))
-    columns.append(autoencoder.predict(columns[-1] * 255.0, verbose=0))
+        rng = np.random.default_rng(seed)
+        columns["noisy"] = np.clip(images + 255.0 * rng.normal(0, noise, images.shape), 0, 255).astype(np.float32)
+    columns["reconstruction" + (" of noisy" if noise else "")] = \
+        255.0 * autoencoder.predict(list(columns.values())[-1], verbose=0)
     scale = max(1, -(-GRID_TILE // min(images.shape[1:3])))  # ceiling division
-    gap = 2
-    rows = []
-    for tiles in zip(*columns):
-        tiles = [np.kron(t, np.ones((scale, scale, 1))) for t in tiles]  # nearest-neighbour enlargement
-        height = tiles[0].shape[0]
-        spacer = np.ones((height, gap, tiles[0].shape[2]))
-        rows.append(np.concatenate([x for t in tiles for x in (t, spacer)][:-1], axis=1))
-        rows.append(np.ones((gap, rows[-1].shape[1], rows[-1].shape[2])))
-    grid = np.concatenate(rows[:-1], axis=0)
-    grid = np.round(np.clip(grid, 0, 1) * 255).astype(np.uint8)
-    return grid[..., 0] if grid.shape[-1] == 1 else grid
+    tile_h, tile_w = images.shape[1] * scale, images.shape[2] * scale
+    gap, title = 4, 24
+    mode = "L" if images.shape[-1] == 1 else "RGB"
+    grid = Image.new(mode, (len(columns) * (tile_w + gap) - gap, title + len(images) * (tile_h + gap) - gap), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=14)
+    for c, (name, column) in enumerate(columns.items()):
+        left = c * (tile_w + gap)
+        draw.text((left + tile_w / 2, title / 2), name, fill="black", font=font, anchor="mm")
+        for r, tile in enumerate(np.round(np.clip(column, 0, 255)).astype(np.uint8)):
+            tile = Image.fromarray(tile[..., 0] if tile.shape[-1] == 1 else tile)
+            grid.paste(tile.resize((tile_w, tile_h), Image.NEAREST), (left, title + r * (tile_h + gap)))
+    return np.asarray(grid)
 
 
 STAGES.add("autoencoder", StageKind(
