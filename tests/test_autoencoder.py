@@ -127,27 +127,28 @@ def test_pretrain_reduces_the_reconstruction_error_and_writes_a_base_directory(p
 
 def title_band(grid: np.ndarray, columns: int, tile: int, gap: int = 4) -> list[bool]:
     """Whether each column's title band (above the first tile) has dark pixels: text."""
-    return [bool((grid[:24, c * (tile + gap):c * (tile + gap) + tile] < 128).any()) for c in range(columns)]
+    return [bool((grid[:40, c * (tile + gap):c * (tile + gap) + tile] < 128).any()) for c in range(columns)]
 
 
 def test_the_grid_shows_clean_noisy_and_the_reconstruction_of_noisy_under_titles(pretrained):
     grid = np.asarray(Image.open(pretrained / "reconstructions.png"))
-    # 5 validation images, 32 px enlarged 3x to 96, 4 px gaps, a 24 px title band;
+    # 5 validation images, 32 px enlarged 3x to 96, 4 px gaps, a 40 px title band;
     # columns: clean, noisy, reconstruction of noisy
-    assert grid.shape == (24 + 5 * 96 + 4 * 4, 3 * 96 + 2 * 4, 3)
+    assert grid.shape == (40 + 5 * 96 + 4 * 4, 3 * 96 + 2 * 4, 3)
     assert title_band(grid, 3, 96) == [True] * 3
     autoencoder = keras.models.load_model(pretrained / "autoencoder.keras", safe_mode=True)
     x = images(2)
     made = reconstruction_grid(autoencoder, x, noise=0.1)
-    tile = lambda row, col: made[24 + row * 100:24 + row * 100 + 96:3, col * 100:col * 100 + 96:3]  # noqa: E731
+    tile = lambda row, col: made[40 + row * 100:40 + row * 100 + 96:3, col * 100:col * 100 + 96:3]  # noqa: E731
     np.testing.assert_array_equal(tile(1, 0), np.round(x[1]).astype(np.uint8))
     noisy = tile(1, 1).astype(float)
     assert 0.05 < (noisy - x[1]).std() / 255 < 0.15
     reconstruction = autoencoder.predict(noisy[None].astype("float32"), verbose=0)[0]
-    np.testing.assert_allclose(tile(1, 2), np.round(reconstruction * 255), atol=3)
+    # the noisy tile is the noisy input rounded to uint8, which moves a few pooling switches
+    assert np.abs(tile(1, 2) - np.round(reconstruction * 255)).mean() < 1
     # without noise: clean and reconstruction
     plain = reconstruction_grid(autoencoder, x)
-    assert plain.shape == (24 + 2 * 96 + 4, 2 * 96 + 4, 3) and title_band(plain, 2, 96) == [True] * 2
+    assert plain.shape == (40 + 2 * 96 + 4, 2 * 96 + 4, 3) and title_band(plain, 2, 96) == [True] * 2
 
 
 def encoder_as_base(folder: Path) -> Base:
@@ -248,13 +249,13 @@ def test_pretrain_errors_are_one_line(tiny_images, tmp_path, capsys, args, messa
 
 
 def test_an_autoencoder_base_gets_flatten_pooling_by_default_recorded_and_overridable(pretrained, tiny_images,
-                                                                                       tmp_path, caplog):
+                                                                                       tmp_path, capsys):
     assert json.loads((pretrained / "base.json").read_text())["pooling"] == "flatten"
     fast = ["--data", str(tiny_images), "--batch-size", "8", "--epochs-head", "1", "--epochs-finetune", "0"]
-    with caplog.at_level("INFO", logger="tlkit"):
-        main(["finetune", "--base", str(pretrained), "--out", str(tmp_path / "default"), *fast])
-    assert any("head pooling: flatten, as base" in r.getMessage() and "--pooling overrides" in r.getMessage()
-               for r in caplog.records)
+    capsys.readouterr()
+    main(["finetune", "--base", str(pretrained), "--out", str(tmp_path / "default"), *fast])
+    said = capsys.readouterr()
+    assert "head pooling: flatten, as base" in said.out + said.err and "--pooling overrides" in said.out + said.err
     assert Recipe.load(tmp_path / "default" / "recipe.toml").pooling == "flatten"
     assert any(isinstance(layer, keras.layers.Flatten)
                for layer in keras.models.load_model(tmp_path / "default" / "model.keras", compile=False).layers)

@@ -165,18 +165,18 @@ def reconstruction_grid(autoencoder, images: np.ndarray, noise: float = 0.0, see
     if noise:
         rng = np.random.default_rng(seed)
         columns["noisy"] = np.clip(images + 255.0 * rng.normal(0, noise, images.shape), 0, 255).astype(np.float32)
-    columns["reconstruction" + (" of noisy" if noise else "")] = \
+    columns["reconstruction" + ("\nof noisy" if noise else "")] = \
         255.0 * autoencoder.predict(list(columns.values())[-1], verbose=0)
     scale = max(1, -(-GRID_TILE // min(images.shape[1:3])))  # ceiling division
     tile_h, tile_w = images.shape[1] * scale, images.shape[2] * scale
-    gap, title = 4, 24
+    gap, title = 4, 40
     mode = "L" if images.shape[-1] == 1 else "RGB"
     grid = Image.new(mode, (len(columns) * (tile_w + gap) - gap, title + len(images) * (tile_h + gap) - gap), "white")
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default(size=14)
     for c, (name, column) in enumerate(columns.items()):
         left = c * (tile_w + gap)
-        draw.text((left + tile_w / 2, title / 2), name, fill="black", font=font, anchor="mm")
+        draw.multiline_text((left + tile_w / 2, 3), name, fill="black", font=font, anchor="ma", align="center")
         for r, tile in enumerate(np.round(np.clip(column, 0, 255)).astype(np.uint8)):
             tile = Image.fromarray(tile[..., 0] if tile.shape[-1] == 1 else tile)
             grid.paste(tile.resize((tile_w, tile_h), Image.NEAREST), (left, title + r * (tile_h + gap)))
