@@ -158,8 +158,8 @@ def training_options(command):
                           "rates are not rescaled."),
         click.option("--jit/--no-jit", default=None, help="XLA-compile the train step (jit_compile; off by default)."),
         click.option("--pooling", type=click.Choice(POOLINGS),
-                     help="How the new head reduces the base's feature map: avg, or flatten, which keeps the layout (default: '
-                          "what the base asks for, flatten for an autoencoder's encoder, else avg).")),
+                     help="How the new head reduces the base's feature map: avg, or flatten, which keeps the layout "
+                          "(default: what the base asks for, flatten for an autoencoder's encoder, else avg)."),
         click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE:KEY=VALUE",
                      help="Set a parameter of one stage, named by kind or number: 3:unfreeze=2, finetune:epochs=4."),
     ]
