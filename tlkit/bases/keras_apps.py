@@ -25,7 +25,7 @@ from tlkit.basecatalog import load_catalog
 from tlkit.blocks import BlockSpec, build_block_map
 from tlkit.compat import keras_home, to_snake_case
 from tlkit.errors import TlkitError
-from tlkit.preprocessing import preprocessing_layer
+from tlkit.preprocessing import NAME as PREPROCESSING, preprocessing_layer
 
 
 @dataclass(frozen=True)
@@ -201,10 +201,31 @@ def build_app(name: str, weights: str | None, size: tuple[int, int]) -> keras.Mo
     x = preprocessing_layer(app.preprocessing)(inputs)
     constructor = getattr(keras.applications, app.constructor)
     # input_shape beside input_tensor makes Keras check the model's minimum input size
-    model = constructor(include_top=False, weights=weights, input_tensor=x, input_shape=(*size, 3))
+    model = constructor(include_top=False, weights=None, input_tensor=x, input_shape=(*size, 3))
     # Built on input_tensor, the model takes a list of one input and warns at every call with a
     # tensor; the same layers as a model of the tensor itself do not.
-    return keras.Model(inputs, model.output, name=name)
+    model = keras.Model(inputs, model.output, name=name)
+    if weights is not None:
+        _copy_weights(constructor(include_top=False, weights=weights, input_shape=(*size, 3)), model)
+    return model
+
+
+def _copy_weights(plain: keras.Model, model: keras.Model) -> None:
+    """The weights of `plain`, the application as Keras builds it, into `model`, the same layers
+    behind tlkit's preprocessing. Keras' files (its legacy .h5, which `weights="imagenet"` gets,
+    and .weights.h5) hold the application's layers alone: a caffe preprocessing is a frozen Dense
+    layer, one weighted layer more than the file, so the file is loaded into `plain` and copied
+    layer by layer, in order."""
+    source = [layer for layer in plain.layers if layer.weights]
+    target = [layer for layer in model.layers if layer.weights and layer.name != PREPROCESSING]
+
+    def key(layer):  # the counter in a name Keras gave (conv2d_7) depends on what was built before
+        return "" if is_unnamed(layer) else layer.name, type(layer).__name__, [w.shape for w in layer.weights]
+
+    if [key(layer) for layer in source] != [key(layer) for layer in target]:
+        raise ValueError(f"the layers of keras.applications.{plain.name} differ from the base's")
+    for src, dst in zip(source, target):
+        dst.set_weights(src.get_weights())
 
 
 def load_app(name: str, weights: str = "imagenet", image_size: tuple[int, int] | None = None) -> Base:
