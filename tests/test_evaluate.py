@@ -164,3 +164,14 @@ def test_gradcam_on_every_kind_of_base(name):
     heat, probabilities = gradcam(model, images, layer)
     np.testing.assert_allclose(probabilities, model.predict(images, verbose=0), atol=1e-5)
     assert heat.shape == (2, 32, 32) and heat.min() >= 0 and heat.max() <= 1
+
+
+def test_predict_takes_one_path_as_a_str_or_a_path(run, tiny_images):
+    """`tlkit.predict(run, "photo.jpg")` once walked the file system from "/", one character at a time."""
+    from tlkit import predict
+
+    photo = tiny_images / "red" / "0.png"
+    for one in (str(photo), photo):
+        results = predict(run, one)
+        assert [r.path for r in results] == [photo]
+    assert [r.path for r in predict(run, tiny_images / "red")] == sorted((tiny_images / "red").glob("*.png"))

@@ -142,7 +142,7 @@ def training_options(command):
                      "constant, cosine (decay to 0) or onecycle (fastai's) (default: the recipe's; constant)."),
         click.option("--warmup-epochs", type=float, metavar="E", help="Every stage's rate rises to its value "
                      "over its first E epochs (default: the recipe's; 0)."),
-        click.option("--batch-size", type=int),
+        click.option("--batch-size", type=click.IntRange(min=1)),
         click.option("--image-size", type=int, help="Square input side in pixels (default: the base's)."),
         click.option("--seed", type=int),
         click.option("--early-stopping", type=int, metavar="PATIENCE", help="Stop a stage after PATIENCE epochs without a better val_loss."),
@@ -414,7 +414,7 @@ def extract(obj, epochs, learning_rate, **options):
 @click.option("--image-size", type=int, help="Square input side, a multiple of 8 (default 64).")
 @click.option("--epochs", type=int)
 @click.option("--lr", "learning_rate", type=float)
-@click.option("--batch-size", type=int)
+@click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--val-split", type=float)
 @click.option("--seed", type=int)
 @click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them.")
@@ -571,10 +571,11 @@ def _describe_training(recipe: Recipe) -> str:
 
 @cli.command()
 @click.option("--model", required=True, type=click.Path(), help="A run directory.")
-@click.option("--top", default=3, show_default=True, help="How many classes to show per image.")
+@click.option("--top", default=3, show_default=True, type=click.IntRange(min=1),
+              help="How many classes to show per image.")
 @click.option("--out", type=click.Path(), help="Also write the predictions to FILE.csv or FILE.json.")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--tta", default=1, show_default=True, metavar="N",
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--tta", default=1, show_default=True, metavar="N", type=click.IntRange(1, 12),
               help="Test-time augmentation: average over N views (mirror, crops), at most 12.")
 @click.option("--skip-bad", is_flag=True, help="Skip (and name) files that do not decode; predict the others.")
 @checkpoint_option
@@ -603,10 +604,11 @@ def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
 @click.option("--model", required=True, type=click.Path(), help="A run directory.")
 @click.option("--data", required=True, type=click.Path(), help="A labelled folder (one sub-folder per class).")
 @click.option("--out", type=click.Path(), help="Folder for the report (default RUN/eval-<data folder name>).")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--tta", default=1, show_default=True, metavar="N",
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--tta", default=1, show_default=True, metavar="N", type=click.IntRange(1, 12),
               help="Test-time augmentation: average over N views (mirror, crops), at most 12.")
-@click.option("--top-losses", default=9, show_default=True, help="Images in top_losses.png.")
+@click.option("--top-losses", default=9, show_default=True, type=click.IntRange(min=0),
+              help="Images in top_losses.png.")
 @click.option("--min-accuracy", type=float, metavar="X", help="Exit with status 1 when the accuracy is below X (CI).")
 @click.option("--skip-bad", is_flag=True)
 @checkpoint_option

@@ -45,8 +45,11 @@ class Predictions(list):
 
 
 def image_files(paths) -> list[Path]:
-    """The image files named by `paths`: a file as given, a folder walked recursively for image
-    files (by extension; hidden files and folders left out), each folder in sorted order."""
+    """The image files named by `paths` (one path, or several): a file as given, a folder walked
+    recursively for image files (by extension; hidden files and folders left out), each folder in
+    sorted order."""
+    if isinstance(paths, (str, os.PathLike)):  # a str is iterable too: by its characters
+        paths = [paths]
     found = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -117,6 +120,9 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
     A file that does not decode is an error naming it, or with `skip_bad` is left out and listed
     in the result's `skipped`. `out` also writes the predictions as CSV (`.csv`: path, predicted class, its
     probability, then every class's) or JSON (`.json`: a list of {path, top, probabilities})."""
+    for option, value, least in (("top", top, 1), ("batch_size", batch_size, 1)):
+        if value < least:
+            raise TlkitError(f"{option} must be at least {least}, got {value}")
     run = _loaded(model, checkpoint)
     paths = image_files(images)
     problems = tldata.check_images(paths)
@@ -159,6 +165,9 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
     Writes the evaluation report (tlkit.report: report.json, predictions.csv, confusion.png,
     top_losses.png) into `out`, by default RUN/eval-<folder name>/, and returns report.json's
     content, with the folder written to in "out"."""
+    for option, value, least in (("batch_size", batch_size, 1), ("top_losses", top_losses, 0)):
+        if value < least:
+            raise TlkitError(f"{option} must be at least {least}, got {value}")
     run = _loaded(model, checkpoint)
     images = tldata.scan(data, skip_bad=skip_bad, classes=run.labels)
     overlap = training_overlap_warning(run.path, images)

@@ -239,6 +239,11 @@ def builtin_recipes() -> dict[str, Recipe]:
     return found
 
 
+def is_recipe_file(spec: str | Path | None) -> bool:
+    """Whether `spec` names a recipe file rather than a built-in recipe."""
+    return spec is not None and (str(spec).endswith(".toml") or Path(spec).is_file())
+
+
 def get_recipe(spec: str | Path | Recipe | None) -> Recipe:
     """A recipe from an object, a built-in name or a TOML path; None is the classic recipe."""
     if isinstance(spec, Recipe):
@@ -246,7 +251,7 @@ def get_recipe(spec: str | Path | Recipe | None) -> Recipe:
     if spec is None:
         spec = "classic"
     spec = str(spec)
-    if spec.endswith(".toml") or Path(spec).is_file():
+    if is_recipe_file(spec):
         return Recipe.load(spec)
     recipes = builtin_recipes()
     if spec not in recipes:

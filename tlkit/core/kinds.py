@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from tlkit.basecatalog import HUB_PREFIX, load_catalog
 from tlkit.errors import TlkitError, unknown_name
-from tlkit.recipe import Recipe, Stage, checked_fields, get_recipe
+from tlkit.recipe import Recipe, Stage, checked_fields, get_recipe, is_recipe_file
 from tlkit.registry import Registry
 
 
@@ -91,19 +91,19 @@ def resolve(recipe: Recipe | str | Path | None, *, stages: StageOverrides | None
     folder. With `check_base_name`, the recipe's base is checked against the catalogue too
     (`check_base`); a caller that brings its own base object leaves that out."""
     r = get_recipe(recipe)
+    # a recipe read from a file is named by the file, which the user edits
+    where = f"recipe {r.name}" if isinstance(recipe, Recipe) or not is_recipe_file(recipe) else f"recipe {recipe}"
     fields = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in fields.items() if v is not None}
     checked_fields(Recipe, fields, "the settings")
     r = dataclasses.replace(r, **fields)
-    checked_fields(Recipe, {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name != "stages"},
-                   f"recipe {r.name}")
+    checked_fields(Recipe, {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name != "stages"}, where)
     problem = r.problem()
     if problem:
-        raise TlkitError(f"recipe {r.name}: {problem}")
+        raise TlkitError(f"{where}: {problem}")
     staged = list(r.stages)
     for key, changes in (stages or {}).items():
         for i in _stage_indices(r, key):
             staged[i] = staged[i].replace(**{k: v for k, v in changes.items() if v is not None})
-    where = f"recipe {r.name}"
     if not staged:
         raise TlkitError(f"{where} has no stages: add at least one [[stages]] table (see `tlkit recipes`)")
     staged = [Stage(s.kind, **dataclasses.asdict(stage_params(s, f"{where}, stage {i}").resolved()))
