@@ -175,3 +175,30 @@ def test_predict_takes_one_path_as_a_str_or_a_path(run, tiny_images):
         results = predict(run, one)
         assert [r.path for r in results] == [photo]
     assert [r.path for r in predict(run, tiny_images / "red")] == sorted((tiny_images / "red").glob("*.png"))
+
+
+
+def test_tta_top_losses_are_captioned_with_the_averaged_prediction_that_ranked_them(run, tiny_images, tmp_path,
+                                                                                      monkeypatch):
+    """With --tta the images are ranked by the averaged loss; their captions once gave the
+    single view's figures, calling wrong an image the averaged prediction gets right."""
+    from tlkit import evaluate, report
+
+    captioned = []
+    original = report.top_loss_captions
+
+    def spy(classes, files, truth, probabilities):
+        captioned.extend(zip(files, truth, probabilities))
+        return original(classes, files, truth, probabilities)
+
+    monkeypatch.setattr(report, "top_loss_captions", spy)
+    evaluate(run, tiny_images, tmp_path / "tta", tta=4, top_losses=6)
+    averaged = {row["path"]: row for row in _csv(tmp_path / "tta" / "predictions.csv")}
+    labels = [k[2:] for k in next(iter(averaged.values())) if k.startswith("p_")]
+    assert len(captioned) == 6
+    losses = []
+    for path, truth, p in captioned:
+        row = averaged[str(path)]
+        np.testing.assert_allclose(p, [float(row[f"p_{c}"]) for c in labels], atol=1e-6)
+        losses.append(-np.log(max(float(row[f"p_{labels[truth]}"]), 1e-7)))
+    assert losses == sorted(losses, reverse=True)  # the captions' own losses rank the images

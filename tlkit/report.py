@@ -142,7 +142,8 @@ def evaluation_report(model: keras.Model, classes: Sequence[str], files: Sequenc
     write_predictions(out / "predictions.csv", files, probabilities, classes, truth)
     plot_confusion(confusion, classes, out / "confusion.png")
     worst = np.argsort(-losses, kind="stable")[:top_losses]
-    plot_top_losses(model, classes, [files[i] for i in worst], truth[worst], out / "top_losses.png", blocks)
+    plot_top_losses(model, classes, [files[i] for i in worst], truth[worst], out / "top_losses.png", blocks,
+                    probabilities[worst])
     write_json_atomic(out / "report.json", report)
     return report
 
@@ -238,17 +239,22 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], out: str | Pat
 
 @any_script()
 def plot_top_losses(model: keras.Model, classes: Sequence[str], files: Sequence[Path], truth: Sequence[int],
-                    out: str | Path, blocks: dict | None = None) -> Path:
+                    out: str | Path, blocks: dict | None = None, probabilities: np.ndarray | None = None) -> Path:
     """top_losses.png: each image (highest loss first) as the model sees it, and beside it its
     Grad-CAM for the predicted class (where the model saw what it said), under a caption with
-    the true class, the predicted class and its probability, and the loss."""
+    the true class, the predicted class and its probability, and the loss. `probabilities` are
+    those that ranked the images (averaged over test-time views); by default, the model's on the
+    images as they are."""
     size, channels = tuple(model.input_shape[1:3]), model.input_shape[-1]
     images = load_images(files, size, channels)
+    predicted = None if probabilities is None else np.asarray(probabilities).argmax(axis=1)
     try:
-        heat, probs = gradcam(model, images, gradcam_layer(model, blocks))
+        heat, probs = gradcam(model, images, gradcam_layer(model, blocks), predicted)
     except TlkitError as err:  # a base without feature maps (TF Hub): the images alone
         log.info("top losses without Grad-CAM: %s", err)
         heat, probs = None, model.predict(images, verbose=0)
+    if probabilities is not None:
+        probs = probabilities
     per_row = 3 if len(files) > 4 else max(len(files), 1)
     rows = max(math.ceil(len(files) / per_row), 1)
     pair_w, tile = 2 if heat is not None else 1, 2.0
@@ -257,10 +263,8 @@ def plot_top_losses(model: keras.Model, classes: Sequence[str], files: Sequence[
     fig.suptitle(f"the {len(files)} images with the highest loss, highest first"
                  + ("; right of each, Grad-CAM: where the model saw the class it predicted" if heat is not None else ""),
                  fontsize=10, y=1 - 0.2 / height)
-    for k, (path, t, image) in enumerate(zip(files, truth, images)):
+    for k, (caption, t, image) in enumerate(zip(top_loss_captions(classes, files, truth, probs), truth, images)):
         r, c = divmod(k, per_row)
-        p = probs[k]
-        top = int(p.argmax())
         x0, y0 = c * (pair_w * tile + 0.3) + 0.15, height - 0.45 - (r + 1) * (tile + 0.75) + 0.1
         pictures = [np.broadcast_to(image / 255.0, (*image.shape[:2], 3))]
         if heat is not None:
@@ -269,12 +273,21 @@ def plot_top_losses(model: keras.Model, classes: Sequence[str], files: Sequence[
             ax = fig.add_axes(((x0 + m * tile) / width, y0 / height, (tile - 0.05) / width, tile / height))
             ax.imshow(picture, interpolation="bilinear")
             ax.set_axis_off()
-        wrong = top != t
-        caption = (f"true {_short(classes[t], 18)}, predicted {_short(classes[top], 18)} {p[top]:.2f}\n"
-                   f"loss {-math.log(max(float(p[t]), 1e-7)):.2f}   {_short(Path(path).name, 30)}")
         fig.text((x0 + pair_w * tile / 2) / width, (y0 + tile + 0.05) / height, caption, ha="center", va="bottom",
-                 fontsize=9, color="#b00000" if wrong else "black")
+                 fontsize=9, color="#b00000" if int(probs[k].argmax()) != t else "black")
     return _save(fig, Path(out))
+
+
+def top_loss_captions(classes: Sequence[str], files: Sequence[Path], truth: Sequence[int],
+                      probabilities: np.ndarray) -> list[str]:
+    """The caption of each image of top_losses.png: true class, predicted class and its
+    probability, the loss, the file name."""
+    captions = []
+    for path, t, p in zip(files, truth, probabilities):
+        top = int(p.argmax())
+        captions.append(f"true {_short(classes[t], 18)}, predicted {_short(classes[top], 18)} {p[top]:.2f}\n"
+                        f"loss {-math.log(max(float(p[t]), 1e-7)):.2f}   {_short(Path(path).name, 30)}")
+    return captions
 
 
 def _short(text: str, n: int) -> str:
