@@ -15,7 +15,6 @@ import pytest
     (["predict", "--model", "RUN", "--out", "preds.txt", "a.jpg"], "preds.txt"),
     (["evaluate", "--model", "RUN", "--data", "DATA", "--top-losses", "-1"], "--top-losses"),
     (["evaluate", "--model", "RUN", "--data", "DATA", "--batch-size", "0"], "--batch-size"),
-    (["finetune", "--base", "mobilenet_v2", "--data", "DATA", "--batch-size", "0"], "--batch-size"),
 ])
 def test_impossible_options_are_refused_before_anything_loads(args, named, cli, tmp_path, monkeypatch):
     (tmp_path / "RUN").mkdir()
@@ -41,3 +40,12 @@ def test_an_error_in_a_recipe_file_names_the_file(text, message, cli, tmp_path, 
     code, _, err = cli("train", "--arch", "lenet5", "--recipe", "r.toml", "--data", "digits")
     assert code == 2
     assert err.startswith("error: " + message.format(path="r.toml")), err
+
+
+def test_the_library_refuses_an_out_file_it_cannot_write_before_loading(tmp_path):
+    """No run is there to load: the file name is told first, not after every image was predicted."""
+    from tlkit import predict
+    from tlkit.errors import TlkitError
+
+    with pytest.raises(TlkitError, match="preds.txt': give a .csv or .json"):
+        predict(tmp_path / "no-run", "a.jpg", out=tmp_path / "preds.txt")

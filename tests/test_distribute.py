@@ -223,6 +223,25 @@ def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_ru
     assert "not the chief" in results[1][1] and "not the chief" not in results[0][1]
 
 
+def test_multiworker_without_augmentation_trains_on_the_frozen_layers_outputs_as_one_worker_does(
+        tiny_images, tmp_path):
+    """Without augmentation both stages train on the frozen layers' outputs, computed once: the
+    path the augmented runs above never take, and the one that once crashed worker 1."""
+    frozen_once = [*TRAINING[:TRAINING.index("--cache-images")], "--cache-images", "memory"]
+    single = tmp_path / "single"
+    done = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(single), "--distribute", "none",
+                                *frozen_once), env=environment(tmp_path), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "multi"
+    results = run_workers(lambda _: tlkit("--data", str(tiny_images), "--out", str(out), "--distribute", "multiworker",
+                                          *frozen_once), tmp_path)
+    for code, said in results:
+        assert code == 0, said[-3000:]
+        assert said.count(") run once: ") == 2, said[-3000:]
+    assert_same_results(out, single)
+
+
 def test_multiworker_run_killed_in_stage_two_resumes_on_both_workers_to_the_single_worker_metrics(
         single_worker_run, tiny_images, tmp_path):
     out = tmp_path / "multi"

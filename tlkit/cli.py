@@ -142,7 +142,7 @@ def training_options(command):
                      "constant, cosine (decay to 0) or onecycle (fastai's) (default: the recipe's; constant)."),
         click.option("--warmup-epochs", type=float, metavar="E", help="Every stage's rate rises to its value "
                      "over its first E epochs (default: the recipe's; 0)."),
-        click.option("--batch-size", type=click.IntRange(min=1)),
+        click.option("--batch-size", type=int),
         click.option("--image-size", type=int, help="Square input side in pixels (default: the base's)."),
         click.option("--seed", type=int),
         click.option("--early-stopping", type=int, metavar="PATIENCE", help="Stop a stage after PATIENCE epochs without a better val_loss."),
@@ -414,7 +414,7 @@ def extract(obj, epochs, learning_rate, **options):
 @click.option("--image-size", type=int, help="Square input side, a multiple of 8 (default 64).")
 @click.option("--epochs", type=int)
 @click.option("--lr", "learning_rate", type=float)
-@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--batch-size", type=int)
 @click.option("--val-split", type=float)
 @click.option("--seed", type=int)
 @click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them.")

@@ -123,6 +123,8 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
     for option, value, least in (("top", top, 1), ("batch_size", batch_size, 1)):
         if value < least:
             raise TlkitError(f"{option} must be at least {least}, got {value}")
+    if out is not None:  # told now, not after every image was predicted
+        _predictions_format(out)
     run = _loaded(model, checkpoint)
     paths = image_files(images)
     problems = tldata.check_images(paths)
@@ -145,15 +147,20 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
     return results
 
 
+def _predictions_format(out: str | Path) -> str:
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise TlkitError(f"--out '{out}': give a .csv or .json file name")
+    return suffix
+
+
 def write_predictions_file(out: str | Path, results: list[Prediction], labels: list[str]) -> Path:
     out = Path(out)
-    if out.suffix.lower() == ".csv":
+    if _predictions_format(out) == ".csv":
         write_predictions(out, [r.path for r in results], np.stack([r.probabilities for r in results]), labels)
-    elif out.suffix.lower() == ".json":
+    else:
         write_json_atomic(out, [{"path": str(r.path), "top": [[c, p] for c, p in r.top],
                                  "probabilities": dict(zip(labels, map(float, r.probabilities)))} for r in results])
-    else:
-        raise TlkitError(f"--out '{out}': give a .csv or .json file name")
     return out
 
 
