@@ -202,3 +202,22 @@ def test_tta_top_losses_are_captioned_with_the_averaged_prediction_that_ranked_t
         np.testing.assert_allclose(p, [float(row[f"p_{c}"]) for c in labels], atol=1e-6)
         losses.append(-np.log(max(float(row[f"p_{labels[truth]}"]), 1e-7)))
     assert losses == sorted(losses, reverse=True)  # the captions' own losses rank the images
+
+
+def test_report_md_says_the_augmentation_the_run_had(run):
+    """Every REPORT.md once said "augmentation on (flips, crops, brightness)": `augment` is a
+    preset name, and "none" is a non-empty string."""
+    assert "augmentation: off." in (run / "REPORT.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["autoencoder", "classic", "deep", "extract", "head_only", "modern", "scratch"])
+def test_every_built_in_recipe_describes_its_augmentation_truthfully(name):
+    from tlkit.augment import PRESETS, of
+    from tlkit.recipe import builtin_recipes
+
+    recipe = builtin_recipes()[name]
+    words = of(recipe).describe()
+    if of(recipe) == PRESETS["none"]:
+        assert words == "off"
+    else:
+        assert ("horizontal flips" in words) == of(recipe).flip and "off" not in words

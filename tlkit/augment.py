@@ -38,6 +38,17 @@ class Augmentation:
     def active(self) -> bool:
         return self != Augmentation()
 
+    def describe(self) -> str:
+        """In words, for REPORT.md: "off", or each transform with its strength."""
+        parts = [("horizontal flips", self.flip), (f"zoom in up to {self.zoom:.0%}", self.zoom),
+                 (f"rotation up to {self.rotate:g} degrees", self.rotate),
+                 (f"brightness up to {self.brightness:.0%}", self.brightness),
+                 (f"RandAugment ({self.randaugment[0]} ops, magnitude {self.randaugment[1]})" if self.randaugment
+                  else "", self.randaugment),
+                 (f"random erasing (p={self.erasing:g})", self.erasing), (f"MixUp (alpha {self.mixup:g})", self.mixup),
+                 (f"CutMix (alpha {self.cutmix:g})", self.cutmix)]
+        return ", ".join(words for words, on in parts if on) or "off"
+
     @property
     def mixes(self) -> bool:
         """Whether labels come out soft."""

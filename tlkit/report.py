@@ -30,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
+from tlkit.augment import of as augmentation_of
 from tlkit.curves import any_script, plot_curves
 from tlkit.data import load_images, make_dataset
 from tlkit.errors import TlkitError
@@ -364,7 +365,7 @@ def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: di
     else:
         md.append("No file was skipped: every image decoded.")
     md += ["", "## Recipe", "", f"Recipe `{recipe.name}`" + (f": {recipe.description.rstrip('.')}" if recipe.description else "")
-           + f". Batch size {recipe.batch_size}, augmentation {'on (flips, crops, brightness)' if recipe.augment else 'off'}"
+           + f". Batch size {recipe.batch_size}, augmentation: {augmentation_of(recipe).describe()}"
            + (f", early stopping after {recipe.early_stopping} epochs without a better validation loss (each stage "
               "ends with its best epoch's weights)" if recipe.early_stopping else "")
            + (", mixed precision" if recipe.mixed_precision else "") + ". The stages, in order:", ""]
