@@ -274,8 +274,7 @@ def _what_was_saved(run: Path) -> str:
 
     state = ResumeState.read(run)
     if state is not None:
-        where = f"stage {state.stage}, after epoch {state.epoch}" if state.epoch else f"the start of stage {state.stage}"
-        return f"{run} is saved at {where}: go on with `tlkit {state.job} --resume {run}` once there is space"
+        return f"{run} is saved at {state.where}: go on with `tlkit {state.job} --resume {run}` once there is space"
     if (run / "model.keras").is_file():
         return f"the trained model is saved in {run / 'model.keras'}, the run's report files are not"
     return (f"nothing of {run} was saved to resume from: run it again once there is space (--out {run} --overwrite "

@@ -433,8 +433,7 @@ class RunInterrupted(TlkitError):
             super().__init__(f"interrupted: {out} stopped before its first epoch ended, with nothing saved to resume "
                              f"from; run it again (--out {out} --overwrite reuses its folder)")
             return
-        where = f"stage {state.stage}, after epoch {state.epoch}" if state.epoch else f"the start of stage {state.stage}"
-        super().__init__(f"interrupted: {out} is saved at {where}; go on with: tlkit {job} --resume {out}")
+        super().__init__(f"interrupted: {out} is saved at {state.where}; go on with: tlkit {job} --resume {out}")
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -545,6 +544,11 @@ class ResumeState:
     best: float
     results: list[dict]
     full: str | None = None  # the file holding the variables `arrays` leaves out (Snapshot)
+
+    @property
+    def where(self) -> str:
+        """Where the run stands, in words: "stage 2, after epoch 3"."""
+        return f"stage {self.stage}, after epoch {self.epoch}" if self.epoch else f"the start of stage {self.stage}"
 
     @classmethod
     def read(cls, run: Path) -> ResumeState | None:
