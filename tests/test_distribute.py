@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -82,6 +83,7 @@ def assert_same_results(run: Path, expected: Path) -> None:
         np.testing.assert_allclose(stage, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.multiprocess
 def test_mirrored_over_two_devices_gives_the_single_device_weights(tiny_images, tmp_path):
     # logical devices must be configured before TensorFlow starts its runtime: a fresh process
     script = textwrap.dedent(f"""
@@ -118,6 +120,7 @@ def test_mirrored_over_two_devices_gives_the_single_device_weights(tiny_images, 
         assert abs(a["val_loss"] - b["val_loss"]) < 1e-5 and a["val_accuracy"] == b["val_accuracy"]
 
 
+@pytest.mark.multiprocess
 def test_mirrored_run_killed_in_stage_two_resumes_to_the_same_metrics(tiny_images, tmp_path):
     env = environment(tmp_path)
     mirrored = ["--data", str(tiny_images), "--distribute", "mirrored", *RESUMABLE]
@@ -154,9 +157,10 @@ def tlkit(*args: str) -> list[str]:
     return [sys.executable, "-m", "tlkit.cli", "finetune", *args]
 
 
-def run_workers(command, tmp_path: Path, n: int = 2) -> list[tuple[int, str]]:
+def run_workers(command, tmp_path: Path, n: int = 2, **extra) -> list[tuple[int, str]]:
     """Run `command(index)` as worker `index` of an `n`-worker cluster on 127.0.0.1, each with its
-    own TMPDIR (tmp_path/tmpINDEX); each worker's exit status and output, once all have ended."""
+    own TMPDIR (tmp_path/tmpINDEX) and the `extra` environment; each worker's exit status and
+    output, once all have ended."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(n)]}
     workers = []
     try:
@@ -165,7 +169,7 @@ def run_workers(command, tmp_path: Path, n: int = 2) -> list[tuple[int, str]]:
             scratch.mkdir(exist_ok=True)
             config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
             workers.append(subprocess.Popen(command(index), env=environment(tmp_path, TF_CONFIG=config,
-                                                                            TMPDIR=str(scratch)),
+                                                                            TMPDIR=str(scratch), **extra),
                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         said = [w.communicate(timeout=TIMEOUT) for w in workers]
     finally:
@@ -198,6 +202,7 @@ def single_worker_run(tiny_images, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.multiprocess
 def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_run_directory(
         single_worker_run, tiny_images, tmp_path):
     out = tmp_path / "multi"
@@ -223,25 +228,7 @@ def test_multiworker_on_two_processes_gives_the_single_worker_metrics_and_one_ru
     assert "not the chief" in results[1][1] and "not the chief" not in results[0][1]
 
 
-def test_multiworker_without_augmentation_trains_on_the_frozen_layers_outputs_as_one_worker_does(
-        tiny_images, tmp_path):
-    """Without augmentation both stages train on the frozen layers' outputs, computed once: the
-    path the augmented runs above never take, and the one that once crashed worker 1."""
-    frozen_once = [*TRAINING[:TRAINING.index("--cache-images")], "--cache-images", "memory"]
-    single = tmp_path / "single"
-    done = subprocess.run(tlkit("--data", str(tiny_images), "--out", str(single), "--distribute", "none",
-                                *frozen_once), env=environment(tmp_path), capture_output=True, text=True,
-                          timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = tmp_path / "multi"
-    results = run_workers(lambda _: tlkit("--data", str(tiny_images), "--out", str(out), "--distribute", "multiworker",
-                                          *frozen_once), tmp_path)
-    for code, said in results:
-        assert code == 0, said[-3000:]
-        assert said.count(") run once: ") == 2, said[-3000:]
-    assert_same_results(out, single)
-
-
+@pytest.mark.multiprocess
 def test_multiworker_run_killed_in_stage_two_resumes_on_both_workers_to_the_single_worker_metrics(
         single_worker_run, tiny_images, tmp_path):
     out = tmp_path / "multi"
@@ -282,6 +269,21 @@ def test_multiworker_without_tf_config_is_one_line(tiny_images, tmp_path):
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1].startswith("error: --distribute multiworker needs TF_CONFIG")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_replica_left_an_empty_batch_on_cpus_is_refused_in_one_line(monkeypatch):
+    from tlkit.core.run import check_replica_batches
+    from tlkit.errors import TlkitError
+
+    two = SimpleNamespace(num_replicas_in_sync=2)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    with pytest.raises(TlkitError, match=r"^the training images' last batch has 1 image\(s\) for 2 replicas, .* "
+                                         "TF_ENABLE_ONEDNN_OPTS=0"):
+        check_replica_batches(two, 8, {"training": 17, "validation": 6})
+    check_replica_batches(two, 8, {"training": 18, "validation": 6})  # the last 2 images: one each
+    check_replica_batches(SimpleNamespace(num_replicas_in_sync=1), 8, {"training": 17})
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    check_replica_batches(two, 8, {"training": 17, "validation": 6})
 
 
 def test_jit_compiles_the_train_step_and_trains_the_same(tiny_images, tmp_path):

@@ -48,8 +48,13 @@ def _quiet_tensorflow() -> None:
         os.close(devnull)
 
 
-def _tensorflow() -> None:
+def _tensorflow(distribute: str = "none") -> None:
     """Import TensorFlow for a command, its start-up chatter silenced unless --debug."""
+    if distribute in ("mirrored", "multiworker"):
+        # oneDNN is read once, as TensorFlow loads; its CPU kernels get the empty batch wrong that a
+        # replica has when a last batch is smaller than the replicas (core.run.check_replica_batches).
+        # A GPU's kernels do not use it.
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     if not click.get_current_context().obj["debug"]:
         _quiet_tensorflow()
 
@@ -104,6 +109,11 @@ def _with_stage(stages: dict, kind: str, **params) -> dict:
     return stages
 
 
+DISTRIBUTE = click.option(
+    "--distribute", type=click.Choice(typing.get_args(Distribute)),
+    help="Spread training over devices: mirrored (every GPU of this machine), multiworker (several machines, from "
+         "TF_CONFIG; see the README), none, or auto (default: mirrored when more than one GPU is visible). "
+         "--batch-size is the global batch, split over the devices; learning rates are not rescaled.")
 OVERWRITE = click.option("--overwrite", is_flag=True, default=None,
                          help="Replace the run already in --out (refused without it).")
 
@@ -151,11 +161,7 @@ def training_options(command):
         click.option("--cache-images", type=click.Choice(typing.get_args(typing.get_type_hints(Recipe)["cache_images"])),
                      help="Keep the decoded, resized images for later epochs: in memory when they fit a budget, on "
                           "disk (under $TLKIT_CACHE), or not (default auto)."),
-        click.option("--distribute", type=click.Choice(typing.get_args(Distribute)),
-                     help="Spread training over devices: mirrored (every GPU of this machine), multiworker (several "
-                          "machines, from TF_CONFIG; see the README), none, or auto (default: mirrored when more than "
-                          "one GPU is visible). --batch-size is the global batch, split over the devices; learning "
-                          "rates are not rescaled."),
+        DISTRIBUTE,
         click.option("--jit/--no-jit", default=None, help="XLA-compile the train step (jit_compile; off by default)."),
         click.option("--pooling", type=click.Choice(POOLINGS),
                      help="How the new head reduces the base's feature map: avg, or flatten, which keeps the layout "
@@ -211,7 +217,8 @@ def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, res
             options = ", ".join(f"--{name.replace('_', '-')}" for name in given) or "stage options"
             raise TlkitError(f"--resume goes on with the run as its recipe.toml says: drop {options}")
         check_out(resume, resume=True)
-        _tensorflow()
+        saved = Path(resume) / "recipe.toml"  # a worker's copy of the run may be all its machine has
+        _tensorflow(Recipe.load(saved).distribute if saved.is_file() else "none")
         from tlkit import jobs
 
         with _run_faults(obj):
@@ -227,7 +234,7 @@ def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, res
     _check_folders(settings)
     if out:
         check_out(out, overwrite=bool(overwrite))
-    _tensorflow()
+    _tensorflow(resolved.distribute)
     from tlkit import jobs
 
     with _run_faults(obj):
@@ -417,6 +424,7 @@ def extract(obj, epochs, learning_rate, **options):
 @click.option("--val-split", type=float)
 @click.option("--seed", type=int)
 @click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them.")
+@DISTRIBUTE
 @click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
               help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
 @click.pass_obj

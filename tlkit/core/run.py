@@ -82,6 +82,23 @@ def distribution_strategy(distribute: str) -> tf.distribute.Strategy:
     return _strategies[distribute]
 
 
+def check_replica_batches(strategy: tf.distribute.Strategy, batch_size: int, counts: dict[str, int]) -> None:
+    """Refuse a distributed run on CPUs in which a replica would get an empty batch while
+    TensorFlow's oneDNN kernels are on: they give a convolution over an empty batch the shape of its
+    input (`Incompatible shapes: [0,1,1,320] vs. [1280]` at the next layer), and the other replicas
+    then wait on the collective for ever. A last batch of r images goes to the first r replicas."""
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1 or os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0" or tf.config.list_logical_devices("GPU"):
+        return
+    for which, count in counts.items():
+        if 0 < count % batch_size < replicas:
+            raise TlkitError(
+                f"the {which} images' last batch has {count % batch_size} image(s) for {replicas} replicas, and "
+                "TensorFlow's oneDNN CPU kernels get an empty batch wrong: start the process with "
+                "TF_ENABLE_ONEDNN_OPTS=0 (the tlkit command does this for --distribute), or a batch size whose "
+                f"last batch of the {count} images has at least {replicas}")
+
+
 def _multiworker() -> tf.distribute.Strategy:
     config = os.environ.get("TF_CONFIG")
     if not config:
@@ -761,6 +778,7 @@ def context(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.
     else:
         progress = datareport.console_progress() if verbose else None
         classes, train, val, report = load_data(recipe, labelled, progress)
+    check_replica_batches(strategy, recipe.batch_size, {"training": len(train.files), "validation": len(val.files)})
     if base is None:
         with strategy.scope():
             base, model = build(classes)
