@@ -6,7 +6,7 @@
     - extract stage, warm cache: the features come from the cache (as a second recipe would);
     - head stage: no cache, the frozen base runs over every image in every epoch.
 (b) Images per second of the extraction pass (read + decode + resize + base + pooling, from
-    files, as `tlkit.features.run_base` does it) against the bare forward pass of the base on
+    files, as `tlkit.engine.frozen.run_base` does it) against the bare forward pass of the base on
     images already decoded into memory.
 
     PYTHONPATH=. python bench/extract_speed.py --base efficientnet_lite0 --data data_samples/photos
@@ -22,12 +22,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tlkit import data as tldata  # noqa: E402
-from tlkit import features  # noqa: E402
 from tlkit.bases import load_base  # noqa: E402
-from tlkit.core.run import configure, load_data  # noqa: E402
+from tlkit.data import pipeline as tldata  # noqa: E402
+from tlkit.engine import frozen as features  # noqa: E402
+from tlkit.engine.strategy import configure  # noqa: E402
+from tlkit.engine.training import load_data
 from tlkit.jobs import run_recipe  # noqa: E402
-from tlkit.recipe import Recipe, Stage  # noqa: E402
+from tlkit.recipe.schema import Recipe, Stage  # noqa: E402
 
 
 def timed(run) -> float:

@@ -3,7 +3,7 @@
 Builds a class folder of unique 256x256 JPEGs (random crops, at random scales, of the six colour
 photos that scikit-image and scikit-learn ship, plus noise, so no two files share a content),
 at 1x and 10x the number of images, then for each cache mode runs a fresh process that scans
-the folder (tlkit.datareport.prepare: every file checked and hashed), builds the training
+the folder (tlkit.data.report.prepare: every file checked and hashed), builds the training
 dataset (128 px, batch 32, shuffled, augmented) and iterates it for --epochs epochs. It prints
 each process's peak RSS over the scan, and over the iteration alone (the peak is reset after
 the scan through /proc/self/clear_refs), and the images per second of the epochs after the
@@ -55,8 +55,8 @@ def peak_rss_mb() -> float:
 
 
 def child(folder: str, mode: str, epochs: int) -> None:
-    from tlkit import data, datareport
-
+    from tlkit.data import pipeline as data
+    from tlkit.data import report as datareport
     train, _, _ = datareport.prepare(folder, val_split=0.2, seed=0)
     scan_peak = peak_rss_mb()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS

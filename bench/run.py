@@ -6,7 +6,7 @@ BENCHMARKS.md (the section between the `bench/run.py` markers).
 EfficientNet-Lite0 (offline ImageNet weights) on data_samples/photos at 128 px, batch 32. Every
 measurement runs in a fresh process (`--child NAME`), so one cannot warm another up:
 
-- P1: extraction (files -> decode -> resize -> base -> pooling, `tlkit.features.run_base`) images/s
+- P1: extraction (files -> decode -> resize -> base -> pooling, `tlkit.engine.frozen.run_base`) images/s
   / the bare forward pass of the same pooled base on the same images in memory (`predict`).
 - P2: the head stage, 10 epochs, the frozen base run every epoch / the same stage on cached
   features (`extract` with a warm cache), seconds of the stage's fit and evaluation (the
@@ -85,11 +85,12 @@ def later_rate(seconds: list[float], images: int) -> float:
 def child_p1(args):
     import numpy as np
 
-    from tlkit import data as tldata
-    from tlkit import features
     from tlkit.bases import load_base
-    from tlkit.core.run import configure, load_data
-    from tlkit.recipe import Recipe
+    from tlkit.data import pipeline as tldata
+    from tlkit.engine import frozen as features
+    from tlkit.engine.strategy import configure
+    from tlkit.engine.training import load_data
+    from tlkit.recipe.schema import Recipe
 
     recipe = Recipe(base=BASE, data=str(DATA), image_size=SIZE, batch_size=BATCH)
     configure(recipe)
@@ -116,9 +117,10 @@ def child_p1(args):
 def child_p2(args):
     import dataclasses
 
-    from tlkit.core.run import configure, load_data
+    from tlkit.engine.strategy import configure
+    from tlkit.engine.training import load_data
     from tlkit.jobs import run_recipe  # with the stage kinds registered
-    from tlkit.recipe import Recipe, Stage
+    from tlkit.recipe.schema import Recipe, Stage
 
     recipe = Recipe(base=BASE, data=str(DATA), image_size=SIZE, batch_size=BATCH, cache_images="none")
     configure(recipe)
@@ -148,32 +150,32 @@ def child_p3(args):
 
     timer = epoch_timer()
     if "no_determinism" in variant:
-        from tlkit.core import run as core_run
+        from tlkit.engine import strategy
 
-        core_run.set_op_determinism = lambda on: None
+        strategy.set_op_determinism = lambda on: None
     if "no_tensorboard" in variant:
         keras.callbacks.TensorBoard = lambda *a, **k: keras.callbacks.Callback()
     if "no_curves" in variant:
-        from tlkit.curves import TrainingCurves
+        from tlkit.engine.curves import TrainingCurves
 
         TrainingCurves.on_epoch_end = lambda self, epoch, logs=None: None
     if "no_frozen" in variant:
-        from tlkit import features
+        from tlkit.engine import frozen as features
 
         features.frozen_once = lambda ctx, index, kind: None
     if "no_snapshot" in variant:
-        from tlkit.core import run as core_run
+        from tlkit.engine.resume import Snapshot
 
-        core_run.Snapshot.on_epoch_end = lambda self, epoch, logs=None: None
+        Snapshot.on_epoch_end = lambda self, epoch, logs=None: None
     if "no_checkpoint" in variant:
-        from tlkit.core import run as core_run
+        from tlkit.engine.checkpoint import BestCheckpoint
 
-        core_run.BestCheckpoint.on_epoch_end = lambda self, epoch, logs=None: None
+        BestCheckpoint.on_epoch_end = lambda self, epoch, logs=None: None
     start = time.perf_counter()
     if "plain" in variant:
         from tlkit.bases import load_base
-        from tlkit.blocks import set_trainable_top
-        from tlkit.core.run import BASE_LAYER, build_classifier
+        from tlkit.engine.classifier import BASE_LAYER, build_classifier
+        from tlkit.models.blocks import set_trainable_top
 
         keras.utils.set_random_seed(0)
         common = dict(validation_split=0.2, seed=0, image_size=(SIZE, SIZE), batch_size=BATCH)

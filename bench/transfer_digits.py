@@ -34,10 +34,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from tlkit import data as tldata  # noqa: E402
+from tlkit.data import pipeline as tldata  # noqa: E402
+from tlkit.evaluation.predict import evaluate  # noqa: E402
 from tlkit.jobs import finetune, train  # noqa: E402
-from tlkit.inference import evaluate  # noqa: E402
-from tlkit.recipe import Recipe, Stage  # noqa: E402
+from tlkit.recipe.schema import Recipe, Stage  # noqa: E402
 
 DIGITS = Path(__file__).resolve().parent.parent / "data_samples" / "digits"
 SOURCE, TARGET = "01234", "56789"

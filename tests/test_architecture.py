@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import tlkit
-from tlkit.core.kinds import STAGES, resolve
-from tlkit.data import load_images
+from tlkit.data.pipeline import load_images
 from tlkit.errors import TlkitError
-from tlkit.recipe import Recipe, Stage
+from tlkit.recipe.kinds import STAGES, resolve
+from tlkit.recipe.schema import Recipe, Stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_import_tlkit_and_checking_a_recipe_import_no_tensorflow():
         import tlkit
         from tlkit.cli import cli
         import tlkit.stages
-        from tlkit.core.kinds import resolve
+        from tlkit.recipe.kinds import resolve
         resolve("deep", stages={2: {"unfreeze": 2}})
         try:
             resolve("classic", stages={"finetune": {"unfreez": 2}})

@@ -11,19 +11,20 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import tlkit.rundir  # noqa: F401  (registers tlkit's layers for safe-mode loading)
-from tlkit import data as tldata
-from tlkit.blocks import Block
+import tlkit.rundir.load  # noqa: F401  (registers tlkit's layers for safe-mode loading)
 from tlkit.bases import Base
 from tlkit.cli import main
-from tlkit.core.kinds import stage_params
-from tlkit.core.run import BASE_LAYER, configure
-from tlkit.jobs import finetune, resolve, run_recipe
+from tlkit.data import pipeline as tldata
+from tlkit.engine.classifier import BASE_LAYER
+from tlkit.engine.strategy import configure
 from tlkit.errors import TlkitError
-from tlkit.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
+from tlkit.jobs import finetune, resolve, run_recipe
 from tlkit.models.autoencoder import conv_autoencoder, corrupt, encoder_model
+from tlkit.models.blocks import Block
+from tlkit.models.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
+from tlkit.recipe.kinds import stage_params
+from tlkit.recipe.schema import Recipe, Stage
 from tlkit.stages.autoencoder import reconstruction_grid
-from tlkit.recipe import Recipe, Stage
 
 
 def images(n=4, size=32, channels=3, seed=0) -> np.ndarray:

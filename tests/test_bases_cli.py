@@ -8,13 +8,13 @@ import keras
 import numpy as np
 import pytest
 
-from tlkit import catalog
 from tlkit.bases import BASES
-from tlkit.basecatalog import Entry, WeightsFile
-from tlkit.catalog import import_weights
+from tlkit.bases import listing as catalog
 from tlkit.bases.keras_apps import build_app, load_app
+from tlkit.bases.listing import import_weights
 from tlkit.cli import main
 from tlkit.errors import TlkitError
+from tlkit.recipe.base_names import Entry, WeightsFile
 
 
 @pytest.fixture

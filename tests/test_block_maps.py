@@ -16,9 +16,9 @@ import pytest
 
 from tlkit.bases import BASES
 from tlkit.bases.keras_apps import APPS
-from tlkit.basecatalog import load_catalog
-from tlkit.catalog import describe, recorded_downloads
-from tlkit.blocks import set_trainable_top
+from tlkit.bases.listing import describe, recorded_downloads
+from tlkit.models.blocks import set_trainable_top
+from tlkit.recipe.base_names import load_catalog
 
 SMALLEST = {"inception_v3": 75, "inception_resnet_v2": 75, "xception": 71, "alexnet": 96, "alexnet_grouped": 96,
             "zfnet": 64}

@@ -71,8 +71,9 @@ def test_unknown_recipe_suggests(cli, tiny_images):
 
 def test_mixed_precision_keeps_a_float32_output(tiny_images):
     from tlkit.bases import load_base
-    from tlkit.core.run import build_classifier, configure
-    from tlkit.recipe import Recipe
+    from tlkit.engine.classifier import build_classifier
+    from tlkit.engine.strategy import configure
+    from tlkit.recipe.schema import Recipe
 
     try:
         configure(Recipe(mixed_precision=True))

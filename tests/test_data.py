@@ -1,4 +1,4 @@
-"""tlkit.data: scanning and validating class folders, splitting, decoding, tf.data pipelines, samples."""
+"""tlkit.data.pipeline: scanning and validating class folders, splitting, decoding, tf.data pipelines, samples."""
 from __future__ import annotations
 
 import csv
@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tlkit import data, rundir
+from tlkit.data import pipeline as data
 from tlkit.errors import TlkitError
+from tlkit.rundir import load as rundir
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
 

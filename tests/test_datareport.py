@@ -1,4 +1,4 @@
-"""tlkit.datareport and the scan's content hashing: progress, copies of one content, the report."""
+"""tlkit.data.report and the scan's content hashing: progress, copies of one content, the report."""
 from __future__ import annotations
 
 import io
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tlkit import data, datareport
-from tlkit.datareport import DataReport
+from tlkit.data import pipeline as data
+from tlkit.data import report as datareport
+from tlkit.data.report import DataReport
 from tlkit.errors import TlkitError
 
 

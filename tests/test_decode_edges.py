@@ -2,7 +2,6 @@
 names that cannot be one line of labels.txt."""
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from pathlib import Path
@@ -13,7 +12,7 @@ import tensorflow as tf
 import tifffile
 from PIL import Image
 
-from tlkit import data
+from tlkit.data import pipeline as data
 from tlkit.errors import TlkitError
 
 

@@ -42,7 +42,7 @@ import tensorflow as tf
 if {devices} > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * {devices})
-import tlkit.core.run as run
+import tlkit.engine.resume as run
 from tlkit.cli import main
 
 save_state = run.save_state
@@ -272,7 +272,7 @@ def test_multiworker_without_tf_config_is_one_line(tiny_images, tmp_path):
 
 
 def test_a_replica_left_an_empty_batch_on_cpus_is_refused_in_one_line(monkeypatch):
-    from tlkit.core.run import check_replica_batches
+    from tlkit.engine.strategy import check_replica_batches
     from tlkit.errors import TlkitError
 
     two = SimpleNamespace(num_replicas_in_sync=2)

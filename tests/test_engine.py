@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from tlkit.bases import load_base
-from tlkit.core.kinds import STAGES, stage_params
-from tlkit.core.run import BASE_LAYER, RunContext, configure, load_data
+from tlkit.engine.classifier import BASE_LAYER
+from tlkit.engine.strategy import configure
+from tlkit.engine.training import RunContext, load_data
 from tlkit.jobs import resolve, run_recipe
-from tlkit.recipe import Recipe, Stage
+from tlkit.recipe.kinds import STAGES, stage_params
+from tlkit.recipe.schema import Recipe, Stage
 
 
 def snapshot(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
@@ -130,7 +132,7 @@ def test_data_is_validated_before_any_training(bad_images):
 
 
 def test_best_checkpoint_writes_the_best_epoch_once_a_minute_and_at_the_end(tmp_path):
-    from tlkit.core.run import BestCheckpoint
+    from tlkit.engine.checkpoint import BestCheckpoint
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     path = tmp_path / "best.keras"

@@ -13,10 +13,11 @@ from PIL import Image
 from sklearn.metrics import classification_report
 
 from tlkit.bases import load_base
-from tlkit.core.run import build_classifier, configure
+from tlkit.engine.classifier import build_classifier
+from tlkit.engine.strategy import configure
+from tlkit.evaluation.visualize import gradcam, gradcam_layer
 from tlkit.jobs import run_recipe
-from tlkit.recipe import Recipe, Stage
-from tlkit.visualize import gradcam, gradcam_layer
+from tlkit.recipe.schema import Recipe, Stage
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_min_accuracy_exits_1_below_and_0_above(run, tiny_images, tmp_path, cli)
 
 
 def test_tta_report_gives_the_accuracy_with_and_without(run, tiny_images, tmp_path, capsys):
-    from tlkit.inference import evaluate
+    from tlkit.evaluation.predict import evaluate
 
     plain = evaluate(run, tiny_images, tmp_path / "plain", top_losses=1)
     tta = evaluate(run, tiny_images, tmp_path / "tta", tta=4, top_losses=1)
@@ -182,8 +183,8 @@ def test_tta_top_losses_are_captioned_with_the_averaged_prediction_that_ranked_t
                                                                                       monkeypatch):
     """With --tta the images are ranked by the averaged loss; their captions once gave the
     single view's figures, calling wrong an image the averaged prediction gets right."""
-    from tlkit import evaluate, report
-
+    from tlkit import evaluate
+    from tlkit.evaluation import report
     captioned = []
     original = report.top_loss_captions
 
@@ -212,8 +213,8 @@ def test_report_md_says_the_augmentation_the_run_had(run):
 
 @pytest.mark.parametrize("name", ["autoencoder", "classic", "deep", "extract", "head_only", "modern", "scratch"])
 def test_every_built_in_recipe_describes_its_augmentation_truthfully(name):
-    from tlkit.augment import PRESETS, of
-    from tlkit.recipe import builtin_recipes
+    from tlkit.data.augment import PRESETS, of
+    from tlkit.recipe.schema import builtin_recipes
 
     recipe = builtin_recipes()[name]
     words = of(recipe).describe()

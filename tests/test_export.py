@@ -15,15 +15,15 @@ import pytest
 from PIL import Image
 
 from tlkit.bases import load_base
-from tlkit.core.run import configure
-from tlkit.data import load_images, scan, split
+from tlkit.data.pipeline import load_images, scan, split
+from tlkit.engine.strategy import configure
 from tlkit.errors import TlkitError
+from tlkit.evaluation.predict import predict
 from tlkit.exporters import FORMATS, check_export, export
 from tlkit.exporters.tflite import QUANTIZATIONS
-from tlkit.inference import predict
 from tlkit.jobs import run_recipe
-from tlkit.recipe import Recipe, Stage
-from tlkit.rundir import load_run
+from tlkit.recipe.schema import Recipe, Stage
+from tlkit.rundir.load import load_run
 
 
 @pytest.fixture(scope="module")

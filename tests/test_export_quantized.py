@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from tlkit.bases import load_base
-from tlkit.core.run import configure
-from tlkit.data import load_images, scan, split
+from tlkit.data.pipeline import load_images, scan, split
+from tlkit.engine.strategy import configure
 from tlkit.exporters import check_export, export
 from tlkit.jobs import run_recipe
-from tlkit.recipe import Recipe, Stage
-from tlkit.rundir import load_run
+from tlkit.recipe.schema import Recipe, Stage
+from tlkit.rundir.load import load_run
 
 pytestmark = pytest.mark.slow
 

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlkit import data as tldata
-from tlkit import features
 from tlkit.bases import load_base
 from tlkit.cli import main
-from tlkit.core.run import BASE_LAYER, configure
+from tlkit.data import pipeline as tldata
+from tlkit.engine import frozen as features
+from tlkit.engine.classifier import BASE_LAYER
+from tlkit.engine.strategy import configure
 from tlkit.jobs import resolve, run_recipe
-from tlkit.recipe import Recipe, Stage
+from tlkit.recipe.schema import Recipe, Stage
 
 SIZE = (64, 64)
 

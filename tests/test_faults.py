@@ -72,7 +72,7 @@ def one_error(err: str) -> str:
 
 def test_a_full_disk_after_an_epoch_names_the_file_and_the_run_goes_on_with_resume(
         small_disk, tiny_images, cli, monkeypatch):
-    import tlkit.core.run as core
+    import tlkit.engine.resume as core
 
     out = small_disk / "run"
     fill_after(monkeypatch, core, "save_state", small_disk, when=lambda ctx, stage, epoch, *rest: stage == 1)
@@ -100,7 +100,7 @@ def test_a_full_disk_after_an_epoch_names_the_file_and_the_run_goes_on_with_resu
 
 
 def test_a_full_disk_before_anything_was_saved_says_to_run_again(small_disk, tiny_images, cli, monkeypatch):
-    import tlkit.runguard as runguard
+    import tlkit.rundir.guard as runguard
 
     out = small_disk / "run"
     fill_after(monkeypatch, runguard, "start", small_disk)  # the run's first file finds the disk full
@@ -122,8 +122,8 @@ def test_a_full_disk_before_anything_was_saved_says_to_run_again(small_disk, tin
 
 def test_an_atomic_write_that_fails_deep_in_a_library_names_the_file(tmp_path):
     """Where no tmpfs can be mounted: what the tests above rely on, with the error made up."""
+    from tlkit._util.io import write_atomic
     from tlkit.cli import os_error_line
-    from tlkit.io import write_atomic
 
     def full(tmp: Path) -> None:
         tmp.write_bytes(b"half")
@@ -142,7 +142,7 @@ def test_an_atomic_write_that_fails_deep_in_a_library_names_the_file(tmp_path):
 
 def test_the_image_cache_on_a_full_disk_is_told_once_and_leaves_nothing(small_disk, tiny_images, monkeypatch,
                                                                          caplog):
-    from tlkit import data
+    from tlkit.data import pipeline as data
 
     monkeypatch.setenv("TLKIT_CACHE", str(small_disk / "cache"))
     (small_disk / "cache" / "images").mkdir(parents=True)
@@ -157,8 +157,9 @@ def test_the_image_cache_on_a_full_disk_is_told_once_and_leaves_nothing(small_di
 
 
 def test_the_feature_cache_on_a_full_disk_does_not_claim_to_have_cached(small_disk, tiny_images, caplog):
-    from tlkit import data, features
     from tlkit.bases import load_base
+    from tlkit.data import pipeline as data
+    from tlkit.engine import frozen as features
 
     cache = small_disk / "features"
     cache.mkdir()
@@ -200,7 +201,7 @@ def test_sigterm_saves_the_run_and_prints_the_resume_command(tiny_images, tmp_pa
 
 
 def test_an_interrupt_before_the_first_epoch_ended_does_not_advise_resume(tmp_path):
-    from tlkit.core.run import RunInterrupted
+    from tlkit.engine.resume import RunInterrupted
 
     assert str(RunInterrupted(tmp_path, "finetune", None)) == (
         f"interrupted: {tmp_path} stopped before its first epoch ended, with nothing saved to resume from; run it "
@@ -208,7 +209,7 @@ def test_an_interrupt_before_the_first_epoch_ended_does_not_advise_resume(tmp_pa
 
 
 def test_the_lock_turns_sigterm_into_an_interrupt_only_while_it_is_held(tmp_path):
-    from tlkit.runguard import RunLock, Terminated
+    from tlkit.rundir.guard import RunLock, Terminated
 
     before = signal.getsignal(signal.SIGTERM)
     with RunLock(tmp_path / "run"):
@@ -238,7 +239,7 @@ def test_python_warnings_are_one_warning_line_without_source(cli, tmp_path, monk
 
 
 def test_class_names_in_any_script_draw_without_missing_glyphs(tmp_path):
-    from tlkit.report import plot_confusion
+    from tlkit.evaluation.report import plot_confusion
 
     classes = ["猫", "ひまわり", "장미", "rose 🌹", "犬🐶", "Ελλάδα", "नमस्ते", "plain"]
     confusion = np.random.default_rng(0).integers(0, 5, (len(classes), len(classes)))

@@ -1,4 +1,4 @@
-"""The head and finetune stages run the frozen layers once (tlkit.features.fit_frozen_once)
+"""The head and finetune stages run the frozen layers once (tlkit.engine.frozen.fit_frozen_once)
 instead of every epoch, and give the same training; the base stays in inference mode while a head or finetune
 stage trains (dropout inside the base off), and trains with the rest in a train stage."""
 from __future__ import annotations
@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from tlkit import features
 from tlkit.bases import load_base
-from tlkit.blocks import set_trainable_top
-from tlkit.core.run import BASE_LAYER, base_in_inference, build_classifier
+from tlkit.engine import frozen as features
+from tlkit.engine.classifier import BASE_LAYER, base_in_inference, build_classifier
 from tlkit.jobs import finetune
+from tlkit.models.blocks import set_trainable_top
 
 STAGES = {"head": {"epochs": 1, "learning_rate": 0.01},
           "finetune": {"epochs": 2, "unfreeze": 2, "learning_rate": 0.001, "layer_decay": 0.5}}

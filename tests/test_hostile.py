@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_torchfile import CheckpointPickler, Storage, Tensor, fake_torch  # noqa: F401  (fake_torch: a fixture)
+
 from tlkit.cli import main, os_error_line, unicode_error_line
 from tlkit.errors import TlkitError
 
@@ -144,7 +144,7 @@ def test_os_errors_become_one_line_naming_the_path_and_what_to_do():
 
 
 def test_disk_full_half_way_through_a_write_leaves_no_temporary_file_and_the_old_file(tmp_path):
-    from tlkit.io import write_atomic
+    from tlkit._util.io import write_atomic
 
     target = tmp_path / "labels.txt"
     target.write_text("old\n")
@@ -176,7 +176,7 @@ def test_read_only_file_system_for_predict_out_is_one_line(run, tiny_images, tmp
 def test_disk_full_mid_run_is_one_line_and_leaves_a_run_marked_unfinished(run, tiny_images, capsys, monkeypatch):
     """--overwrite of a run, and the disk fills during training: the old run is gone, the new one is
     marked unfinished, never the old model.keras beside new files."""
-    import tlkit.core.run as core
+    import tlkit.engine.training as core
 
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.out / "checkpoints" / "best.keras"))
@@ -329,7 +329,7 @@ def lenet_base():
 
 def test_feature_cache_that_is_a_file_a_garbage_entry_or_the_wrong_entry(lenet_base, tiny_images, tmp_path,
                                                                         caplog):
-    from tlkit import features
+    from tlkit.engine import frozen as features
 
     files = sorted(tiny_images.rglob("*.png"))[:6]
     want = features.extract(lenet_base, files, (32, 32), cache=tmp_path / "good")
@@ -354,7 +354,7 @@ def test_feature_cache_that_is_a_file_a_garbage_entry_or_the_wrong_entry(lenet_b
 
 
 def test_image_cache_that_is_a_file_or_an_entry_that_does_not_match(tiny_images, tmp_path, caplog):
-    from tlkit import imagecache
+    from tlkit.data import imagecache
 
     files = sorted(tiny_images.rglob("*.png"))[:4]
     digests = [f"d{i}" for i in range(4)]
@@ -449,8 +449,8 @@ def _lying_zip(path: Path, pickled: bytes, data: bytes) -> None:
         archive.writestr("ckpt/data/0", data)
 
 
-def test_pytorch_checkpoints_that_claim_more_memory_than_they_hold_are_refused(fake_torch, tmp_path):
-    from tlkit.torchfile import load_torch_checkpoint
+def test_pytorch_checkpoints_that_claim_more_memory_than_they_hold_are_refused(fake_torch, tmp_path):  # noqa: F811  (the fixture imported above)
+    from tlkit.bases.torchfile import load_torch_checkpoint
 
     class Lying(CheckpointPickler):
         def persistent_id(self, obj):

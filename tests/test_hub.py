@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tlkit.layers
-from tlkit.bases import hub, load_base
+import tlkit.models.layers
+from tlkit.bases import load_base
 from tlkit.cli import main
-from tlkit.core.kinds import STAGES, stage_params
-from tlkit.core.run import BASE_LAYER, configure
-from tlkit.jobs import run_recipe
+from tlkit.engine.classifier import BASE_LAYER
+from tlkit.engine.strategy import configure
 from tlkit.errors import TlkitError
+from tlkit.evaluation.predict import predict
 from tlkit.exporters import export
-from tlkit.inference import predict
-from tlkit.recipe import Recipe, Stage
-from tlkit.rundir import load_run
+from tlkit.jobs import run_recipe
+from tlkit.recipe.kinds import STAGES, stage_params
+from tlkit.recipe.schema import Recipe, Stage
+from tlkit.rundir.load import load_run
 
 FEATURES = 8
 
@@ -138,11 +139,11 @@ def test_finetuned_classifier_reloads_predicts_and_exports_when_trusted(finetune
     files = sorted(p for p in tiny_images.rglob("*.png"))[::6]
     expected = predict(out, files, top=3)  # trusted: loaded as a base in this process
 
-    monkeypatch.setattr(tlkit.layers, "_trusted_savedmodels", set())  # as in a new process
-    monkeypatch.delenv(tlkit.layers.TRUST_ENV, raising=False)
-    with pytest.raises(TlkitError, match=f"set {tlkit.layers.TRUST_ENV}="):
+    monkeypatch.setattr(tlkit.models.layers, "_trusted_savedmodels", set())  # as in a new process
+    monkeypatch.delenv(tlkit.models.layers.TRUST_ENV, raising=False)
+    with pytest.raises(TlkitError, match=f"set {tlkit.models.layers.TRUST_ENV}="):
         load_run(out)
-    monkeypatch.setenv(tlkit.layers.TRUST_ENV, str(saved_model.parent))
+    monkeypatch.setenv(tlkit.models.layers.TRUST_ENV, str(saved_model.parent))
     run = load_run(out)
     reloaded = hub_variables(run.model)
     assert reloaded.keys() == after_finetune.keys()

@@ -1,4 +1,4 @@
-"""tlkit.imagecache through tlkit.data: images decoded once, in memory or on disk, the same batches."""
+"""tlkit.data.imagecache through tlkit.data.pipeline: images decoded once, in memory or on disk, the same batches."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlkit import data
+from tlkit.data import pipeline as data
 
 SIZE = (16, 16)
 
@@ -61,7 +61,7 @@ def test_one_decode_serves_every_stage(tiny_images, cache_home):
 
 
 def test_disk_entries_are_keyed_by_content(folder, tmp_path, cache_home, caplog):
-    caplog.set_level(logging.INFO, logger="tlkit.imagecache")
+    caplog.set_level(logging.INFO, logger="tlkit.data.imagecache")
     data.decode_once(data.scan(folder), SIZE, 3, "disk")
     moved = Path(shutil.move(folder, tmp_path / "moved"))
     caplog.clear()

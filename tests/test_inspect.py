@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from tlkit.bases.inspect import format_report, inspect_model
 from tlkit.errors import TlkitError
-from tlkit.inspect import format_report, inspect_model
 
 
 def profiler_flops(graph) -> dict[str, int]:

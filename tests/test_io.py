@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from tlkit.io import write_atomic, write_dir_atomic, write_text_atomic
+from tlkit._util.io import write_atomic, write_dir_atomic, write_text_atomic
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tlkit.layers import (
+from tlkit.models.layers import (
     LocalResponseNormalization,
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,

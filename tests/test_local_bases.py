@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from tlkit.bases import load_base
-from tlkit.preprocessing import ImagePreprocessing
 from tlkit.cli import main
-from tlkit.core.run import BASE_LAYER, configure
-from tlkit.jobs import run_recipe, train
+from tlkit.engine.classifier import BASE_LAYER
+from tlkit.engine.strategy import configure
 from tlkit.errors import TlkitError
-from tlkit.recipe import Recipe, Stage
-from tlkit.rundir import load_run
+from tlkit.jobs import run_recipe, train
+from tlkit.models.preprocessing import ImagePreprocessing
+from tlkit.recipe.schema import Recipe, Stage
+from tlkit.rundir.load import load_run
 
 
 def small_cnn(vector_top: bool = False) -> keras.Model:

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from tlkit import cli as tlkit_cli
-from tlkit import features
+from tlkit.engine import frozen as features
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

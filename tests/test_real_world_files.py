@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tlkit import data
-from tlkit.datareport import DataReport
+from tlkit.data import pipeline as data
+from tlkit.data.report import DataReport
 from tlkit.errors import TlkitError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_animated_webp_is_read_as_its_first_frame_by_scan_and_predict_and_refuse
         from pathlib import Path
         import numpy as np, tensorflow as tf
         from PIL import Image
-        from tlkit import data
+        from tlkit.data import pipeline as data
         from tlkit.exporters._decode import decode_batch
         root, webp = Path(sys.argv[1]), Path(sys.argv[2])
         images = data.scan(root)
@@ -182,7 +182,7 @@ def test_the_exported_savedmodel_turns_a_sideways_jpeg_upright_and_refuses_an_an
 PEAK = """
     import resource, sys
     from pathlib import Path
-    from tlkit import data
+    from tlkit.data import pipeline as data
 
     def peak():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # MiB
@@ -224,7 +224,7 @@ def test_an_image_over_the_pixel_limit_is_refused_by_name(folder, tmp_path):
 
 
 def test_every_file_left_out_is_listed_with_why_and_training_reads_what_predict_reads(folder):
-    from tlkit.inference import _walk_images
+    from tlkit.evaluation.predict import _walk_images
 
     Image.open(folder / "red" / "0.png").save(folder / "red" / "phone.avif")
     heic = folder / "red" / "IMG_0001.HEIC"
@@ -257,7 +257,7 @@ def test_a_named_pipe_in_the_data_is_named_and_never_opened(folder):
     os.mkfifo(folder / "green" / "pipe")  # without an image extension: listed, not opened either
     done = python("""
         import sys
-        from tlkit import data
+        from tlkit.data import pipeline as data
         from tlkit.errors import TlkitError
         try:
             data.scan(sys.argv[1])

@@ -7,12 +7,11 @@ import pytest
 from PIL import Image
 from sklearn.metrics import accuracy_score, classification_report
 
-from tlkit.curves import TrainingCurves
+from tlkit.engine.curves import TrainingCurves
 from tlkit.errors import TlkitError
-from tlkit.inference import image_files, tta_view
-from tlkit.report import (classification_table, confusion_matrix, format_table, most_confused,
-                          plot_confusion)
-from tlkit.visualize import gradcam, gradcam_layer
+from tlkit.evaluation.predict import image_files, tta_view
+from tlkit.evaluation.report import classification_table, confusion_matrix, format_table, most_confused, plot_confusion
+from tlkit.evaluation.visualize import gradcam, gradcam_layer
 
 CLASSES = ["ant", "bee", "cat", "dog"]
 # a fixed prediction set: dog is never in the truth, cat never predicted
@@ -157,7 +156,7 @@ def test_folders_are_walked_for_images_only(tmp_path):
 
 
 def test_gradcam_takes_the_feature_map_of_a_pooling_that_also_gives_its_switches():
-    from tlkit.layers import MaxPoolingWithArgmax2D
+    from tlkit.models.layers import MaxPoolingWithArgmax2D
 
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(2, 3, padding="same", name="conv")(inputs)

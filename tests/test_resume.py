@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # stopping keeps state across epochs: everything a resume must give back.
 RUN = """
 import os, signal, sys
-import tlkit.core.run as run
+import tlkit.engine.resume as run
 from tlkit.cli import main
 
 stop = {stop}

@@ -14,15 +14,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tlkit import augment, training
 from tlkit.bases import Base
-from tlkit.blocks import build_block_map
 from tlkit.cli import main
-from tlkit.core.kinds import STAGES, resolve, stage_params
-from tlkit.core.run import BASE_LAYER, context, run_recipe
+from tlkit.data import augment
+from tlkit.engine.classifier import BASE_LAYER
+from tlkit.engine.training import context
 from tlkit.errors import TlkitError
+from tlkit.jobs import run_recipe
 from tlkit.lrfind import lr_find, smooth, steepest
-from tlkit.recipe import Recipe, Stage
+from tlkit.models import optimization as training
+from tlkit.models.blocks import build_block_map
+from tlkit.recipe.kinds import STAGES, resolve, stage_params
+from tlkit.recipe.schema import Recipe, Stage
 
 BLOCKS = [("b1", "c1"), ("b2", "c2"), ("b3", "c3")]
 
@@ -32,7 +35,7 @@ def tiny_base() -> Base:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
-    for i, (_, name) in enumerate(BLOCKS):
+    for _, name in BLOCKS:
         x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name=name)(x)
     model = keras.Model(inputs, x, name="tiny")
     return Base("tiny", model, build_block_map(model, BLOCKS), (32, 32), "test", "none")

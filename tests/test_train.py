@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tlkit.evaluation.predict import evaluate, predict
 from tlkit.jobs import train
-from tlkit.inference import evaluate, predict
 
 DIGITS = Path(__file__).resolve().parents[1] / "data_samples" / "digits"
 
@@ -37,7 +37,7 @@ def test_a_trained_run_becomes_a_base_with_its_checkpoint(lenet_run, tiny_images
     import numpy as np
 
     from tlkit.bases import load_base
-    from tlkit.rundir import load_run
+    from tlkit.rundir.load import load_run
 
     base = load_base("lenet5", str(lenet_run), (32, 32))
     trained = load_run(lenet_run).model

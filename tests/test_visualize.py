@@ -1,16 +1,21 @@
+import keras
 import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
 
-import keras
-
-from tlkit.preprocessing import ImagePreprocessing
-from tlkit.blocks import build_block_map
 from tlkit.errors import TlkitError
-from tlkit.visualize import (
-    GAP_PX, KERNEL_PIXEL_PX, MIN_SIDE_PX, TILE_PX, TITLE_PX, _normalise, plot_activations, plot_filters,
+from tlkit.evaluation.visualize import (
+    GAP_PX,
+    KERNEL_PIXEL_PX,
+    MIN_SIDE_PX,
+    TITLE_PX,
+    _normalise,
+    plot_activations,
+    plot_filters,
 )
+from tlkit.models.blocks import build_block_map
+from tlkit.models.preprocessing import ImagePreprocessing
 
 
 def read_png(path) -> np.ndarray:

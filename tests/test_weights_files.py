@@ -16,9 +16,9 @@ import pytest
 from keras.src.legacy.saving import legacy_h5_format
 from keras.src.utils import file_utils
 
-from tlkit.basecatalog import load_catalog
 from tlkit.bases.keras_apps import APPS, load_app
-from tlkit.preprocessing import NAME as PREPROCESSING
+from tlkit.models.preprocessing import NAME as PREPROCESSING
+from tlkit.recipe.base_names import load_catalog
 
 # Each base takes 4 to 60 s here (two cores): the default run covers the caffe bases (the ones
 # that broke) of both families, a base of each other preprocessing, and Keras' counter-named

@@ -5,9 +5,9 @@ import keras
 import numpy as np
 import pytest
 
-from tlkit.blocks import build_block_map
 from tlkit.errors import TlkitError
 from tlkit.models import ZOO
+from tlkit.models.blocks import build_block_map
 from tlkit.models.googlenet import googlenet
 
 # Trainable parameters with the paper's head; for the ResNets count_params() also counts the

@@ -26,15 +26,15 @@ _LAZY = {
     "run_recipe": "tlkit.jobs",  # jobs registers the stage kinds
     "resolve": "tlkit.jobs",
     "lr_find": "tlkit.lrfind",
-    "predict": "tlkit.inference",
-    "evaluate": "tlkit.inference",
+    "predict": "tlkit.evaluation.predict",
+    "evaluate": "tlkit.evaluation.predict",
     "export": "tlkit.exporters",
-    "load_run": "tlkit.rundir",
-    "load_model": "tlkit.rundir",
+    "load_run": "tlkit.rundir.load",
+    "load_model": "tlkit.rundir.load",
     "load_base": "tlkit.bases",
-    "Recipe": "tlkit.recipe",
-    "Stage": "tlkit.recipe",
-    "get_recipe": "tlkit.recipe",
+    "Recipe": "tlkit.recipe.schema",
+    "Stage": "tlkit.recipe.schema",
+    "get_recipe": "tlkit.recipe.schema",
     "TlkitError": "tlkit.errors",
 }
 
@@ -47,7 +47,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'tlkit' has no attribute {name!r}")
 
 
-_REGISTERS_LAYERS = "tlkit.rundir"  # imports every module that registers Keras-serializable objects
+_REGISTERS_LAYERS = "tlkit.rundir.load"  # imports every module that registers Keras-serializable objects
 
 
 class _RegisterWhenKerasLoads(importlib.abc.MetaPathFinder):

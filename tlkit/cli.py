@@ -19,12 +19,13 @@ from pathlib import Path
 
 import click
 
-from tlkit import __version__, runguard
+from tlkit import __version__
 from tlkit.errors import TlkitError
-from tlkit.core.kinds import StageParams
 from tlkit.exporters import FORMATS as EXPORT_FORMATS  # no TensorFlow until an export runs
 from tlkit.exporters.tflite import QUANTIZATIONS
-from tlkit.recipe import AUGMENT_PRESETS, POOLINGS, Distribute, Recipe, Stage, builtin_recipes, tomllib
+from tlkit.recipe.kinds import StageParams
+from tlkit.recipe.schema import AUGMENT_PRESETS, POOLINGS, Distribute, Recipe, Stage, builtin_recipes, tomllib
+from tlkit.rundir import guard as runguard
 from tlkit.stages.autoencoder import Autoencoder
 
 
@@ -188,7 +189,7 @@ JOB_RECIPES = {"finetune": "classic", "extract": "extract", "train": "scratch", 
 
 
 def _check_folders(settings: dict) -> None:
-    """Refuse a missing --data/--val-data folder at once: tlkit.data, which checks them in the
+    """Refuse a missing --data/--val-data folder at once: tlkit.data.pipeline, which checks them in the
     same words, imports TensorFlow (seconds) first."""
     for name in ("data", "val_data"):
         path = settings.get(name)
@@ -197,18 +198,18 @@ def _check_folders(settings: dict) -> None:
 
 
 def _check_model(model: str) -> None:
-    """Refuse a missing --model at once, before TensorFlow loads (tlkit.rundir says the same after)."""
+    """Refuse a missing --model at once, before TensorFlow loads (tlkit.rundir.load says the same after)."""
     if not os.path.exists(model):
         raise TlkitError(f"no model at {model}: pass a run directory made by `tlkit finetune` or `tlkit train`")
 
 
 def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, resume=None, overwrite=None,
              **settings) -> None:
-    """Check the job's recipe and every option over it (tlkit.core.kinds.resolve: no TensorFlow,
+    """Check the job's recipe and every option over it (tlkit.recipe.kinds.resolve: no TensorFlow,
     so a mistake is told at once), then import TensorFlow and run the job on the result."""
     import tlkit.stages  # noqa: F401  (registers the stage kinds; imports no TensorFlow)
-    from tlkit.core.kinds import needs_base, resolve
-    from tlkit.runguard import check_out
+    from tlkit.recipe.kinds import needs_base, resolve
+    from tlkit.rundir.guard import check_out
 
     if resume:
         given = [name for name, value in {"recipe": recipe, "out": out, "overwrite": overwrite, **settings}.items()
@@ -277,7 +278,7 @@ def _disk_full(err: Exception) -> OSError | None:
 
 
 def _what_was_saved(run: Path) -> str:
-    from tlkit.core.run import ResumeState  # loaded: a run was writing
+    from tlkit.engine.resume import ResumeState  # loaded: a run was writing
 
     state = ResumeState.read(run)
     if state is not None:
@@ -444,14 +445,14 @@ def pretrain(obj, decoder, noise, channels, epochs, learning_rate, **options):
 def inspect(arch, model, image_size, batch_size, as_json):
     """Per-layer shapes, parameters, MACs/FLOPs and memory; the memory of one training step."""
     _tensorflow()
-    from tlkit.inspect import build_for_inspect, format_report, inspect_model
+    from tlkit.bases.inspect import build_for_inspect, format_report, inspect_model
 
     if bool(arch) == bool(model):
         raise TlkitError("pass one of --arch NAME or --model RUN")
     if arch:
         network = build_for_inspect(arch, image_size)
     else:
-        from tlkit.rundir import load_run
+        from tlkit.rundir.load import load_run
 
         network = load_run(model).model
     report = inspect_model(network, batch_size=batch_size)
@@ -467,7 +468,7 @@ def checkpoint_option(command):
 
 def _load(model: str, checkpoint: str):
     """Load a run and say which model file is used."""
-    from tlkit.rundir import load_run
+    from tlkit.rundir.load import load_run
 
     run = load_run(model, checkpoint)
     click.echo(f"model: {run.describe()}")
@@ -486,7 +487,7 @@ def visualize():
 def visualize_filters(model, out, checkpoint):
     """The first convolution's kernels as an image grid."""
     _tensorflow()
-    from tlkit.visualize import plot_filters
+    from tlkit.evaluation.visualize import plot_filters
 
     click.echo(f"wrote {plot_filters(_load(model, checkpoint).model, out)}")
 
@@ -499,7 +500,7 @@ def visualize_filters(model, out, checkpoint):
 def visualize_activations(model, image, out, checkpoint):
     """The feature maps after each stage (block) of the network, for one image."""
     _tensorflow()
-    from tlkit.visualize import plot_run_activations
+    from tlkit.evaluation.visualize import plot_run_activations
 
     for path in plot_run_activations(_load(model, checkpoint), image, out):
         click.echo(f"wrote {path}")
@@ -515,8 +516,8 @@ def visualize_gradcam(model, class_name, out, checkpoint, images):
     """Grad-CAM: where in each IMAGE (files or folders) the evidence for a class lies, at the last
     block of the base."""
     _tensorflow()
-    from tlkit.inference import image_files
-    from tlkit.visualize import plot_gradcam
+    from tlkit.evaluation.predict import image_files
+    from tlkit.evaluation.visualize import plot_gradcam
 
     for path in plot_gradcam(_load(model, checkpoint), image_files(images), out, class_name):
         click.echo(f"wrote {path}")
@@ -528,7 +529,7 @@ def bases(ctx):
     """List every base: source, default input size, blocks, parameters, and whether its weights are here."""
     _tensorflow()
     if ctx.invoked_subcommand is None:
-        from tlkit.catalog import format_bases, list_bases
+        from tlkit.bases.listing import format_bases, list_bases
 
         click.echo(format_bases(list_bases()))
 
@@ -540,7 +541,7 @@ def bases_import(name, file):
     """Put FILE, the ImageNet weights of base NAME obtained elsewhere, where Keras' cache expects
     them, after checking its hash (for machines with no network)."""
     _tensorflow()
-    from tlkit.catalog import import_weights
+    from tlkit.bases.listing import import_weights
 
     click.echo(f"wrote {import_weights(name, file)}")
 
@@ -594,7 +595,7 @@ def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
     if out and Path(out).suffix.lower() not in (".csv", ".json"):
         raise TlkitError(f"--out '{out}': give a .csv or .json file name")
     _tensorflow()
-    from tlkit.inference import predict as run
+    from tlkit.evaluation.predict import predict as run
 
     results = run(_load(model, checkpoint), list(paths), top=top, batch_size=batch_size, skip_bad=skip_bad,
                   tta=tta, out=out, progress=True)
@@ -625,8 +626,8 @@ def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_b
     _check_model(model)
     _check_folders({"data": data})
     _tensorflow()
-    from tlkit.inference import evaluate as run
-    from tlkit.report import format_report
+    from tlkit.evaluation.predict import evaluate as run
+    from tlkit.evaluation.report import format_report
 
     report = run(_load(model, checkpoint), data, out, batch_size=batch_size, skip_bad=skip_bad, tta=tta,
                  progress=True, top_losses=top_losses)

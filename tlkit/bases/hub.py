@@ -23,11 +23,11 @@ from pathlib import Path
 import keras
 
 from tlkit.bases._registry import Base
-from tlkit.basecatalog import HUB_PREFIX
-from tlkit.blocks import single_block
 from tlkit.errors import TlkitError, unknown_name
-from tlkit.layers import HubLayer, trust_savedmodel
-from tlkit.preprocessing import preprocessing_layer
+from tlkit.models.blocks import single_block
+from tlkit.models.layers import HubLayer, trust_savedmodel
+from tlkit.models.preprocessing import preprocessing_layer
+from tlkit.recipe.base_names import HUB_PREFIX
 
 PREFIX = HUB_PREFIX
 RANGES = {"0,1": "unit", "-1,1": "tf", "0,255": "none"}  # --hub-range -> preprocessing mode

@@ -20,18 +20,19 @@ from pathlib import Path
 
 import keras
 
+from tlkit._util.keras_internals import keras_home, to_snake_case
 from tlkit.bases._registry import BASES, Base, BaseSpec
-from tlkit.basecatalog import load_catalog
-from tlkit.blocks import BlockSpec, build_block_map
-from tlkit.compat import keras_home, to_snake_case
 from tlkit.errors import TlkitError
-from tlkit.preprocessing import NAME as PREPROCESSING, preprocessing_layer
+from tlkit.models.blocks import BlockSpec, build_block_map
+from tlkit.models.preprocessing import NAME as PREPROCESSING
+from tlkit.models.preprocessing import preprocessing_layer
+from tlkit.recipe.base_names import load_catalog
 
 
 @dataclass(frozen=True)
 class App:
     constructor: str  # attribute of keras.applications
-    preprocessing: str  # a tlkit.preprocessing mode ("none": the Keras model has its own inside)
+    preprocessing: str  # a tlkit.models.preprocessing mode ("none": the Keras model has its own inside)
     size: int  # default input side
     blocks: BlockSpec
     # Where layers that Keras named by its counter (`conv2d_7`) go: the block of the nearest

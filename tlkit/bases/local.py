@@ -25,14 +25,14 @@ from pathlib import Path
 
 import keras
 
-import tlkit.layers  # noqa: F401  (registers tlkit's layers, which a model file may hold)
-import tlkit.preprocessing  # noqa: F401  (likewise)
+import tlkit.models.layers  # noqa: F401  (registers tlkit's layers, which a model file may hold)
+import tlkit.models.preprocessing  # noqa: F401  (likewise)
 from tlkit.bases._registry import Base
 from tlkit.bases.zoo import load_zoo
-from tlkit.blocks import Block, build_block_map, single_block
 from tlkit.errors import TlkitError, unknown_name
-from tlkit.recipe import POOLINGS, Recipe
-from tlkit.rundir import model_file_error
+from tlkit.models.blocks import Block, build_block_map, single_block
+from tlkit.recipe.schema import POOLINGS, Recipe
+from tlkit.rundir.load import model_file_error
 
 BASE_FILE = "base.keras"
 BLOCKS_FILE = "blocks.json"

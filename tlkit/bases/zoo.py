@@ -12,11 +12,11 @@ import keras
 
 from tlkit.bases._registry import BASES, Base, BaseSpec
 from tlkit.bases.keras_apps import check_weights_file
-from tlkit.blocks import build_block_map
 from tlkit.errors import TlkitError
 from tlkit.models import ZOO, Arch
-from tlkit.preprocessing import preprocessing_layer
-from tlkit.rundir import load_run
+from tlkit.models.blocks import build_block_map
+from tlkit.models.preprocessing import preprocessing_layer
+from tlkit.rundir.load import load_run
 
 PREFIX = "zoo:"
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tlkit._util.io import write_atomic
 from tlkit.errors import TlkitError
 from tlkit.exporters._registry import FORMATS
-from tlkit.io import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def export(model: str | Path, out: str | Path, format: str = "savedmodel", versi
     Logs one line: the path, its size and, with `check`, how the export run in its own runtime
     agrees with the Keras model on the run's validation images (see `check_export`). The
     converters' own output is shown only when `verbose`. `checkpoint` chooses the run's weights
-    (tlkit.rundir.CHECKPOINTS: final or best).
+    (tlkit.rundir.load.CHECKPOINTS: final or best).
     """
     spec = FORMATS.get(format)
     if quantize not in spec.quantizations:
@@ -61,7 +61,7 @@ def export(model: str | Path, out: str | Path, format: str = "savedmodel", versi
         raise TlkitError(f"unknown quantization '{quantize}': {format} takes {', '.join(spec.quantizations)}")
     if calibration_images < 1:
         raise TlkitError(f"--calibration-images must be at least 1, got {calibration_images}")
-    from tlkit.rundir import load_run  # Keras: see the module docstring
+    from tlkit.rundir.load import load_run  # Keras: see the module docstring
 
     run = load_run(model, checkpoint)
     log.info("model: %s", run.describe())
@@ -89,7 +89,7 @@ def export(model: str | Path, out: str | Path, format: str = "savedmodel", versi
 def check_export(model: str | Path, path: str | Path, format: str = "savedmodel", *, verbose: bool = False) -> Check:
     """Run the export at `path` (of the run at `model`) in its own runtime on the run's validation
     images, and compare it with the run's Keras model."""
-    from tlkit.rundir import load_run  # Keras: see the module docstring
+    from tlkit.rundir.load import load_run  # Keras: see the module docstring
 
     run = load_run(model)
     _, val = _split(run, "check the export on")
@@ -101,7 +101,7 @@ def _split(run, needed_for: str | None):
     nothing needs them."""
     if needed_for is None:
         return None, None
-    from tlkit import data as tldata  # TensorFlow: see the module docstring
+    from tlkit.data import pipeline as tldata  # TensorFlow: see the module docstring
 
     recipe = run.recipe
     if not recipe.data or not Path(recipe.data).is_dir():
@@ -119,7 +119,7 @@ def _spread(files: list[Path], n: int) -> list[Path]:
 
 
 def _load(run, files: list[Path]) -> np.ndarray:
-    from tlkit import data as tldata
+    from tlkit.data import pipeline as tldata
 
     return tldata.load_images(files, run.image_size, run.channels)
 

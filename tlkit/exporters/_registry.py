@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tlkit.registry import Registry
+from tlkit._util.registry import Registry
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from tlkit.rundir import Run
+    from tlkit.rundir.load import Run
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tlkit._util.io import write_atomic
 from tlkit.errors import TlkitError
 from tlkit.exporters._registry import FORMATS, Format
-from tlkit.io import write_atomic
 
 if TYPE_CHECKING:
-    from tlkit.rundir import Run
+    from tlkit.rundir.load import Run
 
 OPSET = 17  # ONNX 1.12 (2022): every current onnxruntime, OpenCV DNN and TensorRT reads it
 

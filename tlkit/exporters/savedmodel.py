@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tlkit._util.io import write_dir_atomic
 from tlkit.exporters._registry import FORMATS, Format
-from tlkit.io import write_dir_atomic
 
 if TYPE_CHECKING:
     import keras
 
-    from tlkit.rundir import Run
+    from tlkit.rundir.load import Run
 
 
 def serving_archive(run: Run) -> keras.export.ExportArchive:

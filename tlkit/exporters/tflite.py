@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tlkit._util.io import write_atomic
 from tlkit.errors import TlkitError
 from tlkit.exporters._registry import FORMATS, Format
 from tlkit.exporters._tflite_metadata import image_classifier_metadata, with_metadata
-from tlkit.io import write_atomic
 
 if TYPE_CHECKING:
-    from tlkit.rundir import Run
+    from tlkit.rundir.load import Run
 
 # none: float32. dynamic: int8 weights, float activations. float16: float16 weights.
 # int8: int8 weights and activations, their ranges calibrated on training images.

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import keras
 
-from tlkit.blocks import BlockSpec
-from tlkit.registry import Registry
+from tlkit._util.registry import Registry
+from tlkit.models.blocks import BlockSpec
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from keras import layers
 
-from tlkit.layers import LocalResponseNormalization
 from tlkit.models.common import dense_top, finish, global_pool, image_input, variant
+from tlkit.models.layers import LocalResponseNormalization
 
 BLOCKS = [(f"conv{i}", rf"^conv{i}(_|$)") for i in range(1, 6)]
 _TOP = [("fc6", 4096), ("fc7", 4096)]

@@ -16,9 +16,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from tlkit.blocks import BlockSpec
-from tlkit.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
-from tlkit.preprocessing import preprocessing_layer
+from tlkit.models.blocks import BlockSpec
+from tlkit.models.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
+from tlkit.models.preprocessing import preprocessing_layer
 
 FILTERS = (32, 64, 128)
 DECODERS = ("unpool", "transpose")

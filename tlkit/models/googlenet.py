@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from keras import layers
 
-from tlkit.layers import LocalResponseNormalization
 from tlkit.models._registry import register
 from tlkit.models.common import finish, global_pool, image_input, predictions
+from tlkit.models.layers import LocalResponseNormalization
 
 # The paper's table 1: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj.
 MODULES = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from keras import layers
 
-from tlkit.layers import LocalResponseNormalization
 from tlkit.models.common import dense_top, finish, global_pool, image_input, variant
+from tlkit.models.layers import LocalResponseNormalization
 
 BLOCKS = [(f"block{i}", rf"^block{i}_") for i in range(1, 6)]
 

@@ -3,7 +3,7 @@
 Each is read from the TOML file of the same name beside this module (also `recipes/` at the top
 of the repository), so editing a file changes the recipe.
 """
-from tlkit.recipe import builtin_recipes
+from tlkit.recipe.schema import builtin_recipes
 
 
 def __getattr__(name):

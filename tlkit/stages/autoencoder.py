@@ -22,9 +22,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tlkit.core.kinds import STAGES, StageKind, StageParams
+from tlkit._util.io import save_model_atomic, write_atomic, write_json_atomic
 from tlkit.errors import TlkitError
-from tlkit.io import save_model_atomic, write_atomic, write_json_atomic
+from tlkit.recipe.kinds import STAGES, StageKind, StageParams, amount
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def build_autoencoder(params: Autoencoder, image_size: tuple[int, int], channels
 def encoder_base(autoencoder, weights: str):
     """The autoencoder's encoder as a `Base`, with its block map."""
     from tlkit.bases import Base  # TensorFlow, as above
-    from tlkit.blocks import build_block_map
     from tlkit.models.autoencoder import encoder_blocks, encoder_model
+    from tlkit.models.blocks import build_block_map
 
     model = encoder_model(autoencoder)
     return Base("conv_encoder", model, build_block_map(model, encoder_blocks()), tuple(model.input_shape[1:3]),
@@ -91,7 +91,7 @@ def run(ctx, index: int, params: Autoencoder):
     run's base."""
     import tensorflow as tf
 
-    from tlkit import data as tldata  # TensorFlow, as above
+    from tlkit.data import pipeline as tldata  # TensorFlow, as above
     from tlkit.models.autoencoder import corrupt
 
     r = ctx.recipe
@@ -143,7 +143,7 @@ def skipped(ctx, index: int, params: Autoencoder) -> None:
 
 def save_pretrained(autoencoder, folder: Path, grid_files, noise: float):
     """Write the base directory of a trained autoencoder; returns its encoder as a base."""
-    from tlkit.data import load_images  # TensorFlow, as above
+    from tlkit.data.pipeline import load_images  # TensorFlow, as above
 
     base = encoder_base(autoencoder, str(folder))
     save_model_atomic(base.model, folder / "base.keras")
@@ -183,7 +183,12 @@ def reconstruction_grid(autoencoder, images: np.ndarray, noise: float = 0.0, see
     return np.asarray(grid)
 
 
+def describe(params: Autoencoder, recipe, blocks: list[str], classes: int) -> str:
+    return (f"pretrain a convolutional autoencoder ({params.decoder} decoder, input noise {params.noise:g}), "
+            f"{amount(params)}; its encoder becomes the base")
+
+
 STAGES.add("autoencoder", StageKind(
     "autoencoder", Autoencoder, run, "a convolutional autoencoder pretrained on images alone; its encoder becomes the base",
-    needs_labels=False, make_base=untrained_base, skipped=skipped,
+    describe, needs_labels=False, make_base=untrained_base, skipped=skipped,
 ))

@@ -1,12 +1,12 @@
 """`extract`: the head stage on features the frozen base computes once, or finds in the on-disk
-cache (`tlkit.features`); the head trained on them is the classifier's own."""
+cache (`tlkit.engine.frozen`); the head trained on them is the classifier's own."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from tlkit.core.kinds import STAGES, StageKind, StageParams
-from tlkit.stages.head import prepare
+from tlkit.recipe.kinds import STAGES, StageKind, StageParams, amount
+from tlkit.stages.head import new_head, prepare
 
 log = logging.getLogger(__name__)
 
@@ -16,10 +16,15 @@ class Extract(StageParams):
     epochs: int = 10
 
 
+def describe(params: Extract, recipe, blocks: list[str], classes: int) -> str:
+    return (f"run the frozen base once over the images, cache the features, train {new_head(recipe, classes)} on "
+            f"them, {amount(params)}")
+
+
 def run(ctx, index: int, params: Extract):
     # TensorFlow: imported when a stage runs, so checking a recipe stays fast
-    from tlkit import features
-    from tlkit.core.run import BASE_LAYER
+    from tlkit.engine import frozen as features
+    from tlkit.engine.classifier import BASE_LAYER
 
     model, detail = prepare(ctx, params)  # the head stage's: the base frozen
     if ctx.augmentation.active:
@@ -41,4 +46,4 @@ def run(ctx, index: int, params: Extract):
 # lr-find sweeps it as the head stage it equals (the same trainable weights), on the images
 STAGES.add("extract", StageKind("extract", Extract, run,
                                 "base frozen, its features computed once (cached on disk), a new head trained on them",
-                                prepare=prepare))
+                                describe, prepare=prepare))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tlkit.core.kinds import STAGES, StageKind, StageParams
+from tlkit.recipe.kinds import STAGES, StageKind, StageParams, amount
 
 
 @dataclass
@@ -11,9 +11,17 @@ class Head(StageParams):
     pass
 
 
+def new_head(recipe, classes: int) -> str:
+    return f"a new head ({recipe.pooling} pooling, dropout {recipe.dropout:g}, softmax over {classes} classes)"
+
+
+def describe(params: Head, recipe, blocks: list[str], classes: int) -> str:
+    return f"train {new_head(recipe, classes)} on the frozen base (BatchNorm in inference mode), {amount(params)}"
+
+
 def prepare(ctx, params: StageParams):
     """The classifier with its base frozen and in inference mode."""
-    from tlkit.core.run import BASE_LAYER, base_in_inference  # TensorFlow: imported when a stage runs, so
+    from tlkit.engine.classifier import BASE_LAYER, base_in_inference  # TensorFlow: imported when a stage runs, so
     # checking a recipe stays fast
 
     ctx.classifier.get_layer(BASE_LAYER).trainable = False
@@ -22,10 +30,12 @@ def prepare(ctx, params: StageParams):
 
 
 def run(ctx, index: int, params: Head):
-    from tlkit import features  # TensorFlow: imported when a stage runs, so checking a recipe stays fast
+    from tlkit.engine import (
+        frozen as features,  # TensorFlow: imported when a stage runs, so checking a recipe stays fast
+    )
 
     model, detail = prepare(ctx, params)
     return features.fit_frozen_once(ctx, index, "head", params, model, detail)
 
 
-STAGES.add("head", StageKind("head", Head, run, "base frozen, a new head trained", prepare=prepare))
+STAGES.add("head", StageKind("head", Head, run, "base frozen, a new head trained", describe, prepare=prepare))

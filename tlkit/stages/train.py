@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tlkit.core.kinds import STAGES, StageKind, StageParams
+from tlkit.recipe.kinds import STAGES, StageKind, StageParams, amount
 
 
 @dataclass
@@ -11,9 +11,13 @@ class Train(StageParams):
     pass
 
 
+def describe(params: Train, recipe, blocks: list[str], classes: int) -> str:
+    return f"train every layer from scratch, {amount(params)}"
+
+
 def prepare(ctx, params: StageParams):
     """The whole classifier trainable, but for fixed preprocessing."""
-    from tlkit.preprocessing import NAME as PREPROCESSING  # TensorFlow: imported when a stage runs, so that
+    from tlkit.models.preprocessing import NAME as PREPROCESSING  # TensorFlow: imported when a stage runs, so that
     # checking a recipe stays fast
 
     ctx.classifier.trainable = True
@@ -35,4 +39,4 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-STAGES.add("train", StageKind("train", Train, run, "every layer trained (from scratch)", prepare=prepare))
+STAGES.add("train", StageKind("train", Train, run, "every layer trained (from scratch)", describe, prepare=prepare))

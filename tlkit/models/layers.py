@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from tlkit.compat import in_safe_mode
+from tlkit._util.keras_internals import in_safe_mode
 from tlkit.errors import TlkitError
 
 

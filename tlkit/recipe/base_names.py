@@ -1,7 +1,7 @@
 """The catalogue of registered bases (tlkit/bases/catalog.json): for every base its source,
 default input size, parameter count, block names and, for a keras.applications base, the
 ImageNet weights file Keras downloads (name, origin, hash), so that `tlkit bases` and the offline
-hints need not build each base, and a base name is checked without TensorFlow. `tlkit.catalog`
+hints need not build each base, and a base name is checked without TensorFlow. `tlkit.bases.listing`
 writes it and lists it.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-CATALOG_FILE = Path(__file__).parent / "bases" / "catalog.json"
+CATALOG_FILE = Path(__file__).parent.parent / "bases" / "catalog.json"
 HUB_PREFIX = "hub:"  # `--base hub:HANDLE`: a TF Hub handle or SavedModel folder, not a catalogued name
 
 

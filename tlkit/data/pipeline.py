@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-from tlkit import augment as augmentation
-from tlkit import imagecache
+from tlkit.data import augment as augmentation
+from tlkit.data import imagecache
 from tlkit.errors import TlkitError
 
 log = logging.getLogger(__name__)
@@ -290,12 +290,12 @@ def make_dataset(
     """A tf.data pipeline of (float32 images (B, h, w, channels) in [0, 255], int32 labels (B,)).
 
     Decoding runs in parallel and keeps the order. With `shuffle`, the order changes every epoch;
-    `augment` (a preset name, True for light, or a `tlkit.augment.Augmentation`) transforms the
+    `augment` (a preset name, True for light, or a `tlkit.data.augment.Augmentation`) transforms the
     batches, drawn afresh every epoch. Both are seeded from `seed`: the same seed gives the same
     batches, epoch after epoch, with or without a cache.
 
     `cache` ("auto", "memory", "disk", "none", or what `decode_once` made for these images) keeps
-    the decoded, resized images after the first decode, before augmentation (tlkit.imagecache).
+    the decoded, resized images after the first decode, before augmentation (tlkit.data.imagecache).
     Only the file names and labels are held in the pipeline otherwise; images stream through it.
     """
     if isinstance(cache, str):

@@ -10,7 +10,7 @@ determines the features:
   channels, dtype policy) and the value of every variable. Hashing the values rather than the
   weights' name or file covers every way a base gets its weights (ImageNet, a file, a run, a
   fine-tuned base); it costs about 10 ms per million parameters;
-- the image size, the pooling, and how images are decoded and resized (`tlkit.data.decode_image`,
+- the image size, the pooling, and how images are decoded and resized (`tlkit.data.pipeline.decode_image`,
   `FORMAT`);
 - the files, by content: a file that is renamed or moved still hits, and a file whose bytes
   change misses even if its size and modification time were kept. The hash reads every byte,
@@ -37,13 +37,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlkit import data as tldata
-from tlkit import imagecache
-from tlkit.data import file_digests
+from tlkit._util.io import cache_root, write_atomic, write_json_atomic
 from tlkit.bases import Base
-from tlkit.core.run import BASE_LAYER, HEAD_POOLING
-from tlkit.io import cache_root, write_atomic, write_json_atomic
-from tlkit.preprocessing import NAME as PREPROCESSING
+from tlkit.data import imagecache
+from tlkit.data import pipeline as tldata
+from tlkit.data.pipeline import file_digests
+from tlkit.engine.classifier import BASE_LAYER, HEAD_POOLING
+from tlkit.models.preprocessing import NAME as PREPROCESSING
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ FROZEN_BUDGET = 1 << 30
 
 
 def fit_frozen_once(ctx, index: int, kind: str, params, model: keras.Model, detail: str):
-    """`ctx.fit` (tlkit.core.run.RunContext) of a head or finetune stage whose `model` is the
+    """`ctx.fit` (tlkit.engine.training.RunContext) of a head or finetune stage whose `model` is the
     classifier, made ready by the stage: on the outputs of its frozen layers, computed once, where
     nothing random comes before the trainable layers (no augmentation) and the image cache may hold
     things in memory (`cache_images` auto or memory); else on the images, every epoch. The same
@@ -266,7 +266,7 @@ def frozen_split(classifier: keras.Model, base_layer: str,
     `rest(frozen(images))` is the classifier and only `rest` has anything to train; None when no
     single tensor separates the two, or nothing but preprocessing is frozen. A wholly frozen base
     is cut after the head's `pooling`, as an extraction pools it. The base runs in inference mode
-    (tlkit.core.run.base_in_inference), so `frozen` is a fixed function of the image: a stage
+    (tlkit.engine.classifier.base_in_inference), so `frozen` is a fixed function of the image: a stage
     computes it once instead of every epoch. `rest` shares the classifier's layers and lists its
     trainable variables in the classifier's order (an optimizer's saved state is matched to them
     by position)."""

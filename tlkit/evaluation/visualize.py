@@ -22,14 +22,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tlkit._util.io import write_atomic
 from tlkit.bases import BASES, load_base
-from tlkit.blocks import Block
-from tlkit.data import load_image, load_images
+from tlkit.bases.inspect import is_graph_model, walk
+from tlkit.data.pipeline import load_image, load_images
 from tlkit.errors import TlkitError
-from tlkit.inspect import is_graph_model, walk
-from tlkit.io import write_atomic
-from tlkit.rundir import Run, load_run
-from tlkit.preprocessing import is_bgr
+from tlkit.models.blocks import Block
+from tlkit.models.preprocessing import is_bgr
+from tlkit.rundir.load import Run, load_run
 
 GAP_PX = 2
 TILE_PX = 48
@@ -198,7 +198,7 @@ def plot_activations(
 
 
 def plot_run_activations(run_path, image_path: str | os.PathLike, out_dir) -> list[Path]:
-    """`plot_activations` for a run directory (or a loaded tlkit.rundir.Run), one PNG per block
+    """`plot_activations` for a run directory (or a loaded tlkit.rundir.load.Run), one PNG per block
     of the run's base, the image decoded as the run's pipeline decodes it."""
     run = run_path if isinstance(run_path, Run) else load_run(run_path)
     blocks = None
@@ -252,7 +252,7 @@ def gradcam(model: keras.Model, images: np.ndarray, layer: str, classes=None) ->
             captured.append(_feature_map(outputs))
         return outputs
 
-    # the model is run layer by layer (tlkit.inspect.walk) so the tape sees the feature maps of a
+    # the model is run layer by layer (tlkit.bases.inspect.walk) so the tape sees the feature maps of a
     # layer inside the nested base, which the classifier's own call hides
     with tf.GradientTape() as tape:
         probabilities = tf.cast(walk(model, x, visit), tf.float32)
@@ -290,7 +290,7 @@ def run_blocks(run_path: str | os.PathLike) -> dict[str, list[str]] | None:
 def plot_gradcam(run, image_paths, out_dir: str | os.PathLike, class_name: str | None = None) -> list[Path]:
     """For each image, `<out_dir>/<name>_gradcam.png`: the image as the model sees it beside its
     Grad-CAM overlay, for `class_name` (default: the predicted class). `run` is a loaded run
-    (tlkit.rundir.Run)."""
+    (tlkit.rundir.load.Run)."""
     if class_name is not None and class_name not in run.labels:
         raise TlkitError(f"class '{class_name}' is not one of the model's: {', '.join(run.labels)}")
     layer = gradcam_layer(run.model, run_blocks(run.path))

@@ -1,7 +1,7 @@
 """curves.png: loss and accuracy per epoch over all the stages of a run, redrawn during training
 by a Keras callback so that a long run can be watched.
 
-A leaf below the training core (it needs only Keras, matplotlib and tlkit.io), so the core's
+A leaf below the training core (it needs only Keras, matplotlib and tlkit._util.io), so the core's
 compile-and-fit can add the callback. Drawn on matplotlib's Agg canvas, never pyplot.
 
 `any_script` is how every picture of tlkit draws text: class names in any script, emoji too.
@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tlkit.io import write_atomic
+from tlkit._util.io import write_atomic
 
 _DPI = 100
 # Noto fonts that come as Python packages (the CJK one first: it covers the most), each file

@@ -1,6 +1,6 @@
 """Predict the classes of images and folders of images, and evaluate a run on a labelled folder.
 
-Images go through the training pipeline's decoder (`tlkit.data.make_dataset`) in batches.
+Images go through the training pipeline's decoder (`tlkit.data.pipeline.make_dataset`) in batches.
 Test-time augmentation (`tta` views) averages the probabilities of the image, its mirror image
 and crops of 85% of each side (inside the 80-100% crops of training's augmentation), resized back.
 """
@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tlkit import data as tldata
-from tlkit.datareport import training_overlap_warning
+from tlkit._util.io import write_json_atomic
+from tlkit.data import pipeline as tldata
+from tlkit.data.report import training_overlap_warning
 from tlkit.errors import TlkitError
-from tlkit.io import write_json_atomic
-from tlkit.report import evaluation_report, write_predictions
-from tlkit.rundir import Run, load_run
-from tlkit.visualize import run_blocks
+from tlkit.evaluation.report import evaluation_report, write_predictions
+from tlkit.evaluation.visualize import run_blocks
+from tlkit.rundir.load import Run, load_run
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
              top_losses: int = 9) -> dict:
     """Evaluate a run on a labelled folder (one sub-folder per class, among the run's classes).
 
-    Writes the evaluation report (tlkit.report: report.json, predictions.csv, confusion.png,
+    Writes the evaluation report (tlkit.evaluation.report: report.json, predictions.csv, confusion.png,
     top_losses.png) into `out`, by default RUN/eval-<folder name>/, and returns report.json's
     content, with the folder written to in "out"."""
     for option, value, least in (("batch_size", batch_size, 1), ("top_losses", top_losses, 0)):

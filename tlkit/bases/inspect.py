@@ -40,13 +40,13 @@ from dataclasses import asdict, dataclass, field
 
 import keras
 
-from tlkit.errors import TlkitError
+from tlkit._util.keras_internals import is_functional, run_through_graph
 from tlkit.bases import BASES, load_base
 from tlkit.bases.keras_apps import APPS
-from tlkit.compat import is_functional, run_through_graph
-from tlkit.layers import LocalResponseNormalization, MaxPoolingWithArgmax2D, MaxUnpooling2D
+from tlkit.errors import TlkitError
 from tlkit.models import ZOO
-from tlkit.preprocessing import ImagePreprocessing, is_bgr
+from tlkit.models.layers import LocalResponseNormalization, MaxPoolingWithArgmax2D, MaxUnpooling2D
+from tlkit.models.preprocessing import ImagePreprocessing, is_bgr
 
 Shape = tuple[int, ...]  # one sample, without the batch axis
 CostFn = Callable[[keras.layers.Layer, list[Shape], list[Shape]], tuple[int, int] | None]
@@ -221,7 +221,7 @@ def walk(model: keras.Model, inputs, visit, path: tuple[str, ...] = (), descend=
 
     `visit(layer, path, args, kwargs)` computes the outputs of every other layer (call it for real
     values, `compute_output_spec` for symbolic ones); `path` names the enclosing nested models.
-    Keras has no public per-layer graph runner (see `tlkit.compat.run_through_graph`).
+    Keras has no public per-layer graph runner (see `tlkit._util.keras_internals.run_through_graph`).
     """
     if isinstance(model, keras.Sequential):
         x = inputs

@@ -10,7 +10,7 @@ tf.data pipeline only (never inside a model, so never inside an exported one).
 The recipe's `rotate`, `randaugment`, `erasing`, `mixup` and `cutmix` replace the preset's value
 of theirs. Every layer is seeded from the recipe's seed, so the same seed gives the same batches;
 MixUp and CutMix make the labels soft (one row of class weights per image), so the loss must take
-soft targets when they are on (`tlkit.training.Crossentropy`).
+soft targets when they are on (`tlkit.models.optimization.Crossentropy`).
 """
 from __future__ import annotations
 

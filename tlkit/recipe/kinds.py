@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tlkit.basecatalog import HUB_PREFIX, load_catalog
+from tlkit._util.registry import Registry
 from tlkit.errors import TlkitError, unknown_name
-from tlkit.recipe import Recipe, Stage, checked_fields, get_recipe, is_recipe_file
-from tlkit.registry import Registry
+from tlkit.recipe.base_names import HUB_PREFIX, load_catalog
+from tlkit.recipe.schema import Recipe, Stage, checked_fields, get_recipe, is_recipe_file
 
 
 @dataclass
@@ -26,7 +26,7 @@ class StageParams:
 
     epochs: int = 5
     learning_rate: float = 1e-3  # the peak of the schedule
-    # how the rate moves over the stage (tlkit.training.schedule)
+    # how the rate moves over the stage (tlkit.models.optimization.schedule)
     schedule: Literal["constant", "cosine", "onecycle"] = "constant"
     warmup_epochs: float = 0  # the rate rises from low to learning_rate over these epochs
 
@@ -53,6 +53,8 @@ class StageKind:
     params: type[StageParams]
     run: Callable[..., Any]  # run(ctx: RunContext, index: int, params) -> StageResult
     summary: str  # one line for `tlkit recipes` and the docs
+    # describe(params, recipe, blocks, classes) -> str: what a stage of this kind did, for REPORT.md
+    describe: Callable[..., str] = lambda params, recipe, blocks, classes: ""
     needs_labels: bool = True  # False: trains on images alone (autoencoder)
     # make_base(recipe, params) -> Base: a kind that, as a recipe's first stage, makes the run's base
     make_base: Callable[..., Any] | None = None
@@ -65,6 +67,16 @@ class StageKind:
 
 
 STAGES: Registry[StageKind] = Registry("stage kind")
+
+
+def amount(params: StageParams) -> str:
+    """How long and how fast a stage trained, as every kind's REPORT.md sentence says it:
+    "5 epochs at learning rate 0.001 (cosine schedule, warmup 1 epoch)"."""
+    said = f"{params.epochs} epoch{'s' if params.epochs != 1 else ''} at learning rate {params.learning_rate:g}"
+    shape = [] if params.schedule == "constant" else [f"{params.schedule} schedule"]
+    if params.warmup_epochs:
+        shape.append(f"warmup {params.warmup_epochs:g} epoch{'s' if params.warmup_epochs != 1 else ''}")
+    return said + (f" ({', '.join(shape)})" if shape else "")
 
 
 def stage_params(stage: Stage, where: str = "recipe") -> StageParams:

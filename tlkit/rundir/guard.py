@@ -1,6 +1,6 @@
 """What keeps a run directory whole: `--out` checks, the lock, and the unfinished marker.
 
-No TensorFlow here, so the CLI checks `--out` before anything slow (tlkit.rundir, which loads
+No TensorFlow here, so the CLI checks `--out` before anything slow (tlkit.rundir.load, which loads
 runs, imports Keras).
 
 - `check_out`: `--out` must be a new or empty folder, or an existing run given with `overwrite`

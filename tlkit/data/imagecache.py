@@ -1,9 +1,9 @@
 """Decode once: the decoded, resized images of a set, kept for every later epoch and stage.
 
-`tlkit.data.make_dataset(..., cache=MODE)` and `tlkit.data.decode_once` use this module (a leaf:
+`tlkit.data.pipeline.make_dataset(..., cache=MODE)` and `tlkit.data.pipeline.decode_once` use this module (a leaf:
 the decoder and the content hashes come in as arguments). Every epoch without a cache reads,
 decodes and resizes every file again. With one, each distinct file content is decoded once
-(exactly as `tlkit.data.decode_image` decodes it, float32, before any augmentation, so
+(exactly as `tlkit.data.pipeline.decode_image` decodes it, float32, before any augmentation, so
 augmentation stays fresh every epoch) and later epochs read the pixels back:
 
 - "memory": a numpy array in this process;
@@ -26,19 +26,18 @@ import logging
 import os
 import time
 import weakref
-from pathlib import Path
-
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from tlkit.io import cache_root, write_atomic, write_json_atomic
+from tlkit._util.io import cache_root, write_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "memory", "disk", "none")
-# Bump when tlkit.data's decoding or resizing change, so entries made the old way are not reused.
+# Bump when tlkit.data.pipeline's decoding or resizing change, so entries made the old way are not reused.
 FORMAT = 2  # 2: JPEGs turned upright by their EXIF orientation
 # decode(files, image_size, channels): each file's float32 (height, width, channels) image, in order
 Decoder = Callable[[list[Path], tuple[int, int], int], Iterable[np.ndarray]]

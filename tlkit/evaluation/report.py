@@ -1,7 +1,7 @@
 """What a model gets wrong, as numbers and pictures: the evaluation report, the training curves
 and the run's REPORT.md.
 
-The training curves (curves.png) are drawn by tlkit.curves, which the training loop calls.
+The training curves (curves.png) are drawn by tlkit.engine.curves, which the training loop calls.
 
 Evaluation files (in `tlkit evaluate`'s folder, and in the run directory for the validation split
 at the end of a run):
@@ -30,12 +30,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
-from tlkit.augment import of as augmentation_of
-from tlkit.curves import any_script, plot_curves
-from tlkit.data import load_images, make_dataset
+from tlkit._util.io import write_atomic, write_json_atomic, write_text_atomic
+from tlkit.data.augment import of as augmentation_of
+from tlkit.data.pipeline import load_images, make_dataset
+from tlkit.engine.curves import any_script, plot_curves
 from tlkit.errors import TlkitError
-from tlkit.io import write_atomic, write_json_atomic, write_text_atomic
-from tlkit.visualize import gradcam, gradcam_layer, overlay, run_blocks
+from tlkit.evaluation.visualize import gradcam, gradcam_layer, overlay, run_blocks
+from tlkit.recipe.kinds import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ def write_run_report(out: str | Path, model: keras.Model, classes: Sequence[str]
     (report.json, predictions.csv, confusion.png, top_losses.png), curves.png from the stages'
     histories, and REPORT.md, all in the run directory `out`.
 
-    `train`, `val`: the run's tlkit.data.ImageSet splits; `recipe`: the resolved Recipe;
+    `train`, `val`: the run's tlkit.data.pipeline.ImageSet splits; `recipe`: the resolved Recipe;
     `results`: the stage results (each with .stage, .history, .val_accuracy, .val_loss,
     .seconds). Returns the evaluation report, or None when the run has no validation images."""
     out = Path(out)
@@ -322,24 +323,6 @@ def write_run_report(out: str | Path, model: keras.Model, classes: Sequence[str]
                                                       curves is not None))
     log.info("wrote %s", out / "REPORT.md")
     return evaluation
-
-
-def _stage_words(stage, recipe, blocks: list[str], classes: int) -> str:
-    lr = f"{stage.epochs} epoch{'s' if stage.epochs != 1 else ''} at learning rate {stage.learning_rate:g}"
-    head = f"a new head ({recipe.pooling} pooling, dropout {recipe.dropout:g}, softmax over {classes} classes)"
-    if stage.kind == "head":
-        return f"train {head} on the frozen base (BatchNorm in inference mode), {lr}"
-    if stage.kind == "finetune":
-        top = blocks[-stage.unfreeze:] if blocks and stage.unfreeze else []
-        named = f" ({', '.join(top)})" if top else ""
-        return (f"unfreeze the top {stage.unfreeze} block{'s' if stage.unfreeze != 1 else ''} of the base{named} "
-                f"and train {'it' if stage.unfreeze == 1 else 'them'} with the head, BatchNorm kept frozen, {lr}")
-    if stage.kind == "extract":
-        return f"run the frozen base once over the images, cache the features, train {head} on them, {lr}"
-    if stage.kind == "autoencoder":
-        return (f"pretrain a convolutional autoencoder ({stage.decoder} decoder, input noise {stage.noise:g}), {lr}; "
-                "its encoder becomes the base")
-    return f"train every layer from scratch, {lr}"
 
 
 def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: dict | None, curves: bool) -> str:
@@ -369,7 +352,7 @@ def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: di
            + (f", early stopping after {recipe.early_stopping} epochs without a better validation loss (each stage "
               "ends with its best epoch's weights)" if recipe.early_stopping else "")
            + (", mixed precision" if recipe.mixed_precision else "") + ". The stages, in order:", ""]
-    md += [f"{i}. **{s.kind}**: {_stage_words(s, recipe, blocks, len(classes))}."
+    md += [f"{i}. **{s.kind}**: {STAGES.get(s.kind).describe(s, recipe, blocks, len(classes))}."
            for i, s in enumerate(recipe.stages, start=1)]
     job = f"train --arch {recipe.base}" if scratch else "finetune"
     md += ["", f"`recipe.toml` holds all of it: `tlkit {job} --recipe {out}/recipe.toml --out runs/again` repeats the run.", "", "## Results per stage", "",

@@ -4,7 +4,7 @@ Like timm's pretrained config per model: for every base its source, default inpu
 parameter count, block names and, for a keras.applications base, the ImageNet weights file Keras
 downloads (name, origin, hash). It is generated from the models themselves:
 
-    python -m tlkit.catalog --update      # rebuild every base, rewrite tlkit/bases/catalog.json
+    python -m tlkit.bases.listing --update      # rebuild every base, rewrite tlkit/bases/catalog.json
 
 and tests/test_block_maps.py checks it against freshly built models. Keras does not publish its
 weights files in a table: each application passes them to `get_file` as it builds, so the
@@ -23,13 +23,13 @@ from pathlib import Path
 
 import keras
 
+from tlkit._util.io import write_atomic, write_text_atomic
+from tlkit._util.keras_internals import hash_file, replaced_downloads, validate_file
 from tlkit.bases import BASES, Base
-from tlkit.basecatalog import CATALOG_FILE, Entry, WeightsFile, load_catalog
+from tlkit.bases.inspect import human_count
 from tlkit.bases.keras_apps import keras_cache_dir, load_app
-from tlkit.compat import hash_file, replaced_downloads, validate_file
 from tlkit.errors import TlkitError, unknown_name
-from tlkit.inspect import human_count
-from tlkit.io import write_atomic, write_text_atomic
+from tlkit.recipe.base_names import CATALOG_FILE, Entry, WeightsFile, load_catalog
 
 log = logging.getLogger(__name__)
 _RECORDED = "recorded-download:"  # prefix of the path a recorded download returns
@@ -150,7 +150,7 @@ def import_weights(name: str, file: str | Path, catalog: dict[str, Entry] | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tlkit.catalog", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tlkit.bases.listing", description=__doc__.split("\n\n")[0])
     parser.add_argument("--update", action="store_true", help=f"rebuild the bases and rewrite {CATALOG_FILE.name}")
     parser.add_argument("names", nargs="*", help="only these bases (default: every registered one)")
     args = parser.parse_args(argv)

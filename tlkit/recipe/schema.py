@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import tomli_w
 
+from tlkit._util.io import write_text_atomic
 from tlkit.errors import TlkitError, unknown_name
-from tlkit.io import write_text_atomic
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,7 +28,7 @@ else:  # pragma: no cover
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096  # a base may need more: it says so when it is built
 Pooling = Literal["avg", "max", "flatten"]  # how a new head reduces the base's feature map
 POOLINGS = typing.get_args(Pooling)
-# augmentation presets (tlkit.augment); a recipe's `augment = true` / `false` (tlkit 0.1) is light / none
+# augmentation presets (tlkit.data.augment); a recipe's `augment = true` / `false` (tlkit 0.1) is light / none
 AugmentPreset = Literal["none", "light", "standard", "strong"]
 AUGMENT_PRESETS = typing.get_args(AugmentPreset)
 ClassWeight = str  # "none", "balanced", or a TOML or JSON file of class name -> weight
@@ -40,7 +40,7 @@ Distribute = Literal["auto", "none", "mirrored", "multiworker"]
 class Stage:
     """One step of a recipe, as a recipe file writes it: its kind and that kind's parameters
     (`Stage("finetune", epochs=3, unfreeze=2)`; `stage.unfreeze` reads one). The registered kind
-    (`tlkit.core.kinds.STAGES`) checks them and fills in its defaults when a recipe is resolved.
+    (`tlkit.recipe.kinds.STAGES`) checks them and fills in its defaults when a recipe is resolved.
     """
 
     kind: str
@@ -129,7 +129,7 @@ class Recipe:
     val_split: float = 0.2
     seed: int = 0
     augment: AugmentPreset | bool = "none"
-    # these replace the augment preset's value of theirs (None: the preset's; see tlkit.augment)
+    # these replace the augment preset's value of theirs (None: the preset's; see tlkit.data.augment)
     rotate: float | None = None  # degrees, either way
     randaugment: str | None = None  # "N,M": N ops per image at magnitude M (0-10); "0": off
     erasing: float | None = None  # probability of erasing a random rectangle of an image
@@ -141,7 +141,7 @@ class Recipe:
     pooling: Pooling | None = None  # None: what the base asks for (an autoencoder's: flatten), else avg
     early_stopping: int = 0  # patience in epochs; 0 is off
     mixed_precision: bool = False
-    cache: str | None = None  # feature cache folder of extract stages; None: tlkit.features.cache_dir()
+    cache: str | None = None  # feature cache folder of extract stages; None: tlkit.engine.frozen.cache_dir()
     # decoded, resized images kept for later epochs: in memory when they fit, on disk, or not at all
     cache_images: Literal["auto", "memory", "disk", "none"] = "auto"
     # batch_size is the global batch, split over the replicas; learning rates are not rescaled

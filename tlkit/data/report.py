@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit.data import ImageSet, Progress, printable, file_digests, scan, split
+from tlkit._util.io import write_json_atomic
+from tlkit.data.pipeline import ImageSet, Progress, file_digests, printable, scan, split
 from tlkit.errors import TlkitError
-from tlkit.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 

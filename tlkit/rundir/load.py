@@ -11,7 +11,7 @@
     curves.png         loss and accuracy per epoch over all stages (redrawn during training)
     REPORT.md          what the run did, in words, with the validation report below
     report.json, predictions.csv, confusion.png, top_losses.png   the validation split's evaluation
-    .lock              while a run writes the folder: its PID and host (tlkit.runguard)
+    .lock              while a run writes the folder: its PID and host (tlkit.rundir.guard)
     .unfinished        from a run's first file to its last: the run has not finished
 
 Which model a command uses (`--checkpoint`, the same rule in evaluate, predict, export and
@@ -29,13 +29,13 @@ from pathlib import Path
 
 import keras
 
-import tlkit.layers  # noqa: F401  (registers tlkit's layers, which a run's model may hold)
-import tlkit.preprocessing  # noqa: F401  (likewise: the preprocessing of runs saved by tlkit 0.1)
-import tlkit.training  # noqa: F401  (likewise: the optimizer, schedule and loss a run's model is compiled with)
+import tlkit.models.layers  # noqa: F401  (registers tlkit's layers, which a run's model may hold)
+import tlkit.models.optimization  # noqa: F401  (likewise: the optimizer, schedule and loss a run's model is compiled with)
+import tlkit.models.preprocessing  # noqa: F401  (likewise: the preprocessing of runs saved by tlkit 0.1)
+from tlkit._util.io import write_text_atomic
 from tlkit.errors import TlkitError
-from tlkit.io import write_text_atomic
-from tlkit.recipe import Recipe
-from tlkit.runguard import is_unfinished
+from tlkit.recipe.schema import Recipe
+from tlkit.rundir.guard import is_unfinished
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def read_labels(path: str | Path) -> list[str]:
     try:
         classes = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
     except UnicodeDecodeError as err:
-        raise TlkitError(f"labels file '{path}' is not UTF-8 text (byte {err.start}): write one class name a line")
+        raise TlkitError(f"labels file '{path}' is not UTF-8 text (byte {err.start}): write one class name a line") from None
     if not classes:
         raise TlkitError(f"labels file '{path}' is empty")
     return classes

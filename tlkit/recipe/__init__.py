@@ -1,0 +1,1 @@
+"""Recipes without TensorFlow: the dataclasses and their field checks (`schema`), the stage-kind registry and resolution (`kinds`), the names of the bases (`base_names`), so that a recipe is checked at once."""
