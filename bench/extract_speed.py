@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tlkit.bases import load_base  # noqa: E402
 from tlkit.data import pipeline as tldata  # noqa: E402
+from tlkit.data.folders import file_digests  # noqa: E402
 from tlkit.engine import frozen as features  # noqa: E402
 from tlkit.engine.strategy import configure  # noqa: E402
 from tlkit.engine.training import load_data
@@ -60,7 +61,7 @@ def main():
 
     # what the cache key costs
     mb = sum(f.stat().st_size for f in files) / 1e6
-    hashing = min(timed(lambda: tldata.file_digests(files)) for _ in range(args.repeats))
+    hashing = min(timed(lambda: file_digests(files)) for _ in range(args.repeats))
     fingerprint = min(timed(lambda: features.model_fingerprint(base.model)) for _ in range(args.repeats))
     print(f"key: hashing {len(files)} files ({mb:.1f} MB) {hashing * 1e3:.0f} ms; fingerprint of "
           f"{base.model.count_params() / 1e6:.1f}M parameters {fingerprint * 1e3:.0f} ms", flush=True)

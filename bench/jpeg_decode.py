@@ -10,7 +10,7 @@ For each target size, three decoders of the same bytes, each a tf.function timed
 photo (best of --repeats):
   full:    every pixel decoded, then the bilinear resize training used before (tf.image.resize);
   reduced: libjpeg's 1/2, 1/4 or 1/8 scaling keeping at least `margin` x the target on each
-           side, then the same resize; tlkit.data.pipeline.decode_image uses margin JPEG_MARGIN (marked *);
+           side, then the same resize; tlkit.data.decode.decode_image uses margin JPEG_MARGIN (marked *);
   area:    a full decode and an area-averaging resize, the antialiased reference a photo
            editor would give: how far each of the two above is from the ideal downscale.
 Pixel differences are on the 0-255 scale, over every pixel of every photo.
@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tlkit.data import pipeline as tldata  # noqa: E402
+from tlkit.data import decode as tldata  # noqa: E402
 
 SOURCES = [
     ("skimage", "data/astronaut.png"), ("skimage", "data/coffee.png"), ("skimage", "data/chelsea.png"),

@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from tlkit.data import pipeline as tldata  # noqa: E402
+from tlkit.data.folders import scan  # noqa: E402
 from tlkit.evaluation.predict import evaluate  # noqa: E402
 from tlkit.jobs import finetune, train  # noqa: E402
 from tlkit.recipe.schema import Recipe, Stage  # noqa: E402
@@ -82,7 +83,7 @@ def transfer_recipe(args, data: Path, seed: int, blocks: int, first: list[Stage]
 def nearest_neighbour(train: Path, test: Path) -> float:
     """Accuracy on `test` of 1-nearest-neighbour on raw pixels, the labelled images of `train` as reference."""
     def load(folder: Path):
-        images = tldata.scan(folder)
+        images = scan(folder)
         return tldata.load_images(images.files, (8, 8), 1).reshape(len(images), -1), np.asarray(images.labels)
 
     (x, y), (q, truth) = load(train), load(test)

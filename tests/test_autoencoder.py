@@ -14,6 +14,7 @@ from PIL import Image
 import tlkit.rundir.load  # noqa: F401  (registers tlkit's layers for safe-mode loading)
 from tlkit.bases import Base
 from tlkit.cli import main
+from tlkit.data import folders, splits
 from tlkit.data import pipeline as tldata
 from tlkit.engine.classifier import BASE_LAYER
 from tlkit.engine.strategy import configure
@@ -204,18 +205,18 @@ def test_scan_unlabeled_finds_images_in_the_folder_and_its_sub_folders(tiny_imag
     shutil.copytree(tiny_images / "red", folder / "a" / "b")
     shutil.copy(tiny_images / "blue" / "0.png", folder / "loose.png")
     (folder / "notes.txt").write_text("not an image")
-    found = tldata.scan_unlabeled(folder)
+    found = folders.scan_unlabeled(folder)
     assert len(found) == 9 and found.classes == ["unlabeled"] and set(found.labels) == {0}
     assert folder / "loose.png" in found.files
-    train, val = tldata.split(found, 0.25, seed=0)
+    train, val = splits.split(found, 0.25, seed=0)
     assert (len(train), len(val)) == (7, 2)
     (folder / "a" / "b" / "0.png").write_bytes(b"")
     with pytest.raises(TlkitError, match="0.png: empty file"):
-        tldata.scan_unlabeled(folder)
-    assert len(tldata.scan_unlabeled(folder, skip_bad=True)) == 8
+        folders.scan_unlabeled(folder)
+    assert len(folders.scan_unlabeled(folder, skip_bad=True)) == 8
     (folder / "empty").mkdir()
     with pytest.raises(TlkitError, match="no images in"):
-        tldata.scan_unlabeled(folder / "empty")
+        folders.scan_unlabeled(folder / "empty")
 
 
 def test_autoencoder_settings_are_validated_and_stay_out_of_other_stages():

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tlkit.data import decode, folders, splits
 from tlkit.data import pipeline as data
 from tlkit.errors import TlkitError
 from tlkit.rundir import load as rundir
@@ -42,7 +43,7 @@ def gradient(width=12, height=10) -> np.ndarray:
 
 
 def test_scan_finds_sorted_classes_and_every_image(tiny_images):
-    images = data.scan(tiny_images)
+    images = folders.scan(tiny_images)
     assert images.classes == ["blue", "green", "red"]
     assert len(images) == 24 and images.skipped == []
     assert Counter(images.labels) == {0: 8, 1: 8, 2: 8}
@@ -62,7 +63,7 @@ def test_scan_ignores_hidden_and_non_image_files_and_searches_sub_folders(folder
     flipped.save(folder / "green" / "more" / "0.PNG")  # another content: a copy would count once
     (folder / "README.md").write_text("loose file at the top: ignored")
 
-    images = data.scan(folder)
+    images = folders.scan(folder)
     assert images.classes == ["blue", "green", "red"]
     assert Counter(images.labels) == {0: 8, 1: 9, 2: 8}
     assert folder / "green" / "more" / "0.PNG" in images.files
@@ -70,7 +71,7 @@ def test_scan_ignores_hidden_and_non_image_files_and_searches_sub_folders(folder
 
 def test_scan_with_given_classes_uses_their_order_and_allows_missing_folders(folder):
     shutil.rmtree(folder / "green")
-    images = data.scan(folder, classes=["red", "green", "blue", "violet"])
+    images = folders.scan(folder, classes=["red", "green", "blue", "violet"])
     assert images.classes == ["red", "green", "blue", "violet"]
     assert Counter(images.labels) == {0: 8, 2: 8}
     assert all(f.parent.name == "red" for f, label in zip(images.files, images.labels) if label == 0)
@@ -78,7 +79,7 @@ def test_scan_with_given_classes_uses_their_order_and_allows_missing_folders(fol
 
 def test_scan_with_given_classes_rejects_an_unknown_folder(folder):
     with pytest.raises(TlkitError, match=r"folder 'red' in .* is not one of the model's classes \(blue, green\)"):
-        data.scan(folder, classes=["blue", "green"])
+        folders.scan(folder, classes=["blue", "green"])
 
 
 def test_scan_names_every_bad_file_by_path_and_problem(bad_images):
@@ -97,7 +98,7 @@ def test_scan_names_every_bad_file_by_path_and_problem(bad_images):
         (bad_images.truncated, "truncated image"),
     ]
     with pytest.raises(TlkitError) as caught:
-        data.scan(root)
+        folders.scan(root)
     lines = str(caught.value).splitlines()
     assert lines[0] == f"6 bad image files in '{root}'; fix or remove them, or pass --skip-bad to skip them:"
     assert len(lines) == 7
@@ -107,12 +108,12 @@ def test_scan_names_every_bad_file_by_path_and_problem(bad_images):
 
 
 def test_skip_bad_leaves_bad_files_out_and_records_them(bad_images):
-    images = data.scan(bad_images.root, skip_bad=True)
+    images = folders.scan(bad_images.root, skip_bad=True)
     assert len(images) == 24 and Counter(images.labels) == {0: 8, 1: 8, 2: 8}
     assert dict(images.skipped).keys() == {bad_images.empty, bad_images.truncated}
     assert dict(images.skipped)[bad_images.empty] == "empty file"
     assert bad_images.truncated not in images.files
-    train, val = data.split(images, 0.25, seed=0)
+    train, val = splits.split(images, 0.25, seed=0)
     assert train.skipped == val.skipped == images.skipped
 
 
@@ -121,7 +122,7 @@ def test_skip_bad_that_empties_a_class_is_an_error(folder):
     (folder / "red").mkdir()
     (folder / "red" / "a.jpg").write_bytes(b"")
     with pytest.raises(TlkitError, match=r"^class 'red' has 0 images \(1 bad skipped\); need at least 1$"):
-        data.scan(folder, skip_bad=True)
+        folders.scan(folder, skip_bad=True)
 
 
 def remove_all(root: Path) -> None:
@@ -162,46 +163,46 @@ def replace_with_file(root: Path) -> None:
 def test_scan_errors_for_unusable_folders(folder, arrange, message):
     arrange(folder)
     with pytest.raises(TlkitError, match=message):
-        data.scan(folder)
+        folders.scan(folder)
 
 
 def test_scan_min_per_class(folder):
     for p in sorted((folder / "green").iterdir())[1:]:
         p.unlink()
-    assert len(data.scan(folder)) == 17
+    assert len(folders.scan(folder)) == 17
     with pytest.raises(TlkitError, match=r"^class 'green' has 1 image; need at least 2$"):
-        data.scan(folder, min_per_class=2)
+        folders.scan(folder, min_per_class=2)
 
 
 # --- split ----------------------------------------------------------------------------------
 
 
 def test_split_is_seeded_stratified_and_complete(tiny_images):
-    images = data.scan(tiny_images)
-    train, val = data.split(images, 0.25, seed=1)
+    images = folders.scan(tiny_images)
+    train, val = splits.split(images, 0.25, seed=1)
     assert Counter(train.labels) == {0: 6, 1: 6, 2: 6} and Counter(val.labels) == {0: 2, 1: 2, 2: 2}
     assert sorted(train.files + val.files) == sorted(images.files)
     assert all(images.labels[images.files.index(f)] == label for f, label in zip(val.files, val.labels))
-    again_train, again_val = data.split(images, 0.25, seed=1)
+    again_train, again_val = splits.split(images, 0.25, seed=1)
     assert (again_train.files, again_val.files) == (train.files, val.files)
-    assert data.split(images, 0.25, seed=2)[1].files != val.files
+    assert splits.split(images, 0.25, seed=2)[1].files != val.files
 
 
 def test_split_keeps_one_image_on_each_side(tiny_images):
-    images = data.scan(tiny_images).subset([0, 1, 8, 9, 10, 16, 17, 18, 19, 20])  # 2, 3 and 5 images
-    train, val = data.split(images, 0.9, seed=0)
+    images = folders.scan(tiny_images).subset([0, 1, 8, 9, 10, 16, 17, 18, 19, 20])  # 2, 3 and 5 images
+    train, val = splits.split(images, 0.9, seed=0)
     assert Counter(train.labels) == {0: 1, 1: 1, 2: 1} and Counter(val.labels) == {0: 1, 1: 2, 2: 4}
-    train, val = data.split(images, 0.01, seed=0)
+    train, val = splits.split(images, 0.01, seed=0)
     assert Counter(val.labels) == {0: 1, 1: 1, 2: 1}
 
 
 def test_split_errors(tiny_images):
-    images = data.scan(tiny_images)
+    images = folders.scan(tiny_images)
     with pytest.raises(TlkitError, match=r"^class 'green' has 1 image; need at least 2 to split, or pass --val-data$"):
-        data.split(images.subset([0, 1, 8, 16, 17]), 0.2, seed=0)
+        splits.split(images.subset([0, 1, 8, 16, 17]), 0.2, seed=0)
     for bad in (0, 1, 1.5):
         with pytest.raises(TlkitError, match="validation split must be between 0 and 1"):
-            data.split(images, bad, seed=0)
+            splits.split(images, bad, seed=0)
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def test_one_channel_images(tmp_path):
 
 def test_decode_image_is_graph_safe_and_matches_load_image(tiny_images, tmp_path):
     jpeg = write(tmp_path / "a.jpg", encoded(Image.open(tiny_images / "red" / "0.png"), "JPEG"))
-    serve = tf.function(lambda b: data.decode_image(b, (20, 24)), input_signature=[tf.TensorSpec([], tf.string)])
+    serve = tf.function(lambda b: decode.decode_image(b, (20, 24)), input_signature=[tf.TensorSpec([], tf.string)])
     assert serve.get_concrete_function().structured_outputs.shape.as_list() == [20, 24, 3]
     for path in (tiny_images / "red" / "0.png", jpeg):
         got = serve(tf.constant(path.read_bytes())).numpy()
@@ -295,7 +296,7 @@ def batches(dataset, epochs=1):
 
 
 def test_make_dataset_without_shuffle_or_augment_feeds_what_load_images_gives(tiny_images):
-    images = data.scan(tiny_images)
+    images = folders.scan(tiny_images)
     got = batches(data.make_dataset(images, (16, 16), batch_size=10))
     assert [x.shape for x, _ in got] == [(10, 16, 16, 3), (10, 16, 16, 3), (4, 16, 16, 3)]
     assert got[0][0].dtype == np.float32 and got[0][1].dtype == np.int32
@@ -306,7 +307,7 @@ def test_make_dataset_without_shuffle_or_augment_feeds_what_load_images_gives(ti
 
 
 def test_shuffle_and_augment_are_reproducible_from_the_seed(tiny_images):
-    images = data.scan(tiny_images)
+    images = folders.scan(tiny_images)
 
     def run(seed):
         dataset = data.make_dataset(images, (16, 16), batch_size=8, shuffle=True, augment=True, seed=seed)
@@ -323,7 +324,7 @@ def test_shuffle_and_augment_are_reproducible_from_the_seed(tiny_images):
 
 
 def test_augment_changes_images_but_keeps_them_recognisable(tiny_images):
-    images = data.scan(tiny_images)
+    images = folders.scan(tiny_images)
     plain = data.load_images(images.files, (32, 32))
     augmented = batches(data.make_dataset(images, (32, 32), batch_size=24, augment=True, seed=0))[0][0]
     assert not np.array_equal(plain, augmented)
@@ -348,7 +349,7 @@ def test_labels_file_round_trip(tmp_path):
 
 
 def test_sample_photos_have_enough_classes_and_images():
-    images = data.scan(SAMPLES / "photos")
+    images = folders.scan(SAMPLES / "photos")
     counts = Counter(images.labels)
     assert len(images.classes) >= 4 and min(counts.values()) >= 30
     assert {Image.open(f).size for f in images.files} == {(96, 96)}
@@ -371,7 +372,7 @@ def test_sample_photo_crops_never_overlap():
 
 
 def test_sample_digits_are_all_1797_grayscale_8x8():
-    images = data.scan(SAMPLES / "digits")
+    images = folders.scan(SAMPLES / "digits")
     assert images.classes == [str(d) for d in range(10)] and len(images) == 1797
     assert Counter(images.labels)[0] == 178
     first = Image.open(SAMPLES / "digits" / "0" / "0000.png")

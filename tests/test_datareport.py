@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tlkit.data import pipeline as data
+from tlkit.data import folders, splits
 from tlkit.data import report as datareport
 from tlkit.data.report import DataReport
 from tlkit.errors import TlkitError
@@ -22,32 +22,32 @@ def folder(tiny_images, tmp_path) -> Path:
 
 def test_scan_reports_progress_for_every_file(folder):
     calls = []
-    data.scan(folder, progress=lambda done, total: calls.append((done, total)))
+    folders.scan(folder, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(i, 24) for i in range(25)]
 
 
 def test_console_progress_writes_a_bar_and_a_line_per_scan(folder):
     out = io.StringIO()  # not a terminal: plain lines, the last one at the end of each scan
     progress = datareport.console_progress(out)
-    data.scan(folder, progress=progress)
-    data.scan(folder, progress=progress)
+    folders.scan(folder, progress=progress)
+    folders.scan(folder, progress=progress)
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
     assert all(line.startswith("24/24 [" + "=" * 30 + "] checked in ") for line in lines)
 
 
 def test_digests_are_the_sha256_of_each_file(folder):
-    images = data.scan(folder)
-    assert images.digests == data.file_digests(images.files)
-    train, val = data.split(images, 0.25, seed=0)
-    assert train.digests == data.file_digests(train.files) and val.digests == data.file_digests(val.files)
+    images = folders.scan(folder)
+    assert images.digests == folders.file_digests(images.files)
+    train, val = splits.split(images, 0.25, seed=0)
+    assert train.digests == folders.file_digests(train.files) and val.digests == folders.file_digests(val.files)
 
 
 def test_copies_within_a_class_count_once(folder):
     shutil.copy(folder / "blue" / "3.png", folder / "blue" / "copy.png")
     (folder / "blue" / "deep").mkdir()
     shutil.copy(folder / "blue" / "3.png", folder / "blue" / "deep" / "again.png")
-    images = data.scan(folder)
+    images = folders.scan(folder)
     assert len(images) == 24 and images.counts() == [8, 8, 8]
     assert folder / "blue" / "3.png" in images.files
     assert images.duplicates == [
@@ -57,7 +57,7 @@ def test_copies_within_a_class_count_once(folder):
     # a set holds each content once, so no split can put one content on both sides
     assert len(set(images.digests)) == len(images)
     for seed in range(5):
-        train, val = data.split(images, 0.5, seed)
+        train, val = splits.split(images, 0.5, seed)
         assert not set(train.digests) & set(val.digests)
     lines = datareport.prepare(folder)[2].lines()
     expected = "2 files repeat the content of another file of its class: counted once"
@@ -67,7 +67,7 @@ def test_copies_within_a_class_count_once(folder):
 def test_one_content_in_two_classes_is_an_error_naming_both(folder):
     shutil.copy(folder / "blue" / "3.png", folder / "red" / "odd.png")
     with pytest.raises(TlkitError) as caught:
-        data.scan(folder)
+        folders.scan(folder)
     assert str(caught.value).splitlines() == [
         f"1 image is filed under two classes in '{folder}' (same file content, so the label is ambiguous); "
         "keep each in one class, or pass --skip-bad to skip them:",
@@ -78,7 +78,7 @@ def test_one_content_in_two_classes_is_an_error_naming_both(folder):
 def test_skip_bad_skips_every_copy_of_an_ambiguous_image(folder):
     shutil.copy(folder / "blue" / "3.png", folder / "red" / "odd.png")
     shutil.copy(folder / "blue" / "3.png", folder / "blue" / "copy.png")
-    images = data.scan(folder, skip_bad=True)
+    images = folders.scan(folder, skip_bad=True)
     assert images.counts() == [7, 8, 8]
     skipped = dict(images.skipped)
     assert skipped.keys() == {folder / "blue" / "3.png", folder / "blue" / "copy.png", folder / "red" / "odd.png"}
@@ -86,7 +86,7 @@ def test_skip_bad_skips_every_copy_of_an_ambiguous_image(folder):
         f"same content as '{folder}/blue/3.png' (class 'blue'), '{folder}/blue/copy.png' (class 'blue'): "
         "ambiguous label"
     )
-    lines = DataReport.of(*data.split(images, 0.25, 0)).lines()
+    lines = DataReport.of(*splits.split(images, 0.25, 0)).lines()
     assert any(line.startswith("3 files with the same content in two classes skipped (--skip-bad)") for line in lines)
 
 
@@ -127,7 +127,7 @@ def test_report_table_and_counts_of_a_split(folder):
         "  red         6       2",
         "  total      18       6",
     ]
-    assert report.train_digests == sorted(data.file_digests(train.files))
+    assert report.train_digests == sorted(folders.file_digests(train.files))
     # 8 images a class: each under 20, none more than 3 times another
     assert report.warnings == [
         "3 classes have fewer than 20 images: 'blue' (8), 'green' (8), 'red' (8); "
@@ -167,7 +167,7 @@ def test_report_json_round_trip_and_training_overlap(folder, tmp_path):
     shutil.copy(train.files[-1], test / "red" / "seen too.png")
     shutil.copy(val.files[0], test / "green" / "validation.png")  # validated on, not trained on
     Image.open(folder / "green" / "1.png").rotate(90).save(test / "green" / "new.png")
-    evaluated = data.scan(test, classes=["blue", "green", "red"])
+    evaluated = folders.scan(test, classes=["blue", "green", "red"])
     assert datareport.seen_in_training(run, evaluated) == [test / "blue" / "seen.png", test / "red" / "seen too.png"]
     assert datareport.seen_in_training(run, [test / "red" / "seen too.png"]) == [test / "red" / "seen too.png"]
     assert datareport.seen_in_training(tmp_path / "old_run", evaluated) is None

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tifffile
 from PIL import Image
 
+from tlkit.data import folders
 from tlkit.data import pipeline as data
 from tlkit.errors import TlkitError
 
@@ -76,7 +77,7 @@ def test_16_bit_rgb_tiff(tmp_path):
 def test_a_tiff_pillow_cannot_read_is_named_as_such(folder):
     tifffile.imwrite(folder / "red" / "float_rgb.tif", np.zeros((8, 8, 3), np.float32), photometric="rgb")
     with pytest.raises(TlkitError) as caught:
-        data.scan(folder)
+        folders.scan(folder)
     assert str(caught.value).splitlines()[1] == (
         f"  {folder}/red/float_rgb.tif: a TIFF of a kind Pillow cannot read (for example float RGB or 64-bit "
         "samples); save it as 8- or 16-bit, or as float gray"
@@ -91,7 +92,7 @@ def test_symbolic_link_loops_and_dangling_links_are_named(folder, tmp_path):
     Image.open(folder / "blue" / "0.png").rotate(90).save(tmp_path / "elsewhere.png")
     os.symlink(tmp_path / "elsewhere.png", folder / "blue" / "linked.png")  # a good link is an image
     with pytest.raises(TlkitError) as caught:
-        data.scan(folder)
+        folders.scan(folder)
     loop = "symbolic link loop (the link leads back to itself); remove it or point it at an image"
     assert str(caught.value).splitlines()[1:] == [
         f"  {folder}/blue/dangling.png: dangling symbolic link (its target 'gone.png' does not exist)",
@@ -99,7 +100,7 @@ def test_symbolic_link_loops_and_dangling_links_are_named(folder, tmp_path):
         f"  {folder}/red/pong.png: {loop}",
         f"  {folder}/red/self.png: {loop}",
     ]
-    images = data.scan(folder, skip_bad=True)
+    images = folders.scan(folder, skip_bad=True)
     assert len(images) == 25 and len(images.skipped) == 4 and folder / "blue" / "linked.png" in images.files
 
 
@@ -111,10 +112,10 @@ def test_file_and_folder_names_that_are_not_utf8(folder):
     shutil.copy(folder / "blue" / "0.png", os.fsdecode(root + b"/blue/\xff\xfe sub/x.png"))
     (folder / "blue" / "0.png").unlink()
 
-    images = data.scan(folder)
+    images = folders.scan(folder)
     assert len(images) == 24 and images.counts() == [8, 8, 8]
-    weird = [f for f in images.files if data.printable(f) != str(f)]
-    shown = [data.printable(f)[len(str(folder)):] for f in weird]
+    weird = [f for f in images.files if folders.printable(f) != str(f)]
+    shown = [folders.printable(f)[len(str(folder)):] for f in weird]
     assert shown == ["/blue/\\xff\\xfe sub/x.png", "/green/caf\\xe9.png"]
     batch = next(iter(data.make_dataset(images, (8, 8), batch_size=24)))[0].numpy()
     np.testing.assert_array_equal(batch, data.load_images(images.files, (8, 8)))
@@ -122,7 +123,7 @@ def test_file_and_folder_names_that_are_not_utf8(folder):
     # a bad file with such a name is named, printably
     Path(os.fsdecode(root + b"/red/bad\xe9.jpg")).write_bytes(b"not a jpeg")
     with pytest.raises(TlkitError) as caught:
-        data.scan(folder)
+        folders.scan(folder)
     message = str(caught.value)
     message.encode("utf-8")  # printable on any console
     assert f"  {folder}/red/bad\\xe9.jpg: not an image" in message
@@ -132,14 +133,14 @@ def test_a_class_folder_name_that_is_not_utf8_is_refused_by_name(folder):
     os.mkdir(os.fsdecode(os.fsencode(folder) + b"/gr\xfcn"))
     shutil.copy(folder / "green" / "0.png", os.fsdecode(os.fsencode(folder) + b"/gr\xfcn/0.png"))
     with pytest.raises(TlkitError, match=r"^class folder name 'gr\\xfcn' in '.*' is not valid UTF-8, so it cannot"):
-        data.scan(folder)
+        folders.scan(folder)
 
 
 @pytest.mark.parametrize("name", ["two\nlines", "carriage\rreturn", "next\x85line", "para\u2029graph", "form\x0cfeed"])
 def test_a_class_folder_name_that_is_not_one_line_is_refused_by_name(folder, name):
     (folder / "green").rename(folder / name)
     with pytest.raises(TlkitError) as caught:
-        data.scan(folder)
+        folders.scan(folder)
     assert str(caught.value) == (
         f"class folder name {name!r} in '{folder}' holds a line break, so it cannot be one line of labels.txt: "
         "rename the folder"
@@ -149,7 +150,7 @@ def test_a_class_folder_name_that_is_not_one_line_is_refused_by_name(folder, nam
 
 def test_class_names_with_spaces_and_unicode_are_fine(folder):
     (folder / "green").rename(folder / " grün 🌿 ")
-    assert data.scan(folder).classes == [" grün 🌿 ", "blue", "red"]
+    assert folders.scan(folder).classes == [" grün 🌿 ", "blue", "red"]
 
 
 def test_a_large_jpeg_decodes_at_reduced_size(tmp_path):

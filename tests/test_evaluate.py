@@ -15,7 +15,7 @@ from sklearn.metrics import classification_report
 from tlkit.bases import load_base
 from tlkit.engine.classifier import build_classifier
 from tlkit.engine.strategy import configure
-from tlkit.evaluation.visualize import gradcam, gradcam_layer
+from tlkit.evaluation.gradcam import gradcam, gradcam_layer
 from tlkit.jobs import run_recipe
 from tlkit.recipe.schema import Recipe, Stage
 
@@ -184,15 +184,16 @@ def test_tta_top_losses_are_captioned_with_the_averaged_prediction_that_ranked_t
     """With --tta the images are ranked by the averaged loss; their captions once gave the
     single view's figures, calling wrong an image the averaged prediction gets right."""
     from tlkit import evaluate
-    from tlkit.evaluation import report
+    from tlkit.evaluation import plots
+
     captioned = []
-    original = report.top_loss_captions
+    original = plots.top_loss_captions
 
     def spy(classes, files, truth, probabilities):
         captioned.extend(zip(files, truth, probabilities))
         return original(classes, files, truth, probabilities)
 
-    monkeypatch.setattr(report, "top_loss_captions", spy)
+    monkeypatch.setattr(plots, "top_loss_captions", spy)
     evaluate(run, tiny_images, tmp_path / "tta", tta=4, top_losses=6)
     averaged = {row["path"]: row for row in _csv(tmp_path / "tta" / "predictions.csv")}
     labels = [k[2:] for k in next(iter(averaged.values())) if k.startswith("p_")]

@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from tlkit.bases import load_base
-from tlkit.data.pipeline import load_images, scan, split
+from tlkit.data.folders import scan
+from tlkit.data.pipeline import load_images
+from tlkit.data.splits import split
 from tlkit.engine.strategy import configure
 from tlkit.exporters import check_export, export
 from tlkit.jobs import run_recipe

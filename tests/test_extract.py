@@ -12,6 +12,7 @@ from PIL import Image
 
 from tlkit.bases import load_base
 from tlkit.cli import main
+from tlkit.data import folders
 from tlkit.data import pipeline as tldata
 from tlkit.engine import frozen as features
 from tlkit.engine.classifier import BASE_LAYER
@@ -130,7 +131,7 @@ def lenet():
 
 def test_changed_contents_or_image_size_invalidate_the_cache_and_moved_files_do_not(tiny_images, tmp_path, spy, lenet):
     folder = Path(shutil.copytree(tiny_images, tmp_path / "images"))
-    files = tldata.scan(folder).files
+    files = folders.scan(folder).files
     cache = tmp_path / "cache"
     first = features.extract(lenet, files, (32, 32), cache=cache)
     before = len(spy.calls)
@@ -169,7 +170,7 @@ def test_the_key_follows_the_weights_but_not_names_or_trainable_flags(lenet):
 
 def test_a_failed_write_leaves_no_partial_entry_and_a_broken_one_is_replaced(tiny_images, tmp_path, monkeypatch,
                                                                              lenet, spy):
-    files = tldata.scan(tiny_images).files[:6]
+    files = folders.scan(tiny_images).files[:6]
     cache = tmp_path / "cache"
     save = np.savez
 

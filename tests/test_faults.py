@@ -123,7 +123,7 @@ def test_a_full_disk_before_anything_was_saved_says_to_run_again(small_disk, tin
 def test_an_atomic_write_that_fails_deep_in_a_library_names_the_file(tmp_path):
     """Where no tmpfs can be mounted: what the tests above rely on, with the error made up."""
     from tlkit._util.io import write_atomic
-    from tlkit.cli import os_error_line
+    from tlkit.cli._app import os_error_line
 
     def full(tmp: Path) -> None:
         tmp.write_bytes(b"half")
@@ -142,12 +142,12 @@ def test_an_atomic_write_that_fails_deep_in_a_library_names_the_file(tmp_path):
 
 def test_the_image_cache_on_a_full_disk_is_told_once_and_leaves_nothing(small_disk, tiny_images, monkeypatch,
                                                                          caplog):
+    from tlkit.data import folders
     from tlkit.data import pipeline as data
-
     monkeypatch.setenv("TLKIT_CACHE", str(small_disk / "cache"))
     (small_disk / "cache" / "images").mkdir(parents=True)
     fill(small_disk)
-    images = data.scan(tiny_images)
+    images = folders.scan(tiny_images)
     train, val = images.subset(range(0, 24, 2)), images.subset(range(1, 24, 2))
     for part in (train, val):  # a run tries the cache for each set
         assert data.decode_once(part, (16, 16), 3, "disk") is None
@@ -158,13 +158,13 @@ def test_the_image_cache_on_a_full_disk_is_told_once_and_leaves_nothing(small_di
 
 def test_the_feature_cache_on_a_full_disk_does_not_claim_to_have_cached(small_disk, tiny_images, caplog):
     from tlkit.bases import load_base
-    from tlkit.data import pipeline as data
+    from tlkit.data import folders
     from tlkit.engine import frozen as features
 
     cache = small_disk / "features"
     cache.mkdir()
     fill(small_disk)
-    extracted = features.extract(load_base("lenet5", "none", (32, 32)), data.scan(tiny_images).files[:6], (32, 32),
+    extracted = features.extract(load_base("lenet5", "none", (32, 32)), folders.scan(tiny_images).files[:6], (32, 32),
                                  cache=cache)
     assert extracted.shape[0] == 6
     assert "cached in" not in caplog.text and "extracted features of 6 images" in caplog.text
@@ -239,7 +239,7 @@ def test_python_warnings_are_one_warning_line_without_source(cli, tmp_path, monk
 
 
 def test_class_names_in_any_script_draw_without_missing_glyphs(tmp_path):
-    from tlkit.evaluation.report import plot_confusion
+    from tlkit.evaluation.plots import plot_confusion
 
     classes = ["猫", "ひまわり", "장미", "rose 🌹", "犬🐶", "Ελλάδα", "नमस्ते", "plain"]
     confusion = np.random.default_rng(0).integers(0, 5, (len(classes), len(classes)))

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from test_torchfile import CheckpointPickler, Storage, Tensor, fake_torch  # noqa: F401  (fake_torch: a fixture)
 
-from tlkit.cli import main, os_error_line, unicode_error_line
+from tlkit.cli import main
+from tlkit.cli._app import os_error_line, unicode_error_line
 from tlkit.errors import TlkitError
 
 ROOT_USER = os.geteuid() == 0  # permissions do not stop root: those cases are simulated instead

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tlkit.data import folders
 from tlkit.data import pipeline as data
 
 SIZE = (16, 16)
@@ -37,7 +38,7 @@ def same(a, b) -> bool:
 
 @pytest.mark.parametrize("mode", ["memory", "disk", "auto"])
 def test_cached_batches_are_the_uncached_ones(tiny_images, mode):
-    images = data.scan(tiny_images)
+    images = folders.scan(tiny_images)
     options = dict(batch_size=10, shuffle=True, augment=True, seed=4)
     plain = batches(data.make_dataset(images, SIZE, **options))
     assert same(batches(data.make_dataset(images, SIZE, cache=mode, **options)), plain)
@@ -48,7 +49,7 @@ def test_cached_batches_are_the_uncached_ones(tiny_images, mode):
 
 
 def test_one_decode_serves_every_stage(tiny_images, cache_home):
-    images = data.scan(tiny_images)
+    images = folders.scan(tiny_images)
     store = data.decode_once(images, SIZE, 3, "disk")
     assert store.kind == "disk" and store.path.parent == cache_home
     np.testing.assert_array_equal(np.stack([store.read(i) for i in range(len(images))]),
@@ -62,20 +63,20 @@ def test_one_decode_serves_every_stage(tiny_images, cache_home):
 
 def test_disk_entries_are_keyed_by_content(folder, tmp_path, cache_home, caplog):
     caplog.set_level(logging.INFO, logger="tlkit.data.imagecache")
-    data.decode_once(data.scan(folder), SIZE, 3, "disk")
+    data.decode_once(folders.scan(folder), SIZE, 3, "disk")
     moved = Path(shutil.move(folder, tmp_path / "moved"))
     caplog.clear()
-    store = data.decode_once(data.scan(moved), SIZE, 3, "disk")  # renamed files, same contents: a hit
+    store = data.decode_once(folders.scan(moved), SIZE, 3, "disk")  # renamed files, same contents: a hit
     assert "from the image cache" in caplog.text and len(list(cache_home.glob("*.f32"))) == 1
     Image.open(moved / "red" / "0.png").rotate(90).save(moved / "red" / "0.png")
     caplog.clear()
-    changed = data.decode_once(data.scan(moved), SIZE, 3, "disk")  # one content changed: a miss
+    changed = data.decode_once(folders.scan(moved), SIZE, 3, "disk")  # one content changed: a miss
     assert "cached in" in caplog.text and changed.path != store.path
-    assert data.decode_once(data.scan(moved), (8, 8), 3, "disk").path not in (store.path, changed.path)
+    assert data.decode_once(folders.scan(moved), (8, 8), 3, "disk").path not in (store.path, changed.path)
 
 
 def test_an_entry_that_does_not_match_its_key_is_rebuilt(tiny_images, cache_home, caplog):
-    images = data.scan(tiny_images)
+    images = folders.scan(tiny_images)
     store = data.decode_once(images, SIZE, 3, "disk")
     expected = store.read(5).copy()
     del store
@@ -92,7 +93,7 @@ def test_an_entry_that_does_not_match_its_key_is_rebuilt(tiny_images, cache_home
 
 
 def test_an_unusable_cache_folder_only_costs_time(tiny_images, tmp_path, caplog):
-    images = data.scan(tiny_images)
+    images = folders.scan(tiny_images)
     blocked = tmp_path / "a_file"
     blocked.write_text("not a folder")
     assert data.decode_once(images, SIZE, 3, "disk", cache_dir=blocked / "images") is None
@@ -102,7 +103,7 @@ def test_an_unusable_cache_folder_only_costs_time(tiny_images, tmp_path, caplog)
 
 
 def test_auto_keeps_memory_within_its_budget(tiny_images):
-    images = data.scan(tiny_images)
+    images = folders.scan(tiny_images)
     one = SIZE[0] * SIZE[1] * 3 * 4
     assert data.decode_once(images, SIZE, 3, "auto", memory_budget=24 * one).kind == "memory"
     assert data.decode_once(images, SIZE, 3, "auto", memory_budget=24 * one - 1).kind == "disk"
@@ -113,7 +114,7 @@ def test_auto_keeps_memory_within_its_budget(tiny_images):
 
 def test_one_content_is_decoded_once(tiny_images):
     files = [tiny_images / "red" / "0.png", tiny_images / "blue" / "0.png", tiny_images / "red" / "0.png"]
-    images = data.ImageSet(tiny_images, ["a"], files, [0, 0, 0])  # not scanned: hashed on demand
+    images = folders.ImageSet(tiny_images, ["a"], files, [0, 0, 0])  # not scanned: hashed on demand
     store = data.decode_once(images, SIZE, 1, "memory")
     assert store.array.shape == (2, 16, 16, 1) and store.rows[0] == store.rows[2] != store.rows[1]
     np.testing.assert_array_equal(np.stack([store.read(i) for i in range(3)]), data.load_images(files, SIZE, 1))

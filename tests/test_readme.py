@@ -140,7 +140,7 @@ def test_lr_find_has_its_own_help_and_silences_tensorflow(monkeypatch):
     import tlkit.lrfind
 
     calls = []
-    monkeypatch.setattr(tlkit_cli, "_quiet_tensorflow", lambda: calls.append("quiet"))
+    monkeypatch.setattr(tlkit_cli._app, "_quiet_tensorflow", lambda: calls.append("quiet"))
     def sweep(**settings):
         calls.append("sweep")
         return SimpleNamespace(flag="--lr-head 1e-3")

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from tlkit.data import decode, folders, splits
 from tlkit.data import pipeline as data
 from tlkit.data.report import DataReport
 from tlkit.errors import TlkitError
@@ -77,10 +78,11 @@ def test_animated_webp_is_read_as_its_first_frame_by_scan_and_predict_and_refuse
         from pathlib import Path
         import numpy as np, tensorflow as tf
         from PIL import Image
+        from tlkit.data import folders
         from tlkit.data import pipeline as data
         from tlkit.exporters._decode import decode_batch
         root, webp = Path(sys.argv[1]), Path(sys.argv[2])
-        images = data.scan(root)
+        images = folders.scan(root)
         first = np.asarray(Image.open(webp).convert("RGB"), np.float32)  # Pillow's frame 0
         got = data.load_image(webp, (30, 40))
         png = open(root / "red" / "0.png", "rb").read()
@@ -113,7 +115,7 @@ def test_a_sideways_jpeg_with_its_exif_tag_decodes_upright_in_predict_training_a
     size = (24, 32)
     expected = data.load_image(upright, size)
     predicted = data.load_image(sideways, size)  # predict, evaluate and the pictures
-    images = data.ImageSet(tmp_path, ["a"], [upright, sideways], [0, 0])
+    images = folders.ImageSet(tmp_path, ["a"], [upright, sideways], [0, 0])
     trained = next(iter(data.make_dataset(images, size, 2, cache="none")))[0].numpy()
     served = decode_batch(tf.constant([upright.read_bytes(), sideways.read_bytes()]), size, 3).numpy()
     for got in (predicted, trained[1], served[1]):
@@ -141,7 +143,7 @@ def test_exif_orientation_is_read_in_either_byte_order_and_ignored_when_absent_o
              jpeg(tiff(">", [(0x0112, 8), (0x0132, 3)])): 8, jpeg(tiff("<", [(0x0112, 42)])): 1,
              jpeg(b"Exif\0\0II*\0\xff\xff\xff\x7f"): 1, b"": 1}
     for encoded, orientation in cases.items():
-        assert int(data.exif_orientation(tf.constant(encoded))) == orientation, encoded[:60]
+        assert int(decode.exif_orientation(tf.constant(encoded))) == orientation, encoded[:60]
 
 
 @pytest.mark.slow  # trains and exports a model, then loads it in a fresh TensorFlow
@@ -182,6 +184,7 @@ def test_the_exported_savedmodel_turns_a_sideways_jpeg_upright_and_refuses_an_an
 PEAK = """
     import resource, sys
     from pathlib import Path
+    from tlkit.data import folders
     from tlkit.data import pipeline as data
 
     def peak():
@@ -189,10 +192,10 @@ PEAK = """
 
     small, *huge = map(Path, sys.argv[1:])
     data.load_images([small], (32, 32))
-    data.check_images([small])
+    folders.check_images([small])
     before = peak()
     for path in huge:
-        data.check_images([path, path])  # the scan's check, with two threads at it
+        folders.check_images([path, path])  # the scan's check, with two threads at it
         data.load_images([path], (32, 32))  # predict
     print(peak() - before)
 """
@@ -212,12 +215,12 @@ def test_an_image_over_the_pixel_limit_is_refused_by_name(folder, tmp_path):
     bomb = folder / "red" / "bomb.png"
     Image.new("1", (9500, 9500), 1).save(bomb)  # 90.25 megapixels; 11 MB of memory to make
     with pytest.raises(TlkitError) as error:
-        data.scan(folder)
-    assert f"{bomb}: image too large (9500 x 9500 pixels, over the limit of {data.MAX_PIXELS:,} pixels" \
+        folders.scan(folder)
+    assert f"{bomb}: image too large (9500 x 9500 pixels, over the limit of {folders.MAX_PIXELS:,} pixels" \
         in str(error.value)
-    images = data.scan(folder, skip_bad=True)
+    images = folders.scan(folder, skip_bad=True)
     assert [path for path, _ in images.skipped] == [bomb]
-    assert data.check_images([bomb])[0][1].startswith("image too large")  # predict refuses it too
+    assert folders.check_images([bomb])[0][1].startswith("image too large")  # predict refuses it too
 
 
 # --- files the scan would pass over ---------------------------------------------------------
@@ -233,7 +236,7 @@ def test_every_file_left_out_is_listed_with_why_and_training_reads_what_predict_
     Image.open(folder / "blue" / "0.png").save(folder / "stray.png")
     (folder / "blue" / "notes.txt").write_text("taken on a Tuesday")
 
-    images = data.scan(folder, skip_bad=True)
+    images = folders.scan(folder, skip_bad=True)
     assert folder / "red" / "phone.avif" in images.files
     assert (folder / "red" / "phone.avif") in _walk_images(folder)  # predict reads the same files
     assert dict(images.skipped) == {heic: "a HEIC/HEIF image, which this installation cannot read (Pillow has no "
@@ -244,7 +247,7 @@ def test_every_file_left_out_is_listed_with_why_and_training_reads_what_predict_
     assert why[folder / "green" / "IMG_0002"].startswith("a JPEG image without an image extension")
     assert why[folder / "blue" / "notes.txt"].startswith("not an image file name (.txt")
 
-    train, val = data.split(images, 0.25, 0)
+    train, val = splits.split(images, 0.25, 0)
     report = DataReport.of(train, val)
     assert dict(report.ignored) == {str(p): w for p, w in why.items()}
     assert DataReport.from_json(json.loads(json.dumps(report.to_json()))).ignored == report.ignored
@@ -257,13 +260,13 @@ def test_a_named_pipe_in_the_data_is_named_and_never_opened(folder):
     os.mkfifo(folder / "green" / "pipe")  # without an image extension: listed, not opened either
     done = python("""
         import sys
-        from tlkit.data import pipeline as data
+        from tlkit.data import folders
         from tlkit.errors import TlkitError
         try:
-            data.scan(sys.argv[1])
+            folders.scan(sys.argv[1])
         except TlkitError as error:
             print(error)
-        images = data.scan(sys.argv[1], skip_bad=True)
+        images = folders.scan(sys.argv[1], skip_bad=True)
         print(images.skipped, images.ignored)
     """, folder, timeout=60)
     assert f"{pipe}: not an image (not a regular file: a named pipe, socket or device)" in done.stdout

@@ -9,9 +9,10 @@ from sklearn.metrics import accuracy_score, classification_report
 
 from tlkit.engine.curves import TrainingCurves
 from tlkit.errors import TlkitError
+from tlkit.evaluation.gradcam import gradcam, gradcam_layer
+from tlkit.evaluation.metrics import classification_table, confusion_matrix, format_table, most_confused
+from tlkit.evaluation.plots import plot_confusion
 from tlkit.evaluation.predict import image_files, tta_view
-from tlkit.evaluation.report import classification_table, confusion_matrix, format_table, most_confused, plot_confusion
-from tlkit.evaluation.visualize import gradcam, gradcam_layer
 
 CLASSES = ["ant", "bee", "cat", "dog"]
 # a fixed prediction set: dog is never in the truth, cat never predicted

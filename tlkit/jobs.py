@@ -15,12 +15,11 @@ from pathlib import Path
 import keras
 
 import tlkit.stages  # noqa: F401  (registers the stage kinds)
-from tlkit._util.io import save_model_atomic, write_json_atomic
+from tlkit._util.io import save_model_atomic
 from tlkit.bases import Base
 from tlkit.bases.zoo import zoo_input
-from tlkit.data import report as datareport
 from tlkit.engine.results import log_summary, write_results
-from tlkit.engine.resume import RESUME_FOLDER, ResumeState, RunInterrupted
+from tlkit.engine.resume import ResumeState, RunInterrupted
 from tlkit.engine.strategy import (
     check_same_resume_state,
     distribution_strategy,
@@ -36,6 +35,7 @@ from tlkit.models.blocks import build_block_map
 from tlkit.recipe.kinds import STAGES, StageKind, StageOverrides, resolve, stage_params  # noqa: F401  (tlkit.resolve)
 from tlkit.recipe.schema import Recipe
 from tlkit.rundir import guard as runguard
+from tlkit.rundir.files import RunDir
 from tlkit.rundir.load import write_labels
 
 log = logging.getLogger(__name__)
@@ -125,11 +125,11 @@ def resume(run: str | Path, *, verbose: str | int = "auto") -> RunContext:
     state = ResumeState.read(saved)
     if state is None:
         where = f" (nor has this worker's copy of it, {copy})" if copy is not None else ""
-        raise TlkitError(f"{run} has nothing to resume from (no {RESUME_FOLDER / 'state.json'}){where}: "
-                         + ("it finished" if (run / "model.keras").is_file() else "there is no such folder"
+        raise TlkitError(f"{run} has nothing to resume from (no {RunDir.RESUME_STATE}){where}: "
+                         + ("it finished" if RunDir(run).model.is_file() else "there is no such folder"
                             if not run.exists() else "it stopped before its first epoch ended, or is not a run "
                             "directory") + "; run it again")
-    recipe = Recipe.load(saved / "recipe.toml")
+    recipe = Recipe.load(RunDir(saved).recipe)
     build = _zoo_builder(recipe.base, recipe) if state.job == "train" else None
     return run_recipe(recipe, None, run, build=build, verbose=verbose, job=state.job, resume=True)
 
@@ -195,7 +195,7 @@ def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, d
     """`run_recipe` writing into `out`: `run` itself, or a worker's own copy of it."""
     state = ResumeState.read(out) if resume else None
     if resume and state is None:
-        raise TlkitError(f"{out} has nothing to resume from (no {RESUME_FOLDER / 'state.json'}): it finished, or "
+        raise TlkitError(f"{out} has nothing to resume from (no {RunDir.RESUME_STATE}): it finished, or "
                          "stopped before its first epoch ended; run it again")
     kinds: list[StageKind] = [STAGES.get(stage.kind) for stage in recipe.stages]
     params = [stage_params(stage, f"recipe {recipe.name}, stage {i}") for i, stage in enumerate(recipe.stages, 1)]
@@ -213,9 +213,9 @@ def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, d
         log.info("class weights (%s): %s", recipe.class_weight,
                  ", ".join(f"{c} {w:.3g}" for c, w in zip(classes, ctx.class_weight.values())))
     if labelled:
-        write_labels(out / "labels.txt", classes)
-    resolved.save(out / "recipe.toml")
-    report.save(out / datareport.REPORT_FILE)
+        write_labels(RunDir(out).labels, classes)
+    resolved.save(RunDir(out).recipe)
+    report.save(RunDir(out).data_report)
     try:
         for index, (kind, stage) in enumerate(zip(kinds, params), start=1):
             if state is not None and index < state.stage:
@@ -231,10 +231,10 @@ def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, d
         state.restore(ctx.classifier, None, None, None, None)
     if labelled:
         # after the stages: an autoencoder stage replaces the base
-        write_json_atomic(out / "blocks.json", {block.name: list(block.layers) for block in ctx.base.blocks})
-        save_model_atomic(ctx.classifier, out / "model.keras")
+        RunDir(out).write_blocks(ctx.base.blocks)
+        save_model_atomic(ctx.classifier, RunDir(out).model)
     write_results(ctx)
-    shutil.rmtree(out / RESUME_FOLDER, ignore_errors=True)  # finished: nothing to resume
+    shutil.rmtree(RunDir(out).resume, ignore_errors=True)  # finished: nothing to resume
     if labelled:
         write_run_report(out, ctx.classifier, classes, train, val, resolved, ctx.results)
         log_summary(ctx)

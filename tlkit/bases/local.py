@@ -32,10 +32,9 @@ from tlkit.bases.zoo import load_zoo
 from tlkit.errors import TlkitError, unknown_name
 from tlkit.models.blocks import Block, build_block_map, single_block
 from tlkit.recipe.schema import POOLINGS, Recipe
+from tlkit.rundir.files import RunDir
 from tlkit.rundir.load import model_file_error
 
-BASE_FILE = "base.keras"
-BLOCKS_FILE = "blocks.json"
 META_FILE = "base.json"
 CLASSIFIER_BASE = "base"  # the layer name of the base inside a tlkit classifier (engine.BASE_LAYER)
 
@@ -48,19 +47,19 @@ def load_local(path: str | Path, weights: str = "imagenet", image_size: tuple[in
         raise TlkitError(f"the base {path} brings its own weights: drop --weights {weights}")
     file = path
     if path.is_dir():
-        if (path / BASE_FILE).is_file():
-            base = _finish(path, _load_keras(path / BASE_FILE), path / BLOCKS_FILE, image_size, base_layer)
+        if RunDir(path).base.is_file():
+            base = _finish(path, _load_keras(RunDir(path).base), RunDir(path).blocks, image_size, base_layer)
             return replace(base, pooling=_pooling(path / META_FILE)) if (path / META_FILE).is_file() else base
         recipe = _train_recipe(path)
         if recipe:
             size = image_size or ((recipe.image_size,) * 2 if recipe.image_size else None)
             base = load_zoo(recipe.base, str(path), size)
             return cut_base(base, base_layer) if base_layer else base
-        file = path / "model.keras"
+        file = RunDir(path).model
         if not file.is_file():
             raise TlkitError(
                 f"{path} holds no base: pass a .keras file, a run directory of `tlkit finetune` or `tlkit train`, "
-                f"or a folder with {BASE_FILE} and {BLOCKS_FILE}"
+                f"or a folder with {RunDir.BASE} and {RunDir.BLOCKS}"
             )
     model = _load_keras(file)
     nested = _nested_base(model)
@@ -68,7 +67,7 @@ def load_local(path: str | Path, weights: str = "imagenet", image_size: tuple[in
         model = nested
     elif not base_layer:
         model = keras.Model(_image_input(model), features_output(model, file))
-    return _finish(path, model, file.parent / BLOCKS_FILE, image_size, base_layer)
+    return _finish(path, model, RunDir(file.parent).blocks, image_size, base_layer)
 
 
 def _finish(path: Path, model: keras.Model, blocks_file: Path, image_size, base_layer) -> Base:
@@ -96,9 +95,9 @@ def _pooling(path: Path) -> tuple[str, str]:
 
 def _train_recipe(path: Path):
     """The recipe of a run directory of `tlkit train` (a zoo model from scratch), else None."""
-    if not (path / "recipe.toml").is_file():
+    if not RunDir(path).recipe.is_file():
         return None
-    recipe = Recipe.load(path / "recipe.toml")
+    recipe = Recipe.load(RunDir(path).recipe)
     return recipe if any(stage.kind == "train" for stage in recipe.stages) else None
 
 

@@ -3,7 +3,7 @@
 `tlkit.data.pipeline.make_dataset(..., cache=MODE)` and `tlkit.data.pipeline.decode_once` use this module (a leaf:
 the decoder and the content hashes come in as arguments). Every epoch without a cache reads,
 decodes and resizes every file again. With one, each distinct file content is decoded once
-(exactly as `tlkit.data.pipeline.decode_image` decodes it, float32, before any augmentation, so
+(exactly as `tlkit.data.decode.decode_image` decodes it, float32, before any augmentation, so
 augmentation stays fresh every epoch) and later epochs read the pixels back:
 
 - "memory": a numpy array in this process;

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from tlkit._util.io import write_json_atomic
-from tlkit.data.pipeline import ImageSet, Progress, file_digests, printable, scan, split
+from tlkit.data.folders import ImageSet, Progress, file_digests, printable, scan
+from tlkit.data.splits import split
 from tlkit.errors import TlkitError
+from tlkit.rundir.files import RunDir
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "data_report.json"
 IMBALANCE = 3  # warn when the largest class has more than this many times the smallest's images
 FEW = 20  # warn for a class with fewer images than this
 _TABLE_ROWS = 20  # classes shown one a line on screen; the JSON always has all of them
@@ -84,7 +85,7 @@ class DataReport:
                          f"{listed}{more}; too few to learn a class well or to measure it")
         if self.ignored:
             found.append(f"{len(self.ignored)} {_files(len(self.ignored))} in the data not used (every one in "
-                         f"{REPORT_FILE})" + _examples(f"{p}: {why}" for p, why in self.ignored))
+                         f"{RunDir.DATA_REPORT})" + _examples(f"{p}: {why}" for p, why in self.ignored))
         return found
 
     def table(self) -> list[str]:
@@ -107,7 +108,7 @@ class DataReport:
             low, high = int(np.argmin(totals)), int(np.argmax(totals))
             out.append(f"  images per class: fewest {totals[low]} ('{self.classes[low]}'), median "
                        f"{int(np.median(totals))}, most {totals[high]} ('{self.classes[high]}'); "
-                       f"every class in {REPORT_FILE}")
+                       f"every class in {RunDir.DATA_REPORT}")
         if self.duplicates:
             n = len(self.duplicates)
             out.append(f"{n} {'file repeats' if n == 1 else 'files repeat'} the content of another file of "
@@ -191,7 +192,7 @@ def without(train: ImageSet, val: ImageSet) -> tuple[ImageSet, list[tuple[Path, 
 def seen_in_training(run, images: ImageSet | Sequence[Path]) -> list[Path] | None:
     """The files of `images` whose content (SHA-256) was among the training images of the run
     directory `run`, in order; None when the run has no data report (made by an older tlkit)."""
-    path = Path(run) / REPORT_FILE
+    path = RunDir(run).data_report
     if not path.is_file():
         return None
     trained = set(DataReport.load(path).train_digests)
@@ -251,4 +252,4 @@ def _files(n: int) -> str:
 def _examples(items) -> str:
     items = list(items)
     shown = "; ".join(items[:_LISTED])
-    return f": {shown}" + (f"; ... ({len(items) - _LISTED} more in {REPORT_FILE})" if len(items) > _LISTED else "")
+    return f": {shown}" + (f"; ... ({len(items) - _LISTED} more in {RunDir.DATA_REPORT})" if len(items) > _LISTED else "")

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tlkit._util.io import write_atomic
+from tlkit.rundir.files import RunDir
 
 _DPI = 100
 # Noto fonts that come as Python packages (the CJK one first: it covers the most), each file
@@ -127,7 +128,7 @@ class TrainingCurves(keras.callbacks.Callback):
 
     def __init__(self, run_dir: str | Path, every: float = 10.0):
         super().__init__()
-        self.out = Path(run_dir) / "curves.png"
+        self.out = RunDir(run_dir).curves
         self.every = every
         self.stages: list[tuple[str, dict]] = []
         self.drawn: float | None = None  # time.monotonic() of the last drawing

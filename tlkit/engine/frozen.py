@@ -10,7 +10,7 @@ determines the features:
   channels, dtype policy) and the value of every variable. Hashing the values rather than the
   weights' name or file covers every way a base gets its weights (ImageNet, a file, a run, a
   fine-tuned base); it costs about 10 ms per million parameters;
-- the image size, the pooling, and how images are decoded and resized (`tlkit.data.pipeline.decode_image`,
+- the image size, the pooling, and how images are decoded and resized (`tlkit.data.decode.decode_image`,
   `FORMAT`);
 - the files, by content: a file that is renamed or moved still hits, and a file whose bytes
   change misses even if its size and modification time were kept. The hash reads every byte,
@@ -39,9 +39,9 @@ import tensorflow as tf
 
 from tlkit._util.io import cache_root, write_atomic, write_json_atomic
 from tlkit.bases import Base
-from tlkit.data import imagecache
+from tlkit.data import folders, imagecache
 from tlkit.data import pipeline as tldata
-from tlkit.data.pipeline import file_digests
+from tlkit.data.folders import file_digests
 from tlkit.engine.classifier import BASE_LAYER, HEAD_POOLING
 from tlkit.models.preprocessing import NAME as PREPROCESSING
 
@@ -93,7 +93,7 @@ def pooled_model(model: keras.Model, pooling: str = "avg") -> keras.Model:
 def run_base(model: keras.Model, files: Sequence[Path], image_size: tuple[int, int], batch_size: int,
              pooling: str = "avg", verbose: str | int = 0) -> np.ndarray:
     """Pooled features (N, D) of image files, decoded as training decodes them, without augmentation."""
-    images = tldata.ImageSet(Path(), [], list(files), [0] * len(files))
+    images = folders.ImageSet(Path(), [], list(files), [0] * len(files))
     channels = model.input_shape[-1]
     dataset = tldata.make_dataset(images, image_size, batch_size, channels=channels)
     forward = _forward(model, pooling, image_size, channels)

@@ -10,6 +10,7 @@ import keras
 
 from tlkit._util.io import write_json_atomic
 from tlkit.recipe.kinds import StageParams
+from tlkit.rundir.files import RunDir
 
 if TYPE_CHECKING:
     from tlkit.engine.training import RunContext
@@ -43,8 +44,8 @@ def log_summary(ctx: RunContext) -> None:
 
 def write_results(ctx: RunContext) -> None:
     """history.json and metrics.json of a finished run."""
-    write_json_atomic(ctx.out / "history.json", [{"kind": r.kind, **r.history} for r in ctx.results])
-    write_json_atomic(ctx.out / "metrics.json", {
+    write_json_atomic(RunDir(ctx.out).history, [{"kind": r.kind, **r.history} for r in ctx.results])
+    write_json_atomic(RunDir(ctx.out).metrics, {
         "stages": [
             {"stage": i, "kind": r.kind, "epochs": r.stage.epochs, "learning_rate": r.stage.learning_rate,
              "val_accuracy": r.val_accuracy, "val_loss": r.val_loss}

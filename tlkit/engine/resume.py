@@ -18,12 +18,12 @@ from tlkit.engine.classifier import fixed_variables
 from tlkit.engine.results import StageResult
 from tlkit.errors import TlkitError
 from tlkit.recipe.kinds import StageParams
+from tlkit.rundir.files import RunDir
 
 if TYPE_CHECKING:
     from tlkit.engine.training import RunContext
 
 
-RESUME_FOLDER = Path("checkpoints") / "resume"
 
 
 class RunInterrupted(TlkitError):
@@ -103,7 +103,7 @@ def save_state(ctx: RunContext, stage: int, epoch: int, arrays: dict | None = No
     """Write the resume state: the arrays first, then state.json naming them (and `full`, an
     earlier file of the stage holding the variables `arrays` leaves out), so that a crash
     between the two leaves the previous, whole state. Returns the arrays' file name."""
-    folder = ctx.out / RESUME_FOLDER
+    folder = RunDir(ctx.out).resume
     name = f"stage{stage}-epoch{epoch}.npz"
     if arrays is not None:
         write_atomic(folder / name, lambda tmp: np.savez(tmp, **arrays))
@@ -143,7 +143,7 @@ class ResumeState:
 
     @classmethod
     def read(cls, run: Path) -> ResumeState | None:
-        path = run / RESUME_FOLDER / "state.json"
+        path = RunDir(run).resume_state
         if not path.is_file():
             return None
         data = json.loads(path.read_text(encoding="utf-8"))

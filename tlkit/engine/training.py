@@ -16,6 +16,7 @@ import tensorflow as tf
 from tlkit._util.keras_internals import built_from_shapes
 from tlkit.bases import Base, load_base
 from tlkit.data import augment as tlaugment
+from tlkit.data import folders, splits
 from tlkit.data import pipeline as tldata
 from tlkit.data import report as datareport
 from tlkit.engine import resume as resume_state  # its save_state, looked up when called (tests stop a run there)
@@ -29,6 +30,7 @@ from tlkit.errors import TlkitError
 from tlkit.models import optimization as optimization
 from tlkit.recipe.kinds import STAGES, StageKind, StageParams, check_unfreeze, needs_base, stage_params
 from tlkit.recipe.schema import Recipe
+from tlkit.rundir.files import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,8 @@ class RunContext:
     recipe: Recipe
     base: Base
     classes: list[str]
-    train: tldata.ImageSet
-    val: tldata.ImageSet
+    train: folders.ImageSet
+    val: folders.ImageSet
     image_size: tuple[int, int]
     out: Path
     strategy: tf.distribute.Strategy
@@ -156,10 +158,10 @@ class RunContext:
         rates = optimization.LearningRateLog()
         self.curves = self.curves or TrainingCurves(self.out)
         callbacks: list[keras.callbacks.Callback] = [
-            rates, keras.callbacks.TensorBoard(str(self.out / "logs" / f"{index}-{kind}"), update_freq="batch"),
+            rates, keras.callbacks.TensorBoard(str(RunDir(self.out).logs / f"{index}-{kind}"), update_freq="batch"),
             self.curves.stage(f"{index} {kind}")]
         if checkpoint:
-            best = BestCheckpoint(self.out / "checkpoints" / "best.keras", self.classifier)
+            best = BestCheckpoint(RunDir(self.out).best, self.classifier)
             best.best = self.best
             callbacks.append(best)
         stopping = None
@@ -210,7 +212,7 @@ def _by_element(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def load_data(recipe: Recipe, labelled: bool = True, progress: tldata.Progress | None = None):
+def load_data(recipe: Recipe, labelled: bool = True, progress: folders.Progress | None = None):
     """Scan and check the data (every file, before any training), split it and report on it:
     (classes, train, val, DataReport). Unlabelled data (for stages that need no labels) may have
     class sub-folders or not."""
@@ -218,8 +220,8 @@ def load_data(recipe: Recipe, labelled: bool = True, progress: tldata.Progress |
         raise TlkitError("no data: pass --data DIR (a folder with one sub-folder of images per class)"
                          if labelled else "no data: pass --data DIR (a folder of images, with or without sub-folders)")
     if not labelled:
-        images = tldata.scan_unlabeled(recipe.data, skip_bad=recipe.skip_bad, progress=progress)
-        train, val = tldata.split(images, recipe.val_split, recipe.seed)
+        images = folders.scan_unlabeled(recipe.data, skip_bad=recipe.skip_bad, progress=progress)
+        train, val = splits.split(images, recipe.val_split, recipe.seed)
         report = datareport.DataReport.of(train, val)
     else:
         train, val, report = datareport.prepare(

@@ -15,11 +15,12 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit._util.io import write_json_atomic
+from tlkit.data import folders
 from tlkit.data import pipeline as tldata
 from tlkit.data.report import training_overlap_warning
 from tlkit.errors import TlkitError
-from tlkit.evaluation.report import evaluation_report, write_predictions
-from tlkit.evaluation.visualize import run_blocks
+from tlkit.evaluation.gradcam import run_blocks
+from tlkit.evaluation.metrics import evaluation_report, write_predictions
 from tlkit.rundir.load import Run, load_run
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def image_files(paths) -> list[Path]:
             try:
                 p.stat()
             except OSError as err:
-                raise TlkitError(f"'{p}': {tldata.unreadable(p, err)}") from err
+                raise TlkitError(f"'{p}': {folders.unreadable(p, err)}") from err
         else:
             raise TlkitError(f"'{p}' does not exist: pass image files or folders of images")
     return found
@@ -74,7 +75,7 @@ def _walk_images(folder: Path) -> list[Path]:
     for where, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [Path(where, f) for f in sorted(files)
-                  if not f.startswith(".") and Path(f).suffix.lower() in tldata.IMAGE_EXTENSIONS]
+                  if not f.startswith(".") and Path(f).suffix.lower() in folders.IMAGE_EXTENSIONS]
     return found
 
 
@@ -92,7 +93,7 @@ def tta_view(images: tf.Tensor, view: int) -> tf.Tensor:
     return images
 
 
-def probabilities(run: Run, images: tldata.ImageSet, batch_size: int = 32, tta: int = 1,
+def probabilities(run: Run, images: folders.ImageSet, batch_size: int = 32, tta: int = 1,
                   progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The model's probabilities for `images`: (averaged over `tta` views, of the first view)."""
     if not 1 <= tta <= MAX_TTA:
@@ -127,7 +128,7 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
         _predictions_format(out)
     run = _loaded(model, checkpoint)
     paths = image_files(images)
-    problems = tldata.check_images(paths)
+    problems = folders.check_images(paths)
     if problems and not skip_bad:
         listed = "\n".join(f"  {path}: {why}" for path, why in problems[:50])
         raise TlkitError(f"{len(problems)} bad image file(s); remove them or pass --skip-bad:\n{listed}")
@@ -135,7 +136,7 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
     paths = [p for p in paths if p not in bad]
     if not paths:
         raise TlkitError("no image left to predict")
-    found = tldata.ImageSet(Path("."), run.labels, paths, [0] * len(paths))
+    found = folders.ImageSet(Path("."), run.labels, paths, [0] * len(paths))
     probs, _ = probabilities(run, found, batch_size, tta, progress)
     k = min(top, len(run.labels))
     results = Predictions(skipped=problems)
@@ -176,7 +177,7 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
         if value < least:
             raise TlkitError(f"{option} must be at least {least}, got {value}")
     run = _loaded(model, checkpoint)
-    images = tldata.scan(data, skip_bad=skip_bad, classes=run.labels)
+    images = folders.scan(data, skip_bad=skip_bad, classes=run.labels)
     overlap = training_overlap_warning(run.path, images)
     if overlap:
         log.warning("%s", overlap)

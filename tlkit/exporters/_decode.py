@@ -2,7 +2,7 @@
 
 It must be pure TensorFlow (the server has no Pillow and no tlkit), so it takes fewer formats
 than `tlkit predict`, which hands the others to Pillow. The contract: for every format both
-take, both give the same pixels (they share `tlkit.data.pipeline.decode_image`); every format only
+take, both give the same pixels (they share `tlkit.data.decode.decode_image`); every format only
 predict takes is refused by serving with a message, never decoded wrong. TensorFlow's BMP
 decoder reads a palette BMP's indices as grey levels, so palette BMPs (1, 4 and 8 bits per pixel)
 are decoded here, in graph ops, to the colours Pillow gives; compressed BMPs and TIFF are refused.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tlkit.data.pipeline import decode_image, image_signatures
+from tlkit.data.decode import decode_image, image_signatures
 
 SERVING_FORMATS = "JPEG, PNG, GIF (first frame), still WebP and uncompressed BMP"
 REFUSED = f"image_bytes entries that are not images this model decodes ({SERVING_FORMATS}), by 0-based index:"

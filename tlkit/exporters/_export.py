@@ -22,6 +22,7 @@ import numpy as np
 from tlkit._util.io import write_atomic
 from tlkit.errors import TlkitError
 from tlkit.exporters._registry import FORMATS
+from tlkit.rundir.files import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,9 @@ def export(model: str | Path, out: str | Path, format: str = "savedmodel", versi
     if target.exists():
         raise TlkitError(f"{target} exists: pass --version N for a new version, or another --out"
                          if spec.filename is None else f"{target} exists: pass another --out, or remove it first")
-    labels = (run.path / "labels.txt").read_bytes()
+    labels = RunDir(run.path).labels.read_bytes()
     if (out / "labels.txt").is_file() and (out / "labels.txt").read_bytes() != labels:
-        raise TlkitError(f"{out / 'labels.txt'} holds other labels than {run.path / 'labels.txt'} (the export of "
+        raise TlkitError(f"{out / 'labels.txt'} holds other labels than {RunDir(run.path).labels} (the export of "
                          "another run?): pass another --out")
     train, val = _split(run, "check the export on (or pass --no-check)" if check
                         else "calibrate int8 on" if quantize == "int8" else None)
@@ -101,16 +102,16 @@ def _split(run, needed_for: str | None):
     nothing needs them."""
     if needed_for is None:
         return None, None
-    from tlkit.data import pipeline as tldata  # TensorFlow: see the module docstring
+    from tlkit.data import folders, splits  # TensorFlow: see the module docstring
 
     recipe = run.recipe
     if not recipe.data or not Path(recipe.data).is_dir():
         raise TlkitError(f"the run's data folder '{recipe.data}' (in its recipe.toml) is not here; "
                          f"it holds the images to {needed_for}")
-    images = tldata.scan(recipe.data, skip_bad=True, classes=run.labels)
+    images = folders.scan(recipe.data, skip_bad=True, classes=run.labels)
     if recipe.val_data:
-        return images, tldata.scan(recipe.val_data, skip_bad=True, classes=run.labels)
-    return tldata.split(images, recipe.val_split, recipe.seed)
+        return images, folders.scan(recipe.val_data, skip_bad=True, classes=run.labels)
+    return splits.split(images, recipe.val_split, recipe.seed)
 
 
 def _spread(files: list[Path], n: int) -> list[Path]:
@@ -119,9 +120,9 @@ def _spread(files: list[Path], n: int) -> list[Path]:
 
 
 def _load(run, files: list[Path]) -> np.ndarray:
-    from tlkit.data import pipeline as tldata
+    from tlkit.data import pipeline  # TensorFlow: see the module docstring
 
-    return tldata.load_images(files, run.image_size, run.channels)
+    return pipeline.load_images(files, run.image_size, run.channels)
 
 
 def _check(run, spec, target: Path, val, verbose: bool) -> Check:

@@ -28,13 +28,10 @@ import threading
 from pathlib import Path
 
 from tlkit.errors import TlkitError
+from tlkit.rundir.files import RunDir
 
 log = logging.getLogger(__name__)
 
-LOCK = ".lock"
-UNFINISHED = ".unfinished"
-# Any of these makes a folder a run directory (a finished, unfinished or pretrain run).
-RUN_MARKERS = ("recipe.toml", "model.keras", "checkpoints", "base.keras", UNFINISHED)
 # Every run directory this process has locked, in order: the CLI tells what a fault left of the run.
 CLAIMED: list[Path] = []
 
@@ -45,15 +42,6 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame):
     raise Terminated()
-
-
-def is_run(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in RUN_MARKERS)
-
-
-def is_unfinished(path: Path) -> bool:
-    """A run that stopped before its last file: marked, or (older runs) without model.keras."""
-    return (path / UNFINISHED).exists()
 
 
 def check_out(out: str | Path, *, overwrite: bool = False, resume: bool = False, locked: bool = False) -> None:
@@ -74,13 +62,13 @@ def check_out(out: str | Path, *, overwrite: bool = False, resume: bool = False,
     if not out.is_dir():
         return
     if not locked:
-        _refuse_live_lock(out / LOCK)
+        _refuse_live_lock(RunDir(out).lock)
     if resume:
         return
-    others = [p.name for p in out.iterdir() if p.name != LOCK]
+    others = [p.name for p in out.iterdir() if p.name != RunDir.LOCK]
     if not others:
         return
-    if not is_run(out):
+    if not RunDir(out).is_run():
         raise TlkitError(f"--out {out} holds other files ({', '.join(sorted(others)[:3])}"
                          f"{', ...' if len(others) > 3 else ''}), not a tlkit run: choose a new or empty folder")
     if not overwrite:
@@ -142,7 +130,7 @@ class RunLock:
 
     def __init__(self, out: str | Path):
         self.out = Path(out)
-        self.path = self.out / LOCK
+        self.path = RunDir(self.out).lock
         self.made_folder = False
         self.held = False
         self._sigterm = None  # the SIGTERM handler before the lock, while the lock handles it
@@ -198,9 +186,9 @@ class RunLock:
 def start(out: Path, *, overwrite: bool = False, resume: bool = False) -> None:
     """Before a run's first file: with `overwrite`, the old run's files go; RUN/.unfinished is
     written (see the module)."""
-    if overwrite and not resume and is_run(out):
+    if overwrite and not resume and RunDir(out).is_run():
         for entry in out.iterdir():
-            if entry.name == LOCK:
+            if entry.name == RunDir.LOCK:
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -208,10 +196,10 @@ def start(out: Path, *, overwrite: bool = False, resume: bool = False) -> None:
                 entry.unlink()
         log.info("--overwrite: removed the run that was in %s", out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / UNFINISHED).write_text("this run has not finished: its model.keras is missing or not its last\n",
+    RunDir(out).unfinished.write_text("this run has not finished: its model.keras is missing or not its last\n",
                                   encoding="utf-8")
 
 
 def finish(out: Path) -> None:
     """After a run's last file."""
-    (out / UNFINISHED).unlink(missing_ok=True)
+    RunDir(out).unfinished.unlink(missing_ok=True)

@@ -1,18 +1,4 @@
-"""The run directory: everything a run produces, in one folder, each file written atomically.
-
-    model.keras        the classifier (preprocessing inside; input float32 images in [0, 255])
-    labels.txt         class names, one a line, in the order of the model's outputs
-    recipe.toml        the resolved recipe: `tlkit finetune --recipe RUN/recipe.toml` repeats the run
-    blocks.json        the block map of the run's base ({block: [layer names]}, in order)
-    history.json       Keras' per-epoch history of every stage
-    metrics.json       validation accuracy and loss after each stage
-    checkpoints/best.keras   the model at the epoch with the lowest validation loss, over all stages
-    logs/              TensorBoard logs, one folder per stage
-    curves.png         loss and accuracy per epoch over all stages (redrawn during training)
-    REPORT.md          what the run did, in words, with the validation report below
-    report.json, predictions.csv, confusion.png, top_losses.png   the validation split's evaluation
-    .lock              while a run writes the folder: its PID and host (tlkit.rundir.guard)
-    .unfinished        from a run's first file to its last: the run has not finished
+"""Loading a run directory (its files: tlkit.rundir.files): its model, labels and recipe.
 
 Which model a command uses (`--checkpoint`, the same rule in evaluate, predict, export and
 visualize): "final" (the default) is `model.keras`, the model as the run ended: the weights of
@@ -35,14 +21,14 @@ import tlkit.models.preprocessing  # noqa: F401  (likewise: the preprocessing of
 from tlkit._util.io import write_text_atomic
 from tlkit.errors import TlkitError
 from tlkit.recipe.schema import Recipe
-from tlkit.rundir.guard import is_unfinished
+from tlkit.rundir.files import RunDir
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = {
-    "final": ("model.keras", "the model as the run ended: last epoch of the last stage, or its best epoch "
+    "final": (RunDir.MODEL, "the model as the run ended: last epoch of the last stage, or its best epoch "
               "with early stopping"),
-    "best": ("checkpoints/best.keras", "the epoch with the lowest validation loss over all stages"),
+    "best": (RunDir.BEST, "the epoch with the lowest validation loss over all stages"),
 }
 
 def write_labels(path: str | Path, classes: list[str]) -> None:
@@ -101,13 +87,13 @@ def load_run(path: str | Path, checkpoint: str = "final") -> Run:
     path = Path(path)
     model_file = path / CHECKPOINTS[checkpoint][0] if path.is_dir() else path
     folder = path if path.is_dir() else path.parent
-    if folder.name == "checkpoints" and not (folder / "labels.txt").is_file():
+    if folder.name == RunDir.CHECKPOINTS and not RunDir(folder).labels.is_file():
         folder = folder.parent  # RUN/checkpoints/best.keras given as a file
     best = folder / CHECKPOINTS["best"][0]
-    if checkpoint == "final" and path.is_dir() and model_file.is_file() and is_unfinished(folder):
+    if checkpoint == "final" and path.is_dir() and model_file.is_file() and RunDir(folder).unfinished.exists():
         log.warning("%s is unfinished (it stopped after writing %s, before its report)", folder, model_file.name)
     if checkpoint == "final" and path.is_dir() and not model_file.is_file() and best.is_file():
-        state = folder / "checkpoints" / "resume" / "state.json"
+        state = RunDir(folder).resume_state
         job = json.loads(state.read_text(encoding="utf-8"))["job"] if state.is_file() else "finetune"
         log.warning("%s is unfinished (it stopped before writing %s; `tlkit %s --resume %s` goes on with it): "
                     "using its best checkpoint, %s", folder, model_file.name, job, folder, best)
@@ -116,16 +102,16 @@ def load_run(path: str | Path, checkpoint: str = "final") -> Run:
         hint = ("; it is written at the first epoch with a validation loss" if checkpoint == "best" and path.is_dir()
                 else ": pass a run directory made by `tlkit finetune` or `tlkit train`")
         raise TlkitError(f"no model at {model_file}{hint}")
-    if not (folder / "labels.txt").is_file():
+    if not RunDir(folder).labels.is_file():
         raise TlkitError(f"no labels.txt beside {model_file}: a run directory holds both")
     model = load_model(model_file)
-    labels = read_labels(folder / "labels.txt")
+    labels = read_labels(RunDir(folder).labels)
     outputs = model.outputs[0].shape[-1] if len(model.outputs) == 1 else None
     if outputs != len(labels):
-        raise TlkitError(f"{folder / 'labels.txt'} has {len(labels)} class names but {model_file} has "
+        raise TlkitError(f"{RunDir(folder).labels} has {len(labels)} class names but {model_file} has "
                          f"{outputs if outputs is not None else len(model.outputs)} outputs: fix labels.txt to one "
                          "name a line, in the order of the model's outputs")
-    recipe_file = folder / "recipe.toml"
+    recipe_file = RunDir(folder).recipe
     recipe = Recipe.load(recipe_file) if recipe_file.is_file() else Recipe()
     return Run(folder, model, labels, recipe, model_file, checkpoint)
 
@@ -135,7 +121,7 @@ def load_model(path: str | Path, safe_mode: bool = True) -> keras.Model:
     tlkit's own layers registered. Models of keras.applications and EfficientNet-Lite bases load
     with Keras alone; the canon's layers and TF Hub bases need tlkit (imported here)."""
     path = Path(path)
-    file = path / "model.keras" if path.is_dir() else path
+    file = RunDir(path).model if path.is_dir() else path
     try:
         return keras.saving.load_model(file, safe_mode=safe_mode)
     except TlkitError:

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tlkit._util.io import save_model_atomic, write_atomic, write_json_atomic
 from tlkit.errors import TlkitError
 from tlkit.recipe.kinds import STAGES, StageKind, StageParams, amount
+from tlkit.rundir.files import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,13 @@ def run(ctx, index: int, params: Autoencoder):
     run's base."""
     import tensorflow as tf
 
-    from tlkit.data import pipeline as tldata  # TensorFlow, as above
+    from tlkit.data import folders, splits  # TensorFlow, as above
+    from tlkit.data import pipeline as tldata
     from tlkit.models.autoencoder import corrupt
 
     r = ctx.recipe
     if params.data:
-        train, val = tldata.split(tldata.scan_unlabeled(params.data, skip_bad=r.skip_bad), r.val_split, r.seed)
+        train, val = splits.split(folders.scan_unlabeled(params.data, skip_bad=r.skip_bad), r.val_split, r.seed)
         log.info("autoencoder: %d training and %d validation images from %s", len(train), len(val), params.data)
     else:
         train, val = ctx.train, ctx.val
@@ -146,8 +148,8 @@ def save_pretrained(autoencoder, folder: Path, grid_files, noise: float):
     from tlkit.data.pipeline import load_images  # TensorFlow, as above
 
     base = encoder_base(autoencoder, str(folder))
-    save_model_atomic(base.model, folder / "base.keras")
-    write_json_atomic(folder / "blocks.json", {block.name: list(block.layers) for block in base.blocks})
+    save_model_atomic(base.model, RunDir(folder).base)
+    RunDir(folder).write_blocks(base.blocks)
     write_json_atomic(folder / "base.json", {"pooling": POOLING[0], "why": POOLING[1]})
     save_model_atomic(autoencoder, folder / "autoencoder.keras")
     images = load_images(grid_files, autoencoder.input_shape[1:3], autoencoder.input_shape[-1])

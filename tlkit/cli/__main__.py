@@ -1,0 +1,4 @@
+"""`python -m tlkit.cli`, as the `tlkit` command."""
+from tlkit.cli import main
+
+main()

@@ -1,0 +1,426 @@
+"""Folders of images: scan and check them (every file, before any training), hash them, and say
+what is wrong with a bad one. A data folder holds one sub-folder per class: `DIR/<class>/<image>`
+(deeper sub-folders inside a class are searched too).
+
+Every scanned file is also hashed (SHA-256 of its bytes, from the same read that checks it), so
+that copies of one content are found: within a class they count once, across two classes they
+are an error (the label is ambiguous), and a split never puts one content on both sides.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import logging
+import os
+import stat
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
+
+from tlkit.data.decode import decoded_shape
+from tlkit.errors import TlkitError
+
+log = logging.getLogger(__name__)
+
+
+# progress(done, total): called while files are checked, first with done=0
+Progress = Callable[[int, int], None]
+
+
+IMAGE_EXTENSIONS = (".avif", ".bmp", ".gif", ".heic", ".heif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+
+# Images that would decode to more pixels are refused by name: Pillow's decompression-bomb limit
+# (about 89.5 megapixels). A JPEG counts at 1/8 of its size, the scale every path decodes it at
+# when it is large, so a 12,000 x 12,000 photo is taken and a PNG of that size is not.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+# Decodes of more pixels than this (after any JPEG reduction) run one at a time in the scan, so
+# its threads never hold several huge images at once: a 9,000 x 9,000 PNG alone is 243 MB.
+_LARGE_DECODE = 16_000_000
+
+
+_large_decodes = threading.BoundedSemaphore(1)
+
+
+_MAX_LISTED = 50  # bad files listed in one error; the rest are counted
+
+
+@dataclass
+class ImageSet:
+    """The images of a class-folder dataset, in scan order, with their integer labels."""
+
+    root: Path
+    classes: list[str]
+    files: list[Path] = field(repr=False)
+    labels: list[int] = field(repr=False)
+    # files the scan skipped, with the reason; kept on subsets so a split still reports them
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    # SHA-256 of each file's bytes, parallel to `files` (empty for a set not made by a scan)
+    digests: list[str] = field(default_factory=list, repr=False)
+    # (copy, kept): files left out because an earlier file of the same class has the same content
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list, repr=False)
+    # (file, why): files in the folder that are not read at all (no image extension, no class)
+    ignored: list[tuple[Path, str]] = field(default_factory=list, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, indices: Sequence[int]) -> ImageSet:
+        return replace(
+            self, files=[self.files[i] for i in indices], labels=[self.labels[i] for i in indices],
+            digests=[self.digests[i] for i in indices] if self.digests else [],
+        )
+
+    def counts(self) -> list[int]:
+        """Images per class, in the order of `classes`."""
+        return np.bincount(np.asarray(self.labels, np.int64), minlength=len(self.classes)).tolist()
+
+
+def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, min_per_class: int = 1,
+         progress: Progress | None = None) -> ImageSet:
+    """Find the classes and images under `root` and check that every image decodes.
+
+    Classes are the sub-folders, sorted by name, unless `classes` gives the list and its order
+    (a trained model's labels); then a sub-folder outside it is an error, and classes without a
+    folder are allowed. Hidden files and folders are ignored; files without an image extension, and
+    files beside the class folders, are not read and are listed in `ignored`, with the reason.
+    Each image is decoded the way training will decode it (a large JPEG at 1/8 of its size, which
+    still reads all of it), so a bad file is found now
+    rather than mid-training: by default one TlkitError lists them all; with `skip_bad` they are
+    left out and recorded in `skipped`. `progress(done, total)` is called as files are checked.
+
+    Files with the same content (SHA-256 of the bytes): within a class the first in scan order is
+    kept and the copies are left out, listed in `duplicates`; in two classes they are an error
+    naming both paths, or with `skip_bad` every copy is skipped, with the reason.
+    """
+    root = _folder(root, "give a folder with one sub-folder per class")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        loose = any(_is_image_name(p) for p in root.iterdir() if p.is_file())
+        raise TlkitError(
+            f"no class sub-folders in '{printable(root)}': put each class's images in '{printable(root)}/<class>/'"
+            + (" (the images directly inside it have no class)" if loose else "")
+        )
+    for name in folders:
+        _check_class_name(name, root)
+    if classes is None:
+        classes = folders
+        if len(classes) == 1:
+            raise TlkitError(
+                f"only one class folder ('{classes[0]}') in '{printable(root)}': a classifier needs at least 2 classes"
+            )
+    else:
+        classes = list(classes)
+        for name in folders:
+            if name not in classes:
+                raise TlkitError(
+                    f"folder '{name}' in '{printable(root)}' is not one of the model's classes ({', '.join(classes)}); "
+                    "remove it or use a folder with only those classes"
+                )
+
+    files, labels = [], []
+    ignored = [(p, "beside the class folders, so it has no class: move it into a class folder")
+               for p in sorted(root.iterdir()) if not p.name.startswith(".") and not p.is_dir()]
+    for label, name in enumerate(classes):
+        if name not in folders:
+            continue
+        found = _list_images(root / name, ignored)
+        if not found:
+            raise TlkitError(
+                f"class '{name}' has no images in '{printable(root / name)}'; add some or remove the folder"
+            )
+        files += found
+        labels += [label] * len(found)
+
+    digests, problems = _check_all(files, root, skip_bad, progress)
+    images = _without_copies(ImageSet(root, classes, files, labels, problems, digests, ignored=ignored), skip_bad)
+
+    counts = images.counts()
+    label_of = dict(zip(files, labels))
+    skipped = np.bincount([label_of[path] for path, _ in images.skipped], minlength=len(classes))
+    copies = np.bincount([label_of[copy] for copy, _ in images.duplicates], minlength=len(classes))
+    for label, name in enumerate(classes):
+        if name in folders and counts[label] < min_per_class:
+            raise TlkitError(
+                f"class '{name}' has {n_images(counts[label])}"
+                + (f" ({skipped[label]} bad skipped)" if skipped[label] else "")
+                + (f" ({copies[label]} copies of its other images counted once)" if copies[label] else "")
+                + f"; need at least {min_per_class}"
+            )
+    return images
+
+
+def scan_unlabeled(root, *, skip_bad: bool = False, progress: Progress | None = None) -> ImageSet:
+    """Every image under `root`, directly in it or in sub-folders at any depth, for training without
+    labels (an autoencoder). Folder names are ignored: the set has one class, "unlabeled", so that
+    `split` draws a plain random validation split from it. Images are validated as in `scan`, and
+    copies of one content count once.
+    """
+    root = _folder(root, "give a folder of images (sub-folders are searched too)")
+    ignored = []
+    files = _list_images(root, ignored)
+    if not files:
+        raise TlkitError(f"no images in '{printable(root)}' or its sub-folders")
+    digests, problems = _check_all(files, root, skip_bad, progress)
+    images = _without_copies(ImageSet(root, ["unlabeled"], files, [0] * len(files), problems, digests,
+                                      ignored=ignored), skip_bad)
+    if not images.files:
+        raise TlkitError(f"every image in '{printable(root)}' is bad ({len(files)} skipped)")
+    return images
+
+
+def _without_copies(images: ImageSet, skip_bad: bool) -> ImageSet:
+    """`images` (all checked, bad ones in `skipped`) without bad files and extra copies of a content.
+
+    A scanned set holds each content once, so `split` cannot put one content on both sides."""
+    bad = {path for path, _ in images.skipped}
+    by_digest = defaultdict(list)  # digest -> indices of the good files with it, in scan order
+    for i, (path, digest) in enumerate(zip(images.files, images.digests)):
+        if path not in bad:
+            by_digest[digest].append(i)
+    keep, duplicates, conflicts = [], [], []
+    for indices in by_digest.values():
+        if len({images.labels[i] for i in indices}) > 1:
+            conflicts.append(indices)
+            continue
+        keep.append(indices[0])
+        duplicates += [(images.files[i], images.files[indices[0]]) for i in indices[1:]]
+    skipped = list(images.skipped)
+    if conflicts:
+        def where(i):
+            return f"'{printable(images.files[i])}' (class '{images.classes[images.labels[i]]}')"
+
+        if not skip_bad:
+            lines = [f"{len(conflicts)} {'image is' if len(conflicts) == 1 else 'images are'} filed under two "
+                     f"classes in '{printable(images.root)}' (same file content, so the label is ambiguous); "
+                     "keep each in one class, or pass --skip-bad to skip them:"]
+            lines += [f"  {' = '.join(where(i) for i in indices)}" for indices in conflicts[:_MAX_LISTED]]
+            if len(conflicts) > _MAX_LISTED:
+                lines.append(f"  ... and {len(conflicts) - _MAX_LISTED} more")
+            raise TlkitError("\n".join(lines))
+        for indices in conflicts:
+            for i in indices:
+                others = ", ".join(where(j) for j in indices if j != i)
+                skipped.append((images.files[i], f"same content as {others}: ambiguous label"))
+    keep.sort()
+    return replace(images.subset(keep), skipped=skipped, duplicates=duplicates)
+
+
+def check_images(paths: Sequence[Path], progress: Progress | None = None) -> list[tuple[Path, str]]:
+    """(path, problem) for each file that does not decode the way training decodes it."""
+    return [(p, problem) for p, (_, problem) in zip(paths, _inspect_all(paths, progress)) if problem]
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digests(paths: Sequence[Path]) -> list[str]:
+    # threads: hashlib releases the GIL while it hashes
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(file_digest, paths))
+
+
+def _inspect_all(paths: Sequence[Path], progress: Progress | None) -> list[tuple[str | None, str | None]]:
+    """(digest, problem) of each file, in order; `progress` hears of each as it is done."""
+    total = len(paths)
+    if progress:
+        progress(0, total)
+    results = []
+    # threads: reading, hashing and both decoders release the GIL
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for done, result in enumerate(pool.map(_inspect, paths), start=1):
+            results.append(result)
+            if progress:
+                progress(done, total)
+    return results
+
+
+def _check_all(files: list[Path], root: Path, skip_bad: bool, progress: Progress | None):
+    """The digest of every file (None for a file that cannot be read) and the bad files among
+    them; unless `skip_bad`, one error that names every bad file."""
+    log.info("checking %s in %s", n_images(len(files)), printable(root))
+    results = _inspect_all(files, progress)
+    problems = [(path, problem) for path, (_, problem) in zip(files, results) if problem]
+    if problems and not skip_bad:
+        advice = f" in '{printable(root)}'; fix or remove them, or pass --skip-bad to skip them"
+        raise TlkitError(bad_files_message(problems, advice))
+    return [digest for digest, _ in results], problems
+
+
+def _inspect(path: Path) -> tuple[str | None, str | None]:
+    """(SHA-256 of the bytes, None if the file decodes in full, by Pillow and the way training
+    decodes it, else what is wrong with it). Both decoders, because each accepts some damage the
+    other refuses: TensorFlow decodes a JPEG cut short (greying the missing rows), Pillow a PNG
+    missing its last bytes. The file is read once, for the hash and both decoders.
+
+    A file that is not a regular file (a named pipe, a socket, a device) is never opened: reading
+    a pipe would wait for a writer for ever. A JPEG is decoded at 1/8 of its size, an image over
+    MAX_PIXELS not at all, and large decodes one at a time, so the scan's memory stays bounded."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None, "not an image (not a regular file: a named pipe, socket or device)"
+        data = path.read_bytes()
+    except OSError as error:
+        return None, unreadable(path, error)
+    digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        return digest, "empty file"
+    try:
+        with _pillow_open(data) as image:
+            size = image.size
+        if size[0] * size[1] > MAX_PIXELS:
+            return digest, _too_large(size)
+        with _large_decodes if size[0] * size[1] > _LARGE_DECODE else contextlib.nullcontext():
+            with _pillow_open(data) as image:
+                image.load()
+            decoded_shape(tf.constant(data))
+    except Image.DecompressionBombError:  # over twice MAX_PIXELS: Pillow refuses to open it
+        return digest, _too_large(None)
+    except UnidentifiedImageError:
+        if data[:4] in (b"II*\0", b"MM\0*"):
+            return digest, ("a TIFF of a kind Pillow cannot read (for example float RGB or 64-bit samples); "
+                            "save it as 8- or 16-bit, or as float gray")
+        if data[4:8] == b"ftyp":  # the ISO media formats of phones: HEIC, and AVIF where Pillow lacks it
+            kind = "AVIF" if data[8:12] in (b"avif", b"avis") else "HEIC/HEIF"
+            return digest, (f"a {kind} image, which this installation cannot read (Pillow has no "
+                            f"{kind.split('/')[-1]} plugin here): convert it to JPEG or PNG")
+        return digest, "not an image (no image format recognised in it)"
+    except tf.errors.OpError:
+        return digest, ("corrupt or truncated image "
+                        "(Pillow reads it but TensorFlow cannot decode it; often a file cut short)")
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad data
+        return digest, f"{'truncated' if 'truncated' in str(error).lower() else 'corrupt'} image ({error})"
+    return digest, None
+
+
+def _pillow_open(data: bytes) -> Image.Image:
+    """The image in `data`, a JPEG set to decode at 1/8 of its size (its `size` is then that
+    size). A JPEG is opened without `Image.open`, whose decompression-bomb check counts it at full
+    size."""
+    opener = JpegImagePlugin.JpegImageFile if data[:3] == b"\xff\xd8\xff" else Image.open
+    image = opener(io.BytesIO(data))
+    image.draft(image.mode, (1, 1))
+    return image
+
+
+def _too_large(size: tuple[int, int] | None) -> str:
+    pixels = f"{size[0]} x {size[1]} pixels, " if size else ""
+    return (f"image too large ({pixels}over the limit of {MAX_PIXELS:,} pixels, Pillow's decompression-bomb "
+            "limit); shrink it")
+
+
+def unreadable(path: Path, error: OSError) -> str:
+    """Why `path` cannot be read, from the error opening it: a link loop and a dangling link by name."""
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop (the link leads back to itself); remove it or point it at an image"
+    if error.errno == errno.ENOENT:
+        if path.is_symlink():
+            return f"dangling symbolic link (its target '{printable(os.readlink(path))}' does not exist)"
+        return "no such file"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "cannot be read (no permission)"
+    if error.errno == errno.EISDIR:
+        return "is a folder, not an image file"
+    return f"cannot be read ({error.strerror})"
+
+
+def _folder(root, advice: str) -> Path:
+    root = Path(root)
+    if not root.exists():
+        raise TlkitError(f"data folder '{printable(root)}' does not exist")
+    if not root.is_dir():
+        raise TlkitError(f"data path '{printable(root)}' is not a folder; {advice}")
+    return root
+
+
+def printable(path) -> str:
+    """A path as text, the bytes of a name that is not valid UTF-8 shown as \\x escapes (such a
+    name is held as lone surrogates, which no console or UTF-8 file can print)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _check_class_name(name: str, root: Path) -> None:
+    """A class name must be one line of valid UTF-8: labels.txt holds one name a line."""
+    if printable(name) != name:
+        raise TlkitError(
+            f"class folder name '{printable(name)}' in '{printable(root)}' is not valid UTF-8, so it cannot be "
+            "written to labels.txt: rename the folder"
+        )
+    if name.splitlines() != [name]:
+        raise TlkitError(
+            f"class folder name {name!r} in '{printable(root)}' holds a line break, so it cannot be one line "
+            "of labels.txt: rename the folder"
+        )
+
+
+def _is_image_name(path: Path) -> bool:
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _list_images(folder: Path, ignored: list[tuple[Path, str]]) -> list[Path]:
+    """The image files under `folder`, at any depth; the other files (not hidden) are added to
+    `ignored` with the reason."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            if _is_image_name(path):
+                found.append(path)
+            elif not name.startswith("."):
+                ignored.append((path, _not_an_image_name(path)))
+    return found
+
+
+# the first bytes of the formats Pillow reads here, to name an image that lacks its extension
+_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"GIF8": "GIF", b"BM": "BMP", b"II*\0": "TIFF",
+          b"MM\0*": "TIFF"}
+
+
+def _not_an_image_name(path: Path) -> str:
+    """Why a file without an image extension is not read; a regular file's first bytes are
+    looked at, to say when it is an image all the same."""
+    head = b""
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):  # never open a pipe: reading it could wait for ever
+            with open(path, "rb") as f:
+                head = f.read(16)
+    except OSError:
+        pass
+    kind = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "WebP"
+    extensions = ", ".join(IMAGE_EXTENSIONS)
+    if kind:
+        return f"a {kind} image without an image extension: rename it with one ({extensions}) to use it"
+    return f"not an image file name ({path.suffix or 'no extension'}; images end in {extensions})"
+
+
+def n_images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
+def bad_files_message(problems: list[tuple[Path, str]], advice: str) -> str:
+    n = len(problems)
+    lines = [f"{n} bad image {'file' if n == 1 else 'files'}{advice}:"]
+    lines += [f"  {printable(path)}: {problem}" for path, problem in problems[:_MAX_LISTED]]
+    if n > _MAX_LISTED:
+        lines.append(f"  ... and {n - _MAX_LISTED} more")
+    return "\n".join(lines)
