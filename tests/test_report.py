@@ -7,12 +7,14 @@ import pytest
 from PIL import Image
 from sklearn.metrics import accuracy_score, classification_report
 
+import tlkit.stages  # noqa: F401  (registers the stage kinds, which describe their stages)
 from tlkit.engine.curves import TrainingCurves
 from tlkit.errors import TlkitError
 from tlkit.evaluation.gradcam import gradcam, gradcam_layer
 from tlkit.evaluation.metrics import classification_table, confusion_matrix, format_table, most_confused
 from tlkit.evaluation.plots import plot_confusion
 from tlkit.evaluation.predict import image_files, tta_view
+from tlkit.recipe.schema import builtin_recipes
 
 CLASSES = ["ant", "bee", "cat", "dog"]
 # a fixed prediction set: dog is never in the truth, cat never predicted
@@ -173,3 +175,34 @@ def test_gradcam_takes_the_feature_map_of_a_pooling_that_also_gives_its_switches
     # the evidence for one class is the evidence against the other: one of the two has heat
     other, _ = gradcam(model, images, "pool", classes=1 - probabilities.argmax(axis=1))
     assert np.maximum(heat, other).max(axis=(1, 2)) == pytest.approx([1.0, 1.0])
+
+
+@pytest.mark.parametrize("name", sorted(builtin_recipes()))
+def test_report_md_says_what_every_built_in_recipe_does(name, tmp_path):
+    """REPORT.md's recipe section, for each built-in recipe as it resolves: the augmentation it
+    draws, the batch size, label smoothing, and each stage with its own settings (epochs, rate,
+    schedule and warmup, blocks unfrozen and their decay, the autoencoder's decoder and noise)."""
+    from tlkit.data.augment import of as augmentation_of
+    from tlkit.data.folders import ImageSet
+    from tlkit.evaluation.report import run_markdown
+    from tlkit.recipe.kinds import amount, resolve, stage_params
+
+    recipe = resolve(name, base="lenet5", data=str(tmp_path), check_base_name=False)
+    images = ImageSet(tmp_path, ["a", "b"], [tmp_path / "a.png", tmp_path / "b.png"], [0, 1])
+    md = run_markdown(tmp_path, ["a", "b"], images, images, recipe, [], None, False)
+    said = md[md.index("## Recipe"):md.index("## Results")]
+    assert f"Batch size {recipe.batch_size}, augmentation: {augmentation_of(recipe).describe()}" in said
+    assert ("augmentation: off" in said) == (recipe.augment in ("none", False))
+    assert (f"label smoothing {recipe.label_smoothing:g}" in said) == bool(recipe.label_smoothing)
+    lines = [line for line in said.splitlines() if line[:1].isdigit()]
+    assert len(lines) == len(recipe.stages)
+    for line, stage in zip(lines, recipe.stages):
+        params = stage_params(stage)
+        assert f"**{stage.kind}**" in line and amount(params) in line, line
+        if stage.kind == "finetune":
+            assert f"top {params.unfreeze} block" in line
+            assert (f"{params.layer_decay:g} times the rate" in line) == (params.layer_decay != 1)
+        if stage.kind == "autoencoder":
+            assert f"{params.decoder} decoder, input noise {params.noise:g}" in line
+        if params.schedule != "constant":
+            assert f"{params.schedule} schedule" in line

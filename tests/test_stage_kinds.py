@@ -15,7 +15,7 @@ KINDS = list(STAGES)
 
 
 def test_the_built_in_kinds_are_registered():
-    assert set(KINDS) == {"head", "finetune", "extract", "train", "autoencoder"}
+    assert {"head", "finetune", "extract", "train", "autoencoder"} <= set(KINDS)
 
 
 @pytest.mark.parametrize("kind", KINDS)

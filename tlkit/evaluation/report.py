@@ -75,6 +75,8 @@ def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: di
            + f". Batch size {recipe.batch_size}, augmentation: {augmentation_of(recipe).describe()}"
            + (f", early stopping after {recipe.early_stopping} epochs without a better validation loss (each stage "
               "ends with its best epoch's weights)" if recipe.early_stopping else "")
+           + (f", label smoothing {recipe.label_smoothing:g}" if recipe.label_smoothing else "")
+           + (f", class weights {recipe.class_weight}" if recipe.class_weight != "none" else "")
            + (", mixed precision" if recipe.mixed_precision else "") + ". The stages, in order:", ""]
     md += [f"{i}. **{s.kind}**: {STAGES.get(s.kind).describe(s, recipe, blocks, len(classes))}."
            for i, s in enumerate(recipe.stages, start=1)]
