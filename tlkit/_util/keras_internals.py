@@ -21,9 +21,9 @@ hash_file = file_utils.hash_file
 
 # Iterators `fit` makes over a dataset of known length per epoch: one as the epoch begins, and one
 # it makes as the epoch ends and then drops (EpochIterator._enumerate_iterator). A resumed run
-# makes as many to draw the same shuffle and augmentation seeds (tests/test_resume.py checks it).
+# makes as many to draw the same shuffle and augmentation seeds (tests/engine/test_resume.py checks it).
 # Under a tf.distribute strategy `fit` distributes the dataset, and each of its iterators still
-# makes one of the dataset's: the same count (tests/test_distribute.py checks it, mirrored and
+# makes one of the dataset's: the same count (tests/engine/test_distribute.py checks it, mirrored and
 # multi-worker).
 ITERATORS_PER_EPOCH = 2
 

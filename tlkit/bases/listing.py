@@ -6,7 +6,7 @@ downloads (name, origin, hash). It is generated from the models themselves:
 
     python -m tlkit.bases.listing --update      # rebuild every base, rewrite tlkit/bases/catalog.json
 
-and tests/test_block_maps.py checks it against freshly built models. Keras does not publish its
+and tests/bases/test_block_maps.py checks it against freshly built models. Keras does not publish its
 weights files in a table: each application passes them to `get_file` as it builds, so the
 catalogue records that call (`recorded_downloads`) instead of making it.
 """

@@ -27,7 +27,7 @@ from tlkit.data import pipeline as data
 from tlkit.data.report import DataReport
 from tlkit.errors import TlkitError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def python(script: str, *args, timeout: int = 120) -> subprocess.CompletedProcess:

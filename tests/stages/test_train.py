@@ -9,7 +9,7 @@ import pytest
 from tlkit.evaluation.predict import evaluate, predict
 from tlkit.jobs import train
 
-DIGITS = Path(__file__).resolve().parents[1] / "data_samples" / "digits"
+DIGITS = Path(__file__).resolve().parents[2] / "data_samples" / "digits"
 
 
 @pytest.fixture(scope="module")

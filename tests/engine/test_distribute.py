@@ -26,7 +26,7 @@ TRAINING = ["--base", "lenet5", "--weights", "none", "--image-size", "32", "--ba
 
 
 def environment(tmp_path: Path, **extra) -> dict:
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
            "TLKIT_CACHE": str(tmp_path / "cache"),
            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}

@@ -18,7 +18,7 @@ from tlkit.data import pipeline as data
 from tlkit.errors import TlkitError
 from tlkit.rundir import load as rundir
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data_samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 
 
 @pytest.fixture

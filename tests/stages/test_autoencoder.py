@@ -271,7 +271,7 @@ def test_an_autoencoder_base_gets_flatten_pooling_by_default_recorded_and_overri
     assert Recipe.load(tmp_path / "plain_run" / "recipe.toml").pooling == "avg"
 
 
-DIGITS = Path(__file__).resolve().parents[1] / "data_samples" / "digits"
+DIGITS = Path(__file__).resolve().parents[2] / "data_samples" / "digits"
 
 
 def digits_subset(root: Path, per_class: int) -> Path:
@@ -299,7 +299,7 @@ def test_a_denoising_autoencoder_validates_on_noisy_inputs_and_reconstructs_clea
     assert clean_mse < 3 * noisy_mse
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_commands(*starts: str) -> list[list[str]]:

@@ -12,7 +12,7 @@ import pytest
 
 from tlkit.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The run: head 2 epochs, finetune 3 epochs; augmentation and dropout draw random numbers, early
 # stopping keeps state across epochs: everything a resume must give back.

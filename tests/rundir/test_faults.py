@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUN = ["finetune", "--base", "lenet5", "--weights", "none", "--image-size", "32", "--batch-size", "8", "--seed", "1"]
 FULL = "no space left on its device: free some space or choose another disk"
 

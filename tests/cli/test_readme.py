@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from tlkit import cli as tlkit_cli
 from tlkit.engine import frozen as features
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 

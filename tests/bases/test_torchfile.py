@@ -16,6 +16,7 @@ import types
 import zipfile
 from collections import OrderedDict
 from importlib.metadata import files
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -261,3 +262,47 @@ def test_shipped_efficientnet_lite0_checkpoint(shipped):
     assert sum(value.size for value in weights.values()) == 4_694_024
     assert all(value.dtype == np.float32 and np.isfinite(value).all() for value in weights.values())
     assert (shipped["_bn0.running_var"] >= 0).all()
+
+
+def _lying_zip(path: Path, pickled: bytes, data: bytes) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("ckpt/data.pkl", pickled)
+        archive.writestr("ckpt/data/0", data)
+
+
+def test_pytorch_checkpoints_that_claim_more_memory_than_they_hold_are_refused(fake_torch, tmp_path):
+    from tlkit.bases.torchfile import load_torch_checkpoint
+
+    class Lying(CheckpointPickler):
+        def persistent_id(self, obj):
+            pid = super().persistent_id(obj)
+            return pid and pid[:4] + (10**12,)
+
+    buffer = io.BytesIO()
+    Lying(buffer, legacy=False).dump({"w": Tensor(Storage("0", np.zeros(4, np.float32)), 0, (4,), (1,))})
+    huge = tmp_path / "huge.pth"
+    _lying_zip(huge, buffer.getvalue(), np.zeros(4, np.float32).tobytes())
+    with pytest.raises(TlkitError, match=r"huge.pth.*claim .* bytes"):
+        load_torch_checkpoint(huge)
+
+    buffer = io.BytesIO()
+    CheckpointPickler(buffer, legacy=False).dump(
+        {"w": Tensor(Storage("0", np.zeros(1, np.float32)), 0, (10**6, 10**6), (0, 0))})
+    broadcast = tmp_path / "broadcast.pth"
+    _lying_zip(broadcast, buffer.getvalue(), np.zeros(1, np.float32).tobytes())
+    with pytest.raises(TlkitError, match=r"broadcast.pth.*more elements than its storage"):
+        load_torch_checkpoint(broadcast)
+
+    buffer = io.BytesIO()
+    CheckpointPickler(buffer, legacy=False).dump({"w": Tensor(Storage("0", np.zeros(4, np.float32)), 0, (4,), (1,))})
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("ckpt/data.pkl", buffer.getvalue())
+        archive.writestr("ckpt/data/0", bytes(50_000_000))
+    with pytest.raises(TlkitError, match=r"bomb.pth.*unpacks to"):
+        load_torch_checkpoint(bomb)
+
+    code = tmp_path / "code.pth"
+    code.write_bytes(pickle.dumps(os.system, protocol=2))
+    with pytest.raises(TlkitError, match=r"code.pth"):
+        load_torch_checkpoint(code)
