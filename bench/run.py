@@ -191,14 +191,15 @@ def child_p3(args):
         images = sum(len(y) for _, y in train)
     else:
         from tlkit.jobs import finetune
+        from tlkit.rundir.files import RunDir
 
         with tempfile.TemporaryDirectory() as tmp:
-            ctx = finetune(BASE, str(DATA), out=f"{tmp}/run", image_size=SIZE, batch_size=BATCH, seed=0,
+            run = finetune(BASE, str(DATA), out=f"{tmp}/run", image_size=SIZE, batch_size=BATCH, seed=0,
                            cache_images="memory" if "cache_memory" in variant else "none",
                            mixed_precision="mixed_precision" in variant, jit="jit" in variant,
                            distribute="mirrored" if "mirrored" in variant else "none",
                            stages={"head": {"epochs": 0}, "finetune": {"epochs": EPOCHS, "unfreeze": 1}}, verbose=0)
-            images = len(ctx.train)
+            images = json.loads(RunDir(run.path).metrics.read_text())["train_images"]
     epochs = timer.fits[-1]
     return {"images": images, "epochs_s": epochs, "rate": later_rate(epochs, images),
             "total_s": time.perf_counter() - start}

@@ -83,10 +83,10 @@ def test_every_public_name_works_every_time(tiny_images, tmp_path):
         assert (tmp_path / f"pretrain{attempt}" / "base.keras").is_file()
     image = next((tiny_images / "red").iterdir())
     for attempt in range(2):
-        metrics = tlkit.evaluate(run.out, tiny_images, tmp_path / f"evaluation{attempt}.json")
+        metrics = tlkit.evaluate(run.path, tiny_images, tmp_path / f"evaluation{attempt}.json")
         assert metrics["images"] == 24
-        assert tlkit.predict(run.out, [image])[0].path == image
-        assert (tlkit.export(run.out, tmp_path / f"export{attempt}") / "saved_model.pb").is_file()
+        assert tlkit.predict(run.path, [image])[0].path == image
+        assert (tlkit.export(run.path, tmp_path / f"export{attempt}") / "saved_model.pb").is_file()
 
 
 def test_pretrain_recipe_repeats_from_another_folder(tiny_images, tmp_path):
@@ -116,7 +116,7 @@ def test_a_run_model_loads_with_keras_alone(base, tiny_images, tmp_path):
                          data=str(tiny_images), image_size=32, batch_size=8, out=tmp_path / "run", verbose=0)
     images = load_images(sorted((tiny_images / "green").iterdir())[:4], (32, 32))
     np.save(tmp_path / "images.npy", images)
-    expected = run.classifier.predict(images, verbose=0)
+    expected = run.model.predict(images, verbose=0)
     loaded = np.array(json.loads(python(BLOCKED, str(tmp_path / "run" / "model.keras"), str(tmp_path / "images.npy"))))
     np.testing.assert_allclose(loaded, expected, atol=1e-6)
 

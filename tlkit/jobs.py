@@ -36,7 +36,7 @@ from tlkit.recipe.kinds import STAGES, StageKind, StageOverrides, resolve, stage
 from tlkit.recipe.schema import Recipe
 from tlkit.rundir import guard as runguard
 from tlkit.rundir.files import RunDir
-from tlkit.rundir.load import write_labels
+from tlkit.rundir.load import Run, write_labels
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +47,20 @@ def default_out(name: str) -> Path:
 
 def finetune(base: str | None = None, data: str | None = None, recipe=None, out: str | Path | None = None, *,
              stages: StageOverrides | None = None, verbose: str | int = "auto", job: str = "finetune",
-             overwrite: bool = False, **settings) -> RunContext:
+             overwrite: bool = False, **settings) -> Run:
     """Fine-tune a pretrained base on a folder of images; returns the finished run.
 
     `recipe` is a Recipe, a built-in name or a TOML path (default: classic). A recipe whose first
     stage is `autoencoder` needs no base: it pretrains its own. An existing run in `out` is
     replaced only with `overwrite` (tlkit.rundir.guard).
     """
-    recipe = resolve(recipe, base=base, data=data, stages=stages, **settings)
-    return run_recipe(recipe, None, Path(out) if out else default_out(recipe.base or "run"), verbose=verbose,
-                      job=job, overwrite=overwrite)
+    return run(resolve(recipe, base=base, data=data, stages=stages, **settings), out, job=job, verbose=verbose,
+               overwrite=overwrite)
 
 
 def extract(base: str | None = None, data: str | None = None, recipe="extract", out: str | Path | None = None, *,
             stages: StageOverrides | None = None, verbose: str | int = "auto", overwrite: bool = False,
-            **settings) -> RunContext:
+            **settings) -> Run:
     """Feature-extraction mode: the frozen base runs once over the images (or its cached features
     are reused, see tlkit.engine.frozen), a head is trained on the features and attached to the base.
     The run directory is the same as `finetune`'s; `cache=DIR` sets the cache folder."""
@@ -71,12 +70,11 @@ def extract(base: str | None = None, data: str | None = None, recipe="extract", 
 
 def train(arch: str, data: str | None = None, recipe="scratch", out: str | Path | None = None, *,
           stages: StageOverrides | None = None, verbose: str | int = "auto", overwrite: bool = False,
-          **settings) -> RunContext:
+          **settings) -> Run:
     """Train a zoo architecture from scratch, with its own top, through the same engine and run
     directory as `finetune` (so the result evaluates, predicts and exports the same way)."""
-    recipe = resolve(recipe, base=arch, weights="none", data=data, stages=stages, **settings)
-    return run_recipe(recipe, None, Path(out) if out else default_out(arch), build=_zoo_builder(arch, recipe),
-                      verbose=verbose, job="train", overwrite=overwrite)
+    return run(resolve(recipe, base=arch, weights="none", data=data, stages=stages, **settings), out, job="train",
+               verbose=verbose, overwrite=overwrite)
 
 
 def _zoo_builder(arch: str, recipe):
@@ -100,38 +98,50 @@ def _zoo_builder(arch: str, recipe):
 
 def pretrain(data: str | None = None, out: str | Path | None = None, recipe="autoencoder", *,
              stages: StageOverrides | None = None, verbose: str | int = "auto", overwrite: bool = False,
-             **settings) -> RunContext:
+             **settings) -> Run:
     """Pretrain a convolutional autoencoder on a folder of unlabeled images (with or without class
     sub-folders); its run directory is a base for `finetune(base=RUN)`."""
-    recipe = resolve(recipe, data=data, stages=stages, **settings)
-    if [s.kind for s in recipe.stages] != ["autoencoder"]:
-        raise TlkitError(f"recipe {recipe.name} is not one autoencoder stage: run recipes with more stages "
-                         "through `tlkit finetune --recipe`")
-    return run_recipe(recipe, None, Path(out) if out else default_out("autoencoder"), verbose=verbose, job="pretrain",
-                      overwrite=overwrite)
+    return run(resolve(recipe, data=data, stages=stages, **settings), out, job="pretrain", verbose=verbose,
+               overwrite=overwrite)
 
 
-def resume(run: str | Path, *, verbose: str | int = "auto") -> RunContext:
+def resume(path: str | Path, *, verbose: str | int = "auto") -> Run:
     """Go on with the run in `run` that stopped (a crash, Ctrl-C, a killed machine) from the end
     of its last saved epoch, with the recipe it resolved; it ends as it would have."""
-    run = Path(run)
+    path = Path(path)
     # A worker other than the chief of a multi-worker run resumes from its own copy of the run, on
     # its own machine; the chief, or a run on one machine, from `run`. If this worker has nothing
     # to resume from, it stops here with that said, before the strategy: the other workers wait for
     # it to join until they are killed (run_recipe's check that all saved the same epoch needs them all).
     task = tf_config_task()
-    copy = worker_folder(run, *task) if task else None
-    saved = copy if copy is not None and ResumeState.read(copy) is not None else run
+    copy = worker_folder(path, *task) if task else None
+    saved = copy if copy is not None and ResumeState.read(copy) is not None else path
     state = ResumeState.read(saved)
     if state is None:
         where = f" (nor has this worker's copy of it, {copy})" if copy is not None else ""
-        raise TlkitError(f"{run} has nothing to resume from (no {RunDir.RESUME_STATE}){where}: "
-                         + ("it finished" if RunDir(run).model.is_file() else "there is no such folder"
-                            if not run.exists() else "it stopped before its first epoch ended, or is not a run "
+        raise TlkitError(f"{path} has nothing to resume from (no {RunDir.RESUME_STATE}){where}: "
+                         + ("it finished" if RunDir(path).model.is_file() else "there is no such folder"
+                            if not path.exists() else "it stopped before its first epoch ended, or is not a run "
                             "directory") + "; run it again")
     recipe = Recipe.load(RunDir(saved).recipe)
-    build = _zoo_builder(recipe.base, recipe) if state.job == "train" else None
-    return run_recipe(recipe, None, run, build=build, verbose=verbose, job=state.job, resume=True)
+    return run(recipe, path, job=state.job, verbose=verbose, resume=True)
+
+
+def run(recipe: Recipe, out: str | Path | None = None, *, job: str = "finetune", verbose: str | int = "auto",
+        overwrite: bool = False, resume: bool = False) -> Run:
+    """Run the resolved `recipe` (`resolve`, done once per request: by the job functions above,
+    or by the CLI, which checks it before TensorFlow loads) as `job` into `out` (default
+    runs/<base>-<time>); the finished run."""
+    if job == "pretrain" and [s.kind for s in recipe.stages] != ["autoencoder"]:
+        raise TlkitError(f"recipe {recipe.name} is not one autoencoder stage: run recipes with more stages "
+                         "through `tlkit finetune --recipe`")
+    out = Path(out) if out else default_out("autoencoder" if job == "pretrain" else recipe.base or "run")
+    build = _zoo_builder(recipe.base, recipe) if job == "train" else None
+    ctx = _run_resolved(recipe, None, out, build=build, verbose=verbose, job=job, resume=resume,
+                        overwrite=overwrite)
+    if not ctx.classes:  # a pretrain run: its model is the encoder, a base
+        return Run(out, ctx.base.model, [], ctx.recipe, RunDir(out).base, results=ctx.results, base=ctx.base)
+    return Run(out, ctx.classifier, ctx.classes, ctx.recipe, RunDir(out).model, results=ctx.results, base=ctx.base)
 
 
 def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.Model | None = None,
@@ -158,7 +168,15 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
     its lock throughout and is marked unfinished until its last file is written.
     """
     # a recipe made in Python gets its stages' defaults and absolute paths too
-    recipe = resolve(recipe, check_base_name=base is None and build is None)
+    return _run_resolved(resolve(recipe, check_base_name=base is None and build is None), base, Path(out),
+                         model=model, build=build, data=data, verbose=verbose, job=job, resume=resume,
+                         overwrite=overwrite)
+
+
+def _run_resolved(recipe: Recipe, base: Base | None, out: Path, *, model: keras.Model | None = None,
+                  build: BaseBuilder | None = None, data=None, verbose: str | int = "auto", job: str = "finetune",
+                  resume: bool = False, overwrite: bool = False) -> RunContext:
+    """`run_recipe` on a recipe already resolved."""
     # the strategy first: a multi-worker one can only be made before TensorFlow has run anything
     strategy = distribution_strategy(recipe.distribute)
     replicas = strategy.num_replicas_in_sync
@@ -166,24 +184,24 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
         # Keras averages the loss on each replica, then over replicas: uneven shares weigh unevenly
         log.warning("batch size %d does not split evenly over %d replicas: each step then weighs images "
                     "unevenly; pass a multiple of %d", recipe.batch_size, replicas, replicas)
-    run = Path(out)
+    run_dir = Path(out)
     chief = is_chief(strategy)
     if not chief:
         resolver = strategy.cluster_resolver
-        out = worker_folder(run, resolver.task_type, resolver.task_id)
+        out = worker_folder(run_dir, resolver.task_type, resolver.task_id)
         if not resume:
             # what a run that stopped left here; only now, once the strategy is made: that waits for
             # every worker, so the chief has accepted its --out (a mistaken rerun it refused, in place
             # of --resume, has not cost this worker its state)
             shutil.rmtree(out, ignore_errors=True)
         log.info("not the chief: writing this worker's copy of the run to %s, kept until the run ends so that "
-                 "--resume %s finds it here; the chief writes the run directory", out, run)
+                 "--resume %s finds it here; the chief writes the run directory", out, run_dir)
     if resume and recipe.distribute == "multiworker":
-        check_same_resume_state(strategy, ResumeState.read(Path(out)), run)
+        check_same_resume_state(strategy, ResumeState.read(Path(out)), run_dir)
     lock = runguard.claim(out, overwrite=overwrite, resume=resume)
     try:
         return _run_recipe(recipe, base, Path(out), model=model, build=build, data=data, verbose=verbose, job=job,
-                           resume=resume, overwrite=overwrite, run=run)
+                           resume=resume, overwrite=overwrite, run_dir=run_dir)
     finally:
         lock.release()
         if not chief and ResumeState.read(Path(out)) is None:  # it ended, or stopped with nothing to resume
@@ -191,8 +209,8 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
 
 
 def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, data, verbose, job, resume,
-                overwrite, run: Path) -> RunContext:
-    """`run_recipe` writing into `out`: `run` itself, or a worker's own copy of it."""
+                overwrite, run_dir: Path) -> RunContext:
+    """`run_recipe` writing into `out`: `run_dir` itself, or a worker's own copy of it."""
     state = ResumeState.read(out) if resume else None
     if resume and state is None:
         raise TlkitError(f"{out} has nothing to resume from (no {RunDir.RESUME_STATE}): it finished, or "
@@ -226,7 +244,7 @@ def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, d
             kind.run(ctx, index, stage)
     except KeyboardInterrupt:
         saved = ResumeState.read(out)
-        raise RunInterrupted(run, job, saved) from None
+        raise RunInterrupted(run_dir, job, saved) from None
     if state is not None and state.stage > len(kinds) and classes:  # every stage had ended: the last one's weights
         state.restore(ctx.classifier, None, None, None, None)
     if labelled:

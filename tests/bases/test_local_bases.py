@@ -144,7 +144,7 @@ def test_a_train_run_is_its_zoo_model_without_the_trained_top(tiny_images, tmp_p
     assert (base.source, base.input_size, [b.name for b in base.blocks]) == ("zoo", (32, 32), ["c1", "c3"])
     assert base.model.output_shape == (None, 5, 5, 16)
     for name in ("c1", "c3"):
-        np.testing.assert_array_equal(base.model.get_layer(name).kernel.numpy(), ctx.classifier.get_layer(name).kernel.numpy())
+        np.testing.assert_array_equal(base.model.get_layer(name).kernel.numpy(), ctx.model.get_layer(name).kernel.numpy())
 
 
 def test_a_base_directory_is_taken_whole(tmp_path):

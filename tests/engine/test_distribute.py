@@ -93,6 +93,7 @@ def test_mirrored_over_two_devices_gives_the_single_device_weights(tiny_images, 
         logging.basicConfig(level=logging.INFO)
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from tlkit.engine.strategy import distribution_strategy
         from tlkit.jobs import finetune
         stages = {{"head": {{"epochs": 2, "learning_rate": 0.01}},
                    "finetune": {{"epochs": 1, "learning_rate": 0.001, "unfreeze": 1}}}}
@@ -100,8 +101,8 @@ def test_mirrored_over_two_devices_gives_the_single_device_weights(tiny_images, 
             ctx = finetune("lenet5", {str(tiny_images)!r}, out={str(tmp_path)!r} + "/" + mode, weights="none",
                            image_size=32, batch_size=6, seed=1, dropout=0.0, cache_images="memory", distribute=mode,
                            stages=stages, verbose=0)
-            np.savez({str(tmp_path)!r} + "/" + mode + ".npz", *[v.numpy() for v in ctx.classifier.weights])
-            print(json.dumps({{"mode": mode, "replicas": ctx.strategy.num_replicas_in_sync}}))
+            np.savez({str(tmp_path)!r} + "/" + mode + ".npz", *[v.numpy() for v in ctx.model.weights])
+            print(json.dumps({{"mode": mode, "replicas": distribution_strategy(mode).num_replicas_in_sync}}))
     """)
     done = subprocess.run([sys.executable, "-c", script], env=environment(tmp_path), capture_output=True, text=True,
                           timeout=TIMEOUT)
@@ -294,7 +295,7 @@ def test_jit_compiles_the_train_step_and_trains_the_same(tiny_images, tmp_path):
         runs[jit] = finetune("lenet5", str(tiny_images), out=tmp_path / str(jit), weights="none", image_size=32,
                              batch_size=6, seed=1, dropout=0.0, jit=jit, stages={"head": {"epochs": 2}},
                              recipe="head_only", verbose=0)
-    assert runs[True].classifier.jit_compile is True and runs[False].classifier.jit_compile is False
+    assert runs[True].model.jit_compile is True and runs[False].model.jit_compile is False
     losses = [runs[jit].results[-1].history["loss"] for jit in (False, True)]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)  # XLA fuses ops: float rounding differs
     assert losses[0][1] < losses[0][0]

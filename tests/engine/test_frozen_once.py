@@ -68,7 +68,7 @@ def test_finetune_on_the_frozen_outputs_trains_as_on_the_images(tiny_images, tmp
     for every, once in zip(runs["none"].results, runs["memory"].results):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             np.testing.assert_allclose(once.history[key], every.history[key], rtol=1e-5, atol=1e-6, err_msg=key)
-    for a, b in zip(runs["none"].classifier.weights, runs["memory"].classifier.weights):
+    for a, b in zip(runs["none"].model.weights, runs["memory"].model.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
 
 

@@ -187,10 +187,10 @@ def test_an_autoencoder_stage_makes_the_encoder_the_base_of_the_stages_after_it(
     ctx = finetune(recipe=recipe, out=tmp_path / "run", verbose=0)  # no base: the recipe pretrains its own
     out = tmp_path / "run"
     assert ctx.base.source == "autoencoder" and ctx.base.channels == 1
-    assert ctx.classifier.input_shape == (None, 32, 32, 1)
+    assert ctx.model.input_shape == (None, 32, 32, 1)
     encoder = keras.models.load_model(out / "autoencoder" / "base.keras", safe_mode=True)
     for layer in encoder.layers:
-        for a, b in zip(layer.get_weights(), ctx.classifier.get_layer(BASE_LAYER).get_layer(layer.name).get_weights()):
+        for a, b in zip(layer.get_weights(), ctx.model.get_layer(BASE_LAYER).get_layer(layer.name).get_weights()):
             np.testing.assert_array_equal(a, b)  # the head stage left the pretrained encoder as it was
     assert (out / "blocks.json").read_text() == (out / "autoencoder" / "blocks.json").read_text()
     metrics = json.loads((out / "metrics.json").read_text())["stages"]

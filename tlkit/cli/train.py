@@ -30,8 +30,8 @@ JOB_RECIPES = {"finetune": "classic", "extract": "extract", "train": "scratch", 
 
 def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, resume=None, overwrite=None,
              **settings) -> None:
-    """Check the job's recipe and every option over it (tlkit.recipe.kinds.resolve: no TensorFlow,
-    so a mistake is told at once), then import TensorFlow and run the job on the result."""
+    """Resolve the job's recipe with every option over it (tlkit.recipe.kinds.resolve: no
+    TensorFlow, so a mistake is told at once), then import TensorFlow and run that recipe."""
     import tlkit.stages  # noqa: F401  (registers the stage kinds; imports no TensorFlow)
     from tlkit.recipe.kinds import needs_base, resolve
     from tlkit.rundir.guard import check_out
@@ -63,10 +63,8 @@ def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, res
     import_tensorflow(resolved.distribute)
     from tlkit import jobs
 
-    with _run_faults(obj):
-        getattr(jobs, job)(*args, recipe=recipe or JOB_RECIPES[job], stages=stages, out=out,
-                           verbose=obj["fit_verbose"], overwrite=bool(overwrite),
-                           **{k: v for k, v in settings.items() if job != "train" or k not in ("base", "weights")})
+    with _run_faults(obj):  # the recipe as resolved above: once per command
+        jobs.run(resolved, out, job=job, verbose=obj["fit_verbose"], overwrite=bool(overwrite))
 
 
 @contextlib.contextmanager

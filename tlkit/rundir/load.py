@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 
@@ -22,6 +23,10 @@ from tlkit._util.io import write_text_atomic
 from tlkit.errors import TlkitError
 from tlkit.recipe.schema import Recipe
 from tlkit.rundir.files import RunDir
+
+if TYPE_CHECKING:
+    from tlkit.bases import Base
+    from tlkit.engine.results import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,11 @@ def read_labels(path: str | Path) -> list[str]:
 
 @dataclass
 class Run:
-    """A finished run, loaded back from its directory."""
+    """A finished run: what `tlkit.finetune` and the other jobs return, and what `load_run` loads
+    back from its directory. `model` is the classifier (a pretrain run's: its encoder), `labels`
+    its classes in output order, `recipe` the resolved recipe; `results` (each stage's validation
+    loss and accuracy, history and seconds) and `base` are there when the run was made in this
+    process."""
 
     path: Path
     model: keras.Model
@@ -59,6 +68,8 @@ class Run:
     recipe: Recipe
     model_file: Path | None = None
     checkpoint: str = "final"
+    results: list[StageResult] = field(default_factory=list)
+    base: Base | None = None
 
     def describe(self) -> str:
         """Which weights these are, in one line: the file and the rule that chose it."""
