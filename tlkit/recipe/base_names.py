@@ -1,4 +1,5 @@
-"""The catalogue of registered bases (tlkit/bases/catalog.json): for every base its source,
+"""What a `--base` spec names, read in one place (`base_source`), and the catalogue of registered
+bases (tlkit/bases/catalog.json): for every base its source,
 default input size, parameter count, block names and, for a keras.applications base, the
 ImageNet weights file Keras downloads (name, origin, hash), so that `tlkit bases` and the offline
 hints need not build each base, and a base name is checked without TensorFlow. `tlkit.bases.listing`
@@ -7,9 +8,14 @@ writes it and lists it.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Container
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Literal
+
+from tlkit.errors import TlkitError
 
 CATALOG_FILE = Path(__file__).parent.parent / "bases" / "catalog.json"
 HUB_PREFIX = "hub:"  # `--base hub:HANDLE`: a TF Hub handle or SavedModel folder, not a catalogued name
@@ -40,3 +46,21 @@ class Entry:
 @cache
 def load_catalog() -> dict[str, Entry]:
     return {name: Entry.from_dict(data) for name, data in json.loads(CATALOG_FILE.read_text()).items()}
+
+
+def base_source(spec: str, names: Container[str]) -> Literal["hub", "name", "path"]:
+    """Which kind of source the `--base` spec names: "hub" (hub:HANDLE, tlkit.bases.hub), "name"
+    (one of `names`, the registered bases, or a name to suggest close ones for), "path" (a .keras
+    file, a run directory or a base directory that exists, tlkit.bases.local). A registered name
+    wins over a file of that name in the current folder. A spec that looks like a path but is not
+    there is refused here."""
+    if spec.startswith(HUB_PREFIX):
+        return "hub"
+    if spec in names:
+        return "name"
+    if Path(spec).exists():
+        return "path"
+    if "/" in spec or os.sep in spec or spec.endswith(".keras"):
+        raise TlkitError(f"base {spec} does not exist: pass a .keras file, a run directory, hub:HANDLE or a base "
+                         "name (see `tlkit bases`)")
+    return "name"

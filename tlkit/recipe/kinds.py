@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from tlkit._util.registry import Registry
 from tlkit.errors import TlkitError, unknown_name
-from tlkit.recipe.base_names import HUB_PREFIX, load_catalog
+from tlkit.recipe.base_names import base_source, load_catalog
 from tlkit.recipe.schema import Recipe, Stage, checked_fields, get_recipe, is_recipe_file
 
 
@@ -139,13 +139,10 @@ def check_base(recipe: Recipe) -> None:
     its name (close matches for a typo) and its number of blocks against every stage's
     `unfreeze`. Files, run directories and hub handles are checked when they are loaded."""
     spec = recipe.base
-    if not spec or spec.startswith(HUB_PREFIX) or Path(spec).exists():
-        return
     catalog = load_catalog()
+    if not spec or base_source(spec, catalog) != "name":
+        return
     if spec not in catalog:
-        if "/" in spec or os.sep in spec or spec.endswith(".keras"):
-            raise TlkitError(f"base {spec} does not exist: pass a .keras file, a run directory, hub:HANDLE or a "
-                             "base name (see `tlkit bases`)")
         raise unknown_name("base", spec, catalog, hint="run `tlkit bases` to list them")
     if recipe.base_layer:  # a cut base keeps only the blocks before the cut: known once it is loaded
         return
