@@ -51,79 +51,106 @@ def write_run_report(out: str | Path, model: keras.Model, classes: Sequence[str]
 
 def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: dict | None, curves: bool) -> str:
     """REPORT.md: what the run did and how well, in words and pictures."""
-    blocks = list(RunDir(out).read_blocks() or [])
+    md = [f"# Run {out.name}", "", _what_was_trained(recipe, classes, train, val), "", *_data(classes, train, val), "",
+          *_recipe(out, recipe, len(classes)), "", *_results(results, curves)]
+    if evaluation is not None:
+        md += _validation(evaluation)
+    val_losses = [v for r in results for v in r.history.get("val_loss", [])]
+    return "\n".join([*md, *_files_and_next(out, recipe, val_losses)])
+
+
+def _trained_from_scratch(recipe) -> bool:
+    return any(stage.kind == "train" for stage in recipe.stages)  # `tlkit train`: a zoo model, its own top
+
+
+def _what_was_trained(recipe, classes, train, val) -> str:
+    weights = {"imagenet": "ImageNet weights", "none": "random weights (no pretraining)"}.get(
+        recipe.weights, f"weights from {recipe.weights}")
+    what = (f"Architecture **{recipe.base}** trained from scratch" if _trained_from_scratch(recipe)
+            else f"Base **{recipe.base}** with {weights}")
+    return (f"{what}, input {recipe.image_size}x{recipe.image_size}, on "
+            f"{len(train)} training and {len(val)} validation images in {len(classes)} classes from `{recipe.data}`"
+            + (f" (validation images from `{recipe.val_data}`)." if recipe.val_data else
+               f" (a seeded, stratified split holding out {recipe.val_split:g} of each class, seed {recipe.seed})."))
+
+
+def _data(classes, train, val) -> list[str]:
     train_counts = np.bincount(train.labels, minlength=len(classes))
     val_counts = np.bincount(val.labels, minlength=len(classes))
     skipped = sorted({(str(p), why) for p, why in [*train.skipped, *val.skipped]})
-    md = [f"# Run {out.name}", ""]
-    weights = {"imagenet": "ImageNet weights", "none": "random weights (no pretraining)"}.get(
-        recipe.weights, f"weights from {recipe.weights}")
-    scratch = any(stage.kind == "train" for stage in recipe.stages)  # `tlkit train`: a zoo model, its own top
-    what = f"Architecture **{recipe.base}** trained from scratch" if scratch else f"Base **{recipe.base}** with {weights}"
-    md += [f"{what}, input {recipe.image_size}x{recipe.image_size}, on "
-           f"{len(train)} training and {len(val)} validation images in {len(classes)} classes from `{recipe.data}`"
-           + (f" (validation images from `{recipe.val_data}`)." if recipe.val_data else
-              f" (a seeded, stratified split holding out {recipe.val_split:g} of each class, seed {recipe.seed})."), ""]
-    md += ["## Data", "", "| class | training | validation |", "|---|---:|---:|"]
+    md = ["## Data", "", "| class | training | validation |", "|---|---:|---:|"]
     md += [f"| {c} | {t} | {v} |" for c, t, v in zip(classes, train_counts, val_counts)]
     md += [f"| **total** | {len(train)} | {len(val)} |", ""]
     if skipped:
-        md += [f"{len(skipped)} bad file(s) skipped (`--skip-bad`):", ""] + [f"- `{p}`: {why}" for p, why in skipped]
-    else:
-        md.append("No file was skipped: every image decoded.")
-    md += ["", "## Recipe", "", f"Recipe `{recipe.name}`" + (f": {recipe.description.rstrip('.')}" if recipe.description else "")
-           + f". Batch size {recipe.batch_size}, augmentation: {augmentation_of(recipe).describe()}"
-           + (f", early stopping after {recipe.early_stopping} epochs without a better validation loss (each stage "
-              "ends with its best epoch's weights)" if recipe.early_stopping else "")
-           + (f", label smoothing {recipe.label_smoothing:g}" if recipe.label_smoothing else "")
-           + (f", class weights {recipe.class_weight}" if recipe.class_weight != "none" else "")
-           + (", mixed precision" if recipe.mixed_precision else "") + ". The stages, in order:", ""]
-    md += [f"{i}. **{s.kind}**: {STAGES.get(s.kind).describe(s, recipe, blocks, len(classes))}."
+        return md + [f"{len(skipped)} bad file(s) skipped (`--skip-bad`):", ""] + [f"- `{p}`: {why}" for p, why in skipped]
+    return md + ["No file was skipped: every image decoded."]
+
+
+def _recipe(out: Path, recipe, classes: int) -> list[str]:
+    """The recipe in words: its settings, then each stage as its kind describes it."""
+    blocks = list(RunDir(out).read_blocks() or [])
+    md = ["## Recipe", "", f"Recipe `{recipe.name}`" + (f": {recipe.description.rstrip('.')}" if recipe.description else "")
+          + f". Batch size {recipe.batch_size}, augmentation: {augmentation_of(recipe).describe()}"
+          + (f", early stopping after {recipe.early_stopping} epochs without a better validation loss (each stage "
+             "ends with its best epoch's weights)" if recipe.early_stopping else "")
+          + (f", label smoothing {recipe.label_smoothing:g}" if recipe.label_smoothing else "")
+          + (f", class weights {recipe.class_weight}" if recipe.class_weight != "none" else "")
+          + (", mixed precision" if recipe.mixed_precision else "") + ". The stages, in order:", ""]
+    md += [f"{i}. **{s.kind}**: {STAGES.get(s.kind).describe(s, recipe, blocks, classes)}."
            for i, s in enumerate(recipe.stages, start=1)]
-    job = f"train --arch {recipe.base}" if scratch else "finetune"
-    md += ["", f"`recipe.toml` holds all of it: `tlkit {job} --recipe {out}/recipe.toml --out runs/again` repeats the run.", "", "## Results per stage", "",
-           "| stage | epochs run | val accuracy | val loss | seconds |", "|---|---:|---:|---:|---:|"]
+    job = f"train --arch {recipe.base}" if _trained_from_scratch(recipe) else "finetune"
+    return md + ["", f"`recipe.toml` holds all of it: `tlkit {job} --recipe {out}/recipe.toml --out runs/again` "
+                     "repeats the run."]
+
+
+def _results(results, curves: bool) -> list[str]:
+    md = ["## Results per stage", "", "| stage | epochs run | val accuracy | val loss | seconds |",
+          "|---|---:|---:|---:|---:|"]
     for i, r in enumerate(results, start=1):
         acc = "–" if r.val_accuracy is None else f"{r.val_accuracy:.4f}"
         md.append(f"| {i} {r.kind} | {len(r.history.get('loss', []))} | {acc} | {r.val_loss:.4f} | "
                   f"{r.seconds:.0f} |")
     md.append("")
-    val_losses = [v for r in results for v in r.history.get("val_loss", [])]
     if curves:
         md += ["![training curves](curves.png)", "", "`curves.png`: loss and accuracy per epoch across the stages "
                "(redrawn after every epoch while the run trains); the star is the epoch with the lowest validation loss.",
                ""]
-    if evaluation is not None:
-        md += ["## On the validation images", "",
-               f"Accuracy **{evaluation['accuracy']:.4f}**, loss {evaluation['loss']:.4f}, on {evaluation['images']} "
-               "images, with `model.keras`.", "", "| class | precision | recall | F1 | support |",
-               "|---|---:|---:|---:|---:|"]
-        table = evaluation["table"]
-        md += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
-               for r in table["classes"]]
-        md += [f"| *{name}* | {table[name]['precision']:.4f} | {table[name]['recall']:.4f} | {table[name]['f1']:.4f} "
-               f"| {table[name]['support']} |" for name in ("macro avg", "weighted avg")]
-        if evaluation["most_confused"]:
-            md += ["", "Most confused (true → predicted): " + ", ".join(
-                f"{t} → {p} ({n})" for t, p, n in evaluation["most_confused"][:5]) + "."]
-        md += ["", "![confusion matrix](confusion.png)", "", "![top losses](top_losses.png)", "",
-               "`top_losses.png`: the validation images the model got most wrong, each beside its Grad-CAM "
-               "(where in the image the model found the class it predicted). Every prediction is in "
-               "`predictions.csv`, the numbers in `report.json`.", ""]
-    md += ["## Model files", "",
-           "- `model.keras`: the model as the run ended: the weights of the last epoch of the last stage"
-           + (", or with early stopping that stage's best epoch" if recipe.early_stopping else "")
-           + ". Every command uses it by default (`--checkpoint final`)."]
+    return md
+
+
+def _validation(evaluation: dict) -> list[str]:
+    md = ["## On the validation images", "",
+          f"Accuracy **{evaluation['accuracy']:.4f}**, loss {evaluation['loss']:.4f}, on {evaluation['images']} "
+          "images, with `model.keras`.", "", "| class | precision | recall | F1 | support |",
+          "|---|---:|---:|---:|---:|"]
+    table = evaluation["table"]
+    md += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
+           for r in table["classes"]]
+    md += [f"| *{name}* | {table[name]['precision']:.4f} | {table[name]['recall']:.4f} | {table[name]['f1']:.4f} "
+           f"| {table[name]['support']} |" for name in ("macro avg", "weighted avg")]
+    if evaluation["most_confused"]:
+        md += ["", "Most confused (true → predicted): " + ", ".join(
+            f"{t} → {p} ({n})" for t, p, n in evaluation["most_confused"][:5]) + "."]
+    return md + ["", "![confusion matrix](confusion.png)", "", "![top losses](top_losses.png)", "",
+                 "`top_losses.png`: the validation images the model got most wrong, each beside its Grad-CAM "
+                 "(where in the image the model found the class it predicted). Every prediction is in "
+                 "`predictions.csv`, the numbers in `report.json`.", ""]
+
+
+def _files_and_next(out: Path, recipe, val_losses: list[float]) -> list[str]:
+    md = ["## Model files", "",
+          "- `model.keras`: the model as the run ended: the weights of the last epoch of the last stage"
+          + (", or with early stopping that stage's best epoch" if recipe.early_stopping else "")
+          + ". Every command uses it by default (`--checkpoint final`)."]
     if val_losses:
         best = int(np.argmin(val_losses))
         md.append(f"- `checkpoints/best.keras`: the epoch with the lowest validation loss over all stages, epoch "
                   f"{best + 1} of {len(val_losses)} (val loss {val_losses[best]:.4f}); `--checkpoint best` uses it.")
-    md += ["- `labels.txt` (class names in output order), `recipe.toml`, `blocks.json` (the base's blocks), "
-           "`history.json`, `metrics.json`, `logs/` (TensorBoard: `tensorboard --logdir " f"{out}/logs`).", "",
-           "## Next", "", "```",
-           f"tlkit evaluate --model {out} --data TEST_FOLDER            # a report like the one above, on new images",
-           f"tlkit predict  --model {out} PHOTOS/ --out predictions.csv",
-           f"tlkit visualize gradcam --model {out} IMAGE... --out {out}/gradcam",
-           f"tlkit export   --model {out} --out exported/{out.name}",
-           "```", ""]
-    return "\n".join(md)
+    return md + ["- `labels.txt` (class names in output order), `recipe.toml`, `blocks.json` (the base's blocks), "
+                 "`history.json`, `metrics.json`, `logs/` (TensorBoard: `tensorboard --logdir " f"{out}/logs`).", "",
+                 "## Next", "", "```",
+                 f"tlkit evaluate --model {out} --data TEST_FOLDER            # a report like the one above, on new images",
+                 f"tlkit predict  --model {out} PHOTOS/ --out predictions.csv",
+                 f"tlkit visualize gradcam --model {out} IMAGE... --out {out}/gradcam",
+                 f"tlkit export   --model {out} --out exported/{out.name}",
+                 "```", ""]
