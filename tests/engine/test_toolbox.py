@@ -312,15 +312,17 @@ def test_the_new_fields_round_trip_through_recipe_toml(tmp_path):
 
 
 @pytest.mark.parametrize("args, augment", [(["--augment"], "light"), (["--no-augment"], "none"),
-                                           (["--augment", "strong"], "strong"), ([], None)])
+                                           (["--augment", "strong"], "strong"), ([], "none")])
 def test_cli_maps_the_options(monkeypatch, args, augment):
     seen = {}
-    monkeypatch.setattr("tlkit.jobs.finetune", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr("tlkit.jobs.run", lambda recipe, out, **kwargs: seen.update(recipe=recipe, **kwargs))
     main(["finetune", "--base", "vgg16", *args, "--schedule", "cosine", "--warmup-epochs", "1", "--layer-decay", "0.7",
           "--label-smoothing", "0.1", "--class-weight", "balanced", "--mixup", "0.2"])
-    assert seen.get("augment") == augment
-    assert seen["stages"] == {"*": {"schedule": "cosine", "warmup_epochs": 1.0}, "finetune": {"layer_decay": 0.7}}
-    assert (seen["label_smoothing"], seen["class_weight"], seen["mixup"]) == (0.1, "balanced", 0.2)
+    recipe = seen["recipe"]  # as the CLI resolved it, once
+    assert seen["job"] == "finetune" and recipe.augment == augment
+    assert [(s.schedule, s.warmup_epochs) for s in recipe.stages] == [("cosine", 1.0)] * 2
+    assert [s.kind for s in recipe.stages] == ["head", "finetune"] and recipe.stages[1].layer_decay == 0.7
+    assert (recipe.label_smoothing, recipe.class_weight, recipe.mixup) == (0.1, "balanced", 0.2)
 
 
 def test_modern_is_listed(capsys):

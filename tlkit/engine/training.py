@@ -155,20 +155,10 @@ class RunContext:
         if sharing is not None:
             with self.strategy.scope():
                 sharing.compile(optimizer=optimizer, loss=model.loss, metrics=metrics, jit_compile=self.recipe.jit)
-        rates = optimization.LearningRateLog()
-        self.curves = self.curves or TrainingCurves(self.out)
+        rates, best, stopping = self._stage_callbacks(checkpoint)
         callbacks: list[keras.callbacks.Callback] = [
             rates, keras.callbacks.TensorBoard(str(RunDir(self.out).logs / f"{index}-{kind}"), update_freq="batch"),
-            self.curves.stage(f"{index} {kind}")]
-        if checkpoint:
-            best = BestCheckpoint(RunDir(self.out).best, self.classifier)
-            best.best = self.best
-            callbacks.append(best)
-        stopping = None
-        if self.recipe.early_stopping:
-            stopping = ResumableEarlyStopping(monitor="val_loss", patience=self.recipe.early_stopping,
-                                              restore_best_weights=True)
-            callbacks.append(stopping)
+            self.curves.stage(f"{index} {kind}"), *(c for c in (best, stopping) if c is not None)]
         done, earlier = 0, {}
         if self.resume is not None and self.resume.stage == index:
             with self.strategy.scope():  # the optimizer's variables are built here: mirrored like the model's
@@ -176,7 +166,7 @@ class RunContext:
             self.curves.stages[-1] = (self.curves.stages[-1][0], {k: list(v) for k, v in earlier.items()})
             log.info("stage %d resumed after epoch %d of %d", index, done, params.epochs)
         self.resume = None
-        snapshot = Snapshot(self, index, model, optimizer, stopping, earlier, best if checkpoint else None)
+        snapshot = Snapshot(self, index, model, optimizer, stopping, earlier, best)
         callbacks.append(snapshot)
         start = time.perf_counter()
         with built_from_shapes(model, train):
@@ -196,6 +186,21 @@ class RunContext:
         log.info("stage %d (%s): %sval_loss=%.4f", len(self.results), kind, accuracy, val_loss)
         resume_state.save_state(self, index + 1, 0, variables(self.saved_model(model), "model"))
         return result
+
+    def _stage_callbacks(self, checkpoint: bool):
+        """The callbacks of a stage that hold state: the learning rate of every step, with
+        `checkpoint` the best classifier of the run, early stopping when the recipe asks for it
+        (None where not); curves.png's drawer is made once per run."""
+        self.curves = self.curves or TrainingCurves(self.out)
+        best = None
+        if checkpoint:
+            best = BestCheckpoint(RunDir(self.out).best, self.classifier)
+            best.best = self.best
+        stopping = None
+        if self.recipe.early_stopping:
+            stopping = ResumableEarlyStopping(monitor="val_loss", patience=self.recipe.early_stopping,
+                                              restore_best_weights=True)
+        return optimization.LearningRateLog(), best, stopping
 
     def saved_model(self, fitted: keras.Model) -> keras.Model:
         """The model whose variables hold everything trained so far: the classifier (whose head
