@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import keras
 
 from tlkit._util.io import write_json_atomic
 from tlkit.recipe.kinds import StageParams
 from tlkit.rundir.files import RunDir
-
-if TYPE_CHECKING:
-    from tlkit.engine.training import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +25,7 @@ class StageResult:
     seconds: float
 
 
-def log_summary(ctx: RunContext) -> None:
+def log_summary(ctx) -> None:
     """The end of a run on the console: where its models are, its best epoch, what to run next."""
     epochs = [(loss, i, epoch) for i, r in enumerate(ctx.results, start=1)
               for epoch, loss in enumerate(r.history.get("val_loss", []), start=1)]
@@ -42,7 +38,7 @@ def log_summary(ctx: RunContext) -> None:
              ctx.out, ctx.out)
 
 
-def write_results(ctx: RunContext) -> None:
+def write_results(ctx) -> None:
     """history.json and metrics.json of a finished run."""
     write_json_atomic(RunDir(ctx.out).history, [{"kind": r.kind, **r.history} for r in ctx.results])
     write_json_atomic(RunDir(ctx.out).metrics, {

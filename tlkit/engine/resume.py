@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -19,11 +18,6 @@ from tlkit.engine.results import StageResult
 from tlkit.errors import TlkitError
 from tlkit.recipe.kinds import StageParams
 from tlkit.rundir.files import RunDir
-
-if TYPE_CHECKING:
-    from tlkit.engine.training import RunContext
-
-
 
 
 class RunInterrupted(TlkitError):
@@ -66,7 +60,7 @@ class Snapshot(keras.callbacks.Callback):
     and statistics, and copying and writing all of them every epoch was most of what tlkit added
     to a short epoch (bench/run.py, P3)."""
 
-    def __init__(self, ctx: RunContext, index: int, model, optimizer, stopping, earlier: dict, best):
+    def __init__(self, ctx, index: int, model, optimizer, stopping, earlier: dict, best):
         super().__init__()
         self.ctx, self.index, self.saved, self.optimizer = ctx, index, ctx.saved_model(model), optimizer
         self.stopping, self.best_checkpoint = stopping, best
@@ -98,7 +92,7 @@ def variables(holder, prefix: str) -> dict[str, np.ndarray]:
     return {f"{prefix}_{i}": np.asarray(v) for i, v in enumerate(holder.variables)}
 
 
-def save_state(ctx: RunContext, stage: int, epoch: int, arrays: dict | None = None, history: dict | None = None,
+def save_state(ctx, stage: int, epoch: int, arrays: dict | None = None, history: dict | None = None,
                stopping: dict | None = None, full: str | None = None) -> str:
     """Write the resume state: the arrays first, then state.json naming them (and `full`, an
     earlier file of the stage holding the variables `arrays` leaves out), so that a crash

@@ -12,7 +12,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import keras
 
@@ -23,10 +22,6 @@ from tlkit._util.io import write_text_atomic
 from tlkit.errors import TlkitError
 from tlkit.recipe.schema import Recipe
 from tlkit.rundir.files import RunDir
-
-if TYPE_CHECKING:
-    from tlkit.bases import Base
-    from tlkit.engine.results import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +63,8 @@ class Run:
     recipe: Recipe
     model_file: Path | None = None
     checkpoint: str = "final"
-    results: list[StageResult] = field(default_factory=list)
-    base: Base | None = None
+    results: list = field(default_factory=list)  # tlkit.engine.results.StageResult, one per stage
+    base: object = None  # the tlkit.bases.Base it trained
 
     def describe(self) -> str:
         """Which weights these are, in one line: the file and the rule that chose it."""
