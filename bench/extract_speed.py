@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tlkit.bases import load_base  # noqa: E402
 from tlkit.data import pipeline as tldata  # noqa: E402
-from tlkit.data.folders import file_digests  # noqa: E402
+from tlkit.data.checks import file_digests  # noqa: E402
 from tlkit.engine import frozen as features  # noqa: E402
 from tlkit.engine.strategy import configure  # noqa: E402
 from tlkit.engine.training import load_data

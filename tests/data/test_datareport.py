@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tlkit.data import folders, splits
+from tlkit.data import checks, folders, splits
 from tlkit.data import report as datareport
 from tlkit.data.report import DataReport
 from tlkit.errors import TlkitError
@@ -38,9 +38,9 @@ def test_console_progress_writes_a_bar_and_a_line_per_scan(folder):
 
 def test_digests_are_the_sha256_of_each_file(folder):
     images = folders.scan(folder)
-    assert images.digests == folders.file_digests(images.files)
+    assert images.digests == checks.file_digests(images.files)
     train, val = splits.split(images, 0.25, seed=0)
-    assert train.digests == folders.file_digests(train.files) and val.digests == folders.file_digests(val.files)
+    assert train.digests == checks.file_digests(train.files) and val.digests == checks.file_digests(val.files)
 
 
 def test_copies_within_a_class_count_once(folder):
@@ -127,7 +127,7 @@ def test_report_table_and_counts_of_a_split(folder):
         "  red         6       2",
         "  total      18       6",
     ]
-    assert report.train_digests == sorted(folders.file_digests(train.files))
+    assert report.train_digests == sorted(checks.file_digests(train.files))
     # 8 images a class: each under 20, none more than 3 times another
     assert report.warnings == [
         "3 classes have fewer than 20 images: 'blue' (8), 'green' (8), 'red' (8); "

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tifffile
 from PIL import Image
 
-from tlkit.data import folders
+from tlkit.data import checks, folders
 from tlkit.data import pipeline as data
 from tlkit.errors import TlkitError
 
@@ -114,8 +114,8 @@ def test_file_and_folder_names_that_are_not_utf8(folder):
 
     images = folders.scan(folder)
     assert len(images) == 24 and images.counts() == [8, 8, 8]
-    weird = [f for f in images.files if folders.printable(f) != str(f)]
-    shown = [folders.printable(f)[len(str(folder)):] for f in weird]
+    weird = [f for f in images.files if checks.printable(f) != str(f)]
+    shown = [checks.printable(f)[len(str(folder)):] for f in weird]
     assert shown == ["/blue/\\xff\\xfe sub/x.png", "/green/caf\\xe9.png"]
     batch = next(iter(data.make_dataset(images, (8, 8), batch_size=24)))[0].numpy()
     np.testing.assert_array_equal(batch, data.load_images(images.files, (8, 8)))

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from tlkit.data import decode, folders, splits
+from tlkit.data import checks, decode, folders, splits
 from tlkit.data import pipeline as data
 from tlkit.data.report import DataReport
 from tlkit.errors import TlkitError
@@ -184,7 +184,7 @@ def test_the_exported_savedmodel_turns_a_sideways_jpeg_upright_and_refuses_an_an
 PEAK = """
     import resource, sys
     from pathlib import Path
-    from tlkit.data import folders
+    from tlkit.data import checks
     from tlkit.data import pipeline as data
 
     def peak():
@@ -192,10 +192,10 @@ PEAK = """
 
     small, *huge = map(Path, sys.argv[1:])
     data.load_images([small], (32, 32))
-    folders.check_images([small])
+    checks.check_images([small])
     before = peak()
     for path in huge:
-        folders.check_images([path, path])  # the scan's check, with two threads at it
+        checks.check_images([path, path])  # the scan's check, with two threads at it
         data.load_images([path], (32, 32))  # predict
     print(peak() - before)
 """
@@ -216,11 +216,11 @@ def test_an_image_over_the_pixel_limit_is_refused_by_name(folder, tmp_path):
     Image.new("1", (9500, 9500), 1).save(bomb)  # 90.25 megapixels; 11 MB of memory to make
     with pytest.raises(TlkitError) as error:
         folders.scan(folder)
-    assert f"{bomb}: image too large (9500 x 9500 pixels, over the limit of {folders.MAX_PIXELS:,} pixels" \
+    assert f"{bomb}: image too large (9500 x 9500 pixels, over the limit of {checks.MAX_PIXELS:,} pixels" \
         in str(error.value)
     images = folders.scan(folder, skip_bad=True)
     assert [path for path, _ in images.skipped] == [bomb]
-    assert folders.check_images([bomb])[0][1].startswith("image too large")  # predict refuses it too
+    assert checks.check_images([bomb])[0][1].startswith("image too large")  # predict refuses it too
 
 
 # --- files the scan would pass over ---------------------------------------------------------

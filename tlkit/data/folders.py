@@ -4,53 +4,26 @@ what is wrong with a bad one. A data folder holds one sub-folder per class: `DIR
 
 Every scanned file is also hashed (SHA-256 of its bytes, from the same read that checks it), so
 that copies of one content are found: within a class they count once, across two classes they
-are an error (the label is ambiguous), and a split never puts one content on both sides.
-"""
+are an error (the label is ambiguous), and a split never puts one content on both sides."""
 from __future__ import annotations
 
-import contextlib
-import errno
-import hashlib
-import io
 import logging
 import os
 import stat
-import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
-from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from tlkit.data.decode import decoded_shape
+from tlkit.data.checks import Progress, inspect_all, printable
 from tlkit.errors import TlkitError
 
 log = logging.getLogger(__name__)
 
 
-# progress(done, total): called while files are checked, first with done=0
-Progress = Callable[[int, int], None]
-
-
 IMAGE_EXTENSIONS = (".avif", ".bmp", ".gif", ".heic", ".heif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-
-
-# Images that would decode to more pixels are refused by name: Pillow's decompression-bomb limit
-# (about 89.5 megapixels). A JPEG counts at 1/8 of its size, the scale every path decodes it at
-# when it is large, so a 12,000 x 12,000 photo is taken and a PNG of that size is not.
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS
-
-
-# Decodes of more pixels than this (after any JPEG reduction) run one at a time in the scan, so
-# its threads never hold several huge images at once: a 9,000 x 9,000 PNG alone is 243 MB.
-_LARGE_DECODE = 16_000_000
-
-
-_large_decodes = threading.BoundedSemaphore(1)
 
 
 _MAX_LISTED = 50  # bad files listed in one error; the rest are counted
@@ -217,128 +190,16 @@ def _without_copies(images: ImageSet, skip_bad: bool) -> ImageSet:
     return replace(images.subset(keep), skipped=skipped, duplicates=duplicates)
 
 
-def check_images(paths: Sequence[Path], progress: Progress | None = None) -> list[tuple[Path, str]]:
-    """(path, problem) for each file that does not decode the way training decodes it."""
-    return [(p, problem) for p, (_, problem) in zip(paths, _inspect_all(paths, progress)) if problem]
-
-
-def file_digest(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, in hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_digests(paths: Sequence[Path]) -> list[str]:
-    # threads: hashlib releases the GIL while it hashes
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return list(pool.map(file_digest, paths))
-
-
-def _inspect_all(paths: Sequence[Path], progress: Progress | None) -> list[tuple[str | None, str | None]]:
-    """(digest, problem) of each file, in order; `progress` hears of each as it is done."""
-    total = len(paths)
-    if progress:
-        progress(0, total)
-    results = []
-    # threads: reading, hashing and both decoders release the GIL
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for done, result in enumerate(pool.map(_inspect, paths), start=1):
-            results.append(result)
-            if progress:
-                progress(done, total)
-    return results
-
-
 def _check_all(files: list[Path], root: Path, skip_bad: bool, progress: Progress | None):
     """The digest of every file (None for a file that cannot be read) and the bad files among
     them; unless `skip_bad`, one error that names every bad file."""
     log.info("checking %s in %s", n_images(len(files)), printable(root))
-    results = _inspect_all(files, progress)
+    results = inspect_all(files, progress)
     problems = [(path, problem) for path, (_, problem) in zip(files, results) if problem]
     if problems and not skip_bad:
         advice = f" in '{printable(root)}'; fix or remove them, or pass --skip-bad to skip them"
         raise TlkitError(bad_files_message(problems, advice))
     return [digest for digest, _ in results], problems
-
-
-def _inspect(path: Path) -> tuple[str | None, str | None]:
-    """(SHA-256 of the bytes, None if the file decodes in full, by Pillow and the way training
-    decodes it, else what is wrong with it). Both decoders, because each accepts some damage the
-    other refuses: TensorFlow decodes a JPEG cut short (greying the missing rows), Pillow a PNG
-    missing its last bytes. The file is read once, for the hash and both decoders.
-
-    A file that is not a regular file (a named pipe, a socket, a device) is never opened: reading
-    a pipe would wait for a writer for ever. A JPEG is decoded at 1/8 of its size, an image over
-    MAX_PIXELS not at all, and large decodes one at a time, so the scan's memory stays bounded."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None, "not an image (not a regular file: a named pipe, socket or device)"
-        data = path.read_bytes()
-    except OSError as error:
-        return None, unreadable(path, error)
-    digest = hashlib.sha256(data).hexdigest()
-    if not data:
-        return digest, "empty file"
-    try:
-        with _pillow_open(data) as image:
-            size = image.size
-        if size[0] * size[1] > MAX_PIXELS:
-            return digest, _too_large(size)
-        with _large_decodes if size[0] * size[1] > _LARGE_DECODE else contextlib.nullcontext():
-            with _pillow_open(data) as image:
-                image.load()
-            decoded_shape(tf.constant(data))
-    except Image.DecompressionBombError:  # over twice MAX_PIXELS: Pillow refuses to open it
-        return digest, _too_large(None)
-    except UnidentifiedImageError:
-        if data[:4] in (b"II*\0", b"MM\0*"):
-            return digest, ("a TIFF of a kind Pillow cannot read (for example float RGB or 64-bit samples); "
-                            "save it as 8- or 16-bit, or as float gray")
-        if data[4:8] == b"ftyp":  # the ISO media formats of phones: HEIC, and AVIF where Pillow lacks it
-            kind = "AVIF" if data[8:12] in (b"avif", b"avis") else "HEIC/HEIF"
-            return digest, (f"a {kind} image, which this installation cannot read (Pillow has no "
-                            f"{kind.split('/')[-1]} plugin here): convert it to JPEG or PNG")
-        return digest, "not an image (no image format recognised in it)"
-    except tf.errors.OpError:
-        return digest, ("corrupt or truncated image "
-                        "(Pillow reads it but TensorFlow cannot decode it; often a file cut short)")
-    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad data
-        return digest, f"{'truncated' if 'truncated' in str(error).lower() else 'corrupt'} image ({error})"
-    return digest, None
-
-
-def _pillow_open(data: bytes) -> Image.Image:
-    """The image in `data`, a JPEG set to decode at 1/8 of its size (its `size` is then that
-    size). A JPEG is opened without `Image.open`, whose decompression-bomb check counts it at full
-    size."""
-    opener = JpegImagePlugin.JpegImageFile if data[:3] == b"\xff\xd8\xff" else Image.open
-    image = opener(io.BytesIO(data))
-    image.draft(image.mode, (1, 1))
-    return image
-
-
-def _too_large(size: tuple[int, int] | None) -> str:
-    pixels = f"{size[0]} x {size[1]} pixels, " if size else ""
-    return (f"image too large ({pixels}over the limit of {MAX_PIXELS:,} pixels, Pillow's decompression-bomb "
-            "limit); shrink it")
-
-
-def unreadable(path: Path, error: OSError) -> str:
-    """Why `path` cannot be read, from the error opening it: a link loop and a dangling link by name."""
-    if error.errno == errno.ELOOP:
-        return "symbolic link loop (the link leads back to itself); remove it or point it at an image"
-    if error.errno == errno.ENOENT:
-        if path.is_symlink():
-            return f"dangling symbolic link (its target '{printable(os.readlink(path))}' does not exist)"
-        return "no such file"
-    if error.errno in (errno.EACCES, errno.EPERM):
-        return "cannot be read (no permission)"
-    if error.errno == errno.EISDIR:
-        return "is a folder, not an image file"
-    return f"cannot be read ({error.strerror})"
 
 
 def _folder(root, advice: str) -> Path:
@@ -348,12 +209,6 @@ def _folder(root, advice: str) -> Path:
     if not root.is_dir():
         raise TlkitError(f"data path '{printable(root)}' is not a folder; {advice}")
     return root
-
-
-def printable(path) -> str:
-    """A path as text, the bytes of a name that is not valid UTF-8 shown as \\x escapes (such a
-    name is held as lone surrogates, which no console or UTF-8 file can print)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _check_class_name(name: str, root: Path) -> None:

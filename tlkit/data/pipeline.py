@@ -10,8 +10,9 @@ import tensorflow as tf
 
 from tlkit.data import augment as augmentation
 from tlkit.data import imagecache
+from tlkit.data.checks import check_images, file_digests
 from tlkit.data.decode import decoded_dataset, load_file, tf_paths
-from tlkit.data.folders import ImageSet, bad_files_message, check_images, file_digests
+from tlkit.data.folders import ImageSet, bad_files_message
 from tlkit.errors import TlkitError
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from tlkit._util.io import write_json_atomic
-from tlkit.data.folders import ImageSet, Progress, file_digests, printable, scan
+from tlkit.data.checks import Progress, file_digests, printable
+from tlkit.data.folders import ImageSet, scan
 from tlkit.data.splits import split
 from tlkit.errors import TlkitError
 from tlkit.rundir.files import RunDir

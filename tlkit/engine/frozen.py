@@ -41,7 +41,7 @@ from tlkit._util.io import cache_root, write_atomic, write_json_atomic
 from tlkit.bases import Base
 from tlkit.data import folders, imagecache
 from tlkit.data import pipeline as tldata
-from tlkit.data.folders import file_digests
+from tlkit.data.checks import file_digests
 from tlkit.engine.classifier import BASE_LAYER, HEAD_POOLING
 from tlkit.models.preprocessing import NAME as PREPROCESSING
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 from tlkit._util.keras_internals import built_from_shapes
 from tlkit.bases import Base, load_base
 from tlkit.data import augment as tlaugment
-from tlkit.data import folders, splits
+from tlkit.data import checks, folders, splits
 from tlkit.data import pipeline as tldata
 from tlkit.data import report as datareport
 from tlkit.engine import resume as resume_state  # its save_state, looked up when called (tests stop a run there)
@@ -217,7 +217,7 @@ def _by_element(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def load_data(recipe: Recipe, labelled: bool = True, progress: folders.Progress | None = None):
+def load_data(recipe: Recipe, labelled: bool = True, progress: checks.Progress | None = None):
     """Scan and check the data (every file, before any training), split it and report on it:
     (classes, train, val, DataReport). Unlabelled data (for stages that need no labels) may have
     class sub-folders or not."""

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit._util.io import write_json_atomic
-from tlkit.data import folders
+from tlkit.data import checks, folders
 from tlkit.data import pipeline as tldata
 from tlkit.data.report import training_overlap_warning
 from tlkit.errors import TlkitError
@@ -64,7 +64,7 @@ def image_files(paths) -> list[Path]:
             try:
                 p.stat()
             except OSError as err:
-                raise TlkitError(f"'{p}': {folders.unreadable(p, err)}") from err
+                raise TlkitError(f"'{p}': {checks.unreadable(p, err)}") from err
         else:
             raise TlkitError(f"'{p}' does not exist: pass image files or folders of images")
     return found
@@ -128,7 +128,7 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
         _predictions_format(out)
     run = _loaded(model, checkpoint)
     paths = image_files(images)
-    problems = folders.check_images(paths)
+    problems = checks.check_images(paths)
     if problems and not skip_bad:
         listed = "\n".join(f"  {path}: {why}" for path, why in problems[:50])
         raise TlkitError(f"{len(problems)} bad image file(s); remove them or pass --skip-bad:\n{listed}")
