@@ -139,9 +139,9 @@ def run(recipe: Recipe, out: str | Path | None = None, *, job: str = "finetune",
     build = _zoo_builder(recipe.base, recipe) if job == "train" else None
     ctx = _run_resolved(recipe, None, out, build=build, verbose=verbose, job=job, resume=resume,
                         overwrite=overwrite)
-    if not ctx.classes:  # a pretrain run: its model is the encoder, a base
-        return Run(out, ctx.base.model, [], ctx.recipe, RunDir(out).base, results=ctx.results, base=ctx.base)
-    return Run(out, ctx.classifier, ctx.classes, ctx.recipe, RunDir(out).model, results=ctx.results, base=ctx.base)
+    # a pretrain run has no classifier: its model is the encoder, a base
+    model, file = (ctx.classifier, RunDir(out).model) if ctx.classes else (ctx.base.model, RunDir(out).base)
+    return Run(out, model, ctx.classes, ctx.recipe, file, results=ctx.results, base=ctx.base)
 
 
 def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.Model | None = None,

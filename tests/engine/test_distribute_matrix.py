@@ -73,7 +73,7 @@ def finished(code_and_output: list[tuple[int, str]]) -> str:
 @pytest.mark.parametrize("job", list(JOBS))
 def test_every_stage_kind_gives_the_single_device_metrics_when_distributed(job, tiny_images, tmp_path):
     args = [*JOBS[job], "--data", str(tiny_images)]
-    # the kernels the distributed commands run (core.run.check_replica_batches), for the single device too:
+    # the kernels the distributed commands run (tlkit.engine.strategy.check_replica_batches), for the single device too:
     # oneDNN's round differently, by 3e-5 after two epochs from scratch
     env = environment(tmp_path, TF_ENABLE_ONEDNN_OPTS="0")
     single = subprocess.run([sys.executable, "-m", "tlkit.cli", *args, "--out", str(tmp_path / "single"),

@@ -189,7 +189,7 @@ def test_report_md_says_what_every_built_in_recipe_does(name, tmp_path):
 
     recipe = resolve(name, base="lenet5", data=str(tmp_path), check_base_name=False)
     images = ImageSet(tmp_path, ["a", "b"], [tmp_path / "a.png", tmp_path / "b.png"], [0, 1])
-    md = run_markdown(tmp_path, ["a", "b"], images, images, recipe, [], None, False)
+    md = run_markdown(tmp_path, ["a", "b"], images, images, recipe, [], None, False, None)
     said = md[md.index("## Recipe"):md.index("## Results")]
     assert f"Batch size {recipe.batch_size}, augmentation: {augmentation_of(recipe).describe()}" in said
     assert ("augmentation: off" in said) == (recipe.augment in ("none", False))

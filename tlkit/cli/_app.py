@@ -46,7 +46,7 @@ def import_tensorflow(distribute: str = "none") -> None:
     """Import TensorFlow for a command, its start-up chatter silenced unless --debug."""
     if distribute in ("mirrored", "multiworker"):
         # oneDNN is read once, as TensorFlow loads; its CPU kernels get the empty batch wrong that a
-        # replica has when a last batch is smaller than the replicas (core.run.check_replica_batches).
+        # replica has when a last batch is smaller than the replicas (tlkit.engine.strategy.check_replica_batches).
         # A GPU's kernels do not use it.
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     if not click.get_current_context().obj["debug"]:

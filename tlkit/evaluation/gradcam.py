@@ -91,18 +91,13 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return np.clip(rgb * (1 - weight) + colour * weight, 0, 1)
 
 
-def run_blocks(run_path: str | os.PathLike) -> dict[str, list[str]] | None:
-    """RUN/blocks.json, the block map of the run's base, if the run has one."""
-    return RunDir(run_path).read_blocks()
-
-
 def plot_gradcam(run, image_paths, out_dir: str | os.PathLike, class_name: str | None = None) -> list[Path]:
     """For each image, `<out_dir>/<name>_gradcam.png`: the image as the model sees it beside its
     Grad-CAM overlay, for `class_name` (default: the predicted class). `run` is a loaded run
     (tlkit.rundir.load.Run)."""
     if class_name is not None and class_name not in run.labels:
         raise TlkitError(f"class '{class_name}' is not one of the model's: {', '.join(run.labels)}")
-    layer = gradcam_layer(run.model, run_blocks(run.path))
+    layer = gradcam_layer(run.model, RunDir(run.path).read_blocks())
     paths = [Path(p) for p in image_paths]
     images = load_images(paths, run.image_size, run.channels)
     wanted = None if class_name is None else run.labels.index(class_name)

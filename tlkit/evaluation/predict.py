@@ -19,8 +19,8 @@ from tlkit.data import checks, folders
 from tlkit.data import pipeline as tldata
 from tlkit.data.report import training_overlap_warning
 from tlkit.errors import TlkitError
-from tlkit.evaluation.gradcam import run_blocks
 from tlkit.evaluation.metrics import evaluation_report, write_predictions
+from tlkit.rundir.files import RunDir
 from tlkit.rundir.load import Run, load_run
 
 log = logging.getLogger(__name__)
@@ -186,5 +186,5 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
     extra = {"model": str(run.model_file), "checkpoint": run.checkpoint, "data": str(data),
              "skipped": [[str(p), why] for p, why in images.skipped], "out": str(out)}
     return evaluation_report(run.model, run.labels, images.files, images.labels, probs, out,
-                             blocks=run_blocks(run.path), single_view=single if tta > 1 else None, tta_views=tta,
+                             blocks=RunDir(run.path).read_blocks(), single_view=single if tta > 1 else None, tta_views=tta,
                              extra=extra, top_losses=top_losses)

@@ -15,7 +15,6 @@ from tlkit._util.io import write_text_atomic
 from tlkit.data.augment import of as augmentation_of
 from tlkit.data.pipeline import make_dataset
 from tlkit.engine.curves import plot_curves
-from tlkit.evaluation.gradcam import run_blocks
 from tlkit.evaluation.metrics import evaluation_report
 from tlkit.recipe.kinds import STAGES
 from tlkit.rundir.files import RunDir
@@ -34,25 +33,28 @@ def write_run_report(out: str | Path, model: keras.Model, classes: Sequence[str]
     .seconds). Returns the evaluation report, or None when the run has no validation images."""
     out = Path(out)
     names = [f"{i} {r.kind}" for i, r in enumerate(results, start=1)]
-    curves = plot_curves([(name, r.history) for name, r in zip(names, results)], out / "curves.png")
+    curves = plot_curves([(name, r.history) for name, r in zip(names, results)], RunDir(out).curves)
+    blocks = RunDir(out).read_blocks()
     evaluation = None
     if len(val):
         size, channels = tuple(model.input_shape[1:3]), model.input_shape[-1]
         probabilities = model.predict(make_dataset(val, size, batch_size or recipe.batch_size, channels=channels),
                                       verbose=0)
         evaluation = evaluation_report(model, classes, val.files, val.labels, probabilities, out,
-                                       blocks=run_blocks(out), extra={"model": str(RunDir(out).model),
+                                       blocks=blocks, extra={"model": str(RunDir(out).model),
                                                                       "data": "validation split"})
     write_text_atomic(RunDir(out).report, run_markdown(out, classes, train, val, recipe, results, evaluation,
-                                                      curves is not None))
+                                                      curves is not None, blocks))
     log.info("wrote %s", RunDir(out).report)
     return evaluation
 
 
-def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: dict | None, curves: bool) -> str:
-    """REPORT.md: what the run did and how well, in words and pictures."""
+def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: dict | None, curves: bool,
+                 blocks: dict[str, list[str]] | None) -> str:
+    """REPORT.md: what the run did and how well, in words and pictures; `blocks` is the base's
+    block map (RUN/blocks.json), for the blocks a finetune stage unfroze."""
     md = [f"# Run {out.name}", "", _what_was_trained(recipe, classes, train, val), "", *_data(classes, train, val), "",
-          *_recipe(out, recipe, len(classes)), "", *_results(results, curves)]
+          *_recipe(out, recipe, len(classes), list(blocks or [])), "", *_results(results, curves)]
     if evaluation is not None:
         md += _validation(evaluation)
     val_losses = [v for r in results for v in r.history.get("val_loss", [])]
@@ -86,9 +88,8 @@ def _data(classes, train, val) -> list[str]:
     return md + ["No file was skipped: every image decoded."]
 
 
-def _recipe(out: Path, recipe, classes: int) -> list[str]:
+def _recipe(out: Path, recipe, classes: int, blocks: list[str]) -> list[str]:
     """The recipe in words: its settings, then each stage as its kind describes it."""
-    blocks = list(RunDir(out).read_blocks() or [])
     md = ["## Recipe", "", f"Recipe `{recipe.name}`" + (f": {recipe.description.rstrip('.')}" if recipe.description else "")
           + f". Batch size {recipe.batch_size}, augmentation: {augmentation_of(recipe).describe()}"
           + (f", early stopping after {recipe.early_stopping} epochs without a better validation loss (each stage "

@@ -42,7 +42,6 @@ class Entry:
         return cls(data["source"], tuple(data["size"]), data["params"], tuple(data["blocks"]), weights)
 
 
-
 @cache
 def load_catalog() -> dict[str, Entry]:
     return {name: Entry.from_dict(data) for name, data in json.loads(CATALOG_FILE.read_text()).items()}
