@@ -67,6 +67,7 @@ def test_stage_kinds_are_the_registered_modules_and_recipes_are_checked_against_
         resolve(Recipe(stages=[]))
 
 
+@pytest.mark.integration
 def test_every_public_name_works_every_time(tiny_images, tmp_path):
     """Each job twice, then evaluate, predict and export twice, in one process: nothing of the
     package replaces a function by a module of the same name."""
@@ -108,6 +109,7 @@ BLOCKED = """
 
 @pytest.mark.parametrize("base", ["vgg16", "mobilenet_v2", pytest.param("densenet121", marks=pytest.mark.slow),
                                   "efficientnet_lite0"])
+@pytest.mark.integration
 def test_a_run_model_loads_with_keras_alone(base, tiny_images, tmp_path):
     """caffe (a frozen Dense flip), tf and torch (Rescaling; densenet121, slow) and lite preprocessing: core
     layers."""
@@ -121,6 +123,7 @@ def test_a_run_model_loads_with_keras_alone(base, tiny_images, tmp_path):
     np.testing.assert_allclose(loaded, expected, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_a_model_with_tlkit_layers_loads_once_tlkit_is_imported(tiny_images, tmp_path):
     tlkit.pretrain(data=str(tiny_images), stages={"autoencoder": {"epochs": 1}}, image_size=32, batch_size=8,
                    out=tmp_path / "ae", verbose=0)

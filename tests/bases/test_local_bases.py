@@ -126,6 +126,7 @@ def test_a_finetune_run_is_a_base_with_its_trained_weights_and_blocks(finetune_r
     assert again.classifier.get_layer(BASE_LAYER).output_shape == (None, 8, 8, 8)
 
 
+@pytest.mark.integration
 def test_cli_base_layer_round_trips_in_the_run_recipe(model_file, tiny_images, tmp_path):
     path, _ = model_file
     main(["finetune", "--base", str(path), "--base-layer", "stage1_relu", "--data", str(tiny_images),

@@ -58,6 +58,7 @@ def assert_loaded(base_model: keras.Model, app: keras.Model) -> None:
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", BASES)
 def test_every_keras_base_loads_keras_weights_files(name, tmp_path, keras_home, monkeypatch):
     size = MIN_SIZE.get(name, 32)
@@ -80,6 +81,7 @@ def test_every_keras_base_loads_keras_weights_files(name, tmp_path, keras_home, 
     assert_loaded(load_app(name, weights="imagenet", image_size=(size, size)).model, app)
 
 
+@pytest.mark.integration
 def test_the_headline_command_with_a_keras_weights_file(cli, tiny_images, tmp_path):
     """`tlkit finetune --base vgg16 --weights FILE`, FILE a notop file in Keras' legacy format."""
     app = random_application("vgg16", 32)

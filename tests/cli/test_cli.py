@@ -42,6 +42,7 @@ def test_skip_bad_trains_on_the_rest_and_names_what_it_skipped(cli, bad_images, 
     assert "stage 1 (head): val_accuracy=" in stdout and "stage 2 (finetune): val_accuracy=" in stdout
 
 
+@pytest.mark.integration
 def test_the_resolved_recipe_repeats_the_run_to_the_same_metrics(cli, tiny_images, tmp_path):
     """On the CPU the same seed gives the same metrics.json; the run's recipe.toml alone carries
     everything needed to repeat it (base, weights, data, sizes, stages, seed)."""
@@ -84,6 +85,7 @@ def test_mixed_precision_keeps_a_float32_output(tiny_images):
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("base", ["resnet18", "lenet5"])
 def test_zoo_models_run_through_the_recipe_engine(cli, tiny_images, tmp_path, base):
     code, stdout, err = cli("finetune", "--base", base, "--weights", "none", "--data", str(tiny_images),

@@ -71,6 +71,7 @@ def folder(tiny_images, tmp_path) -> Path:
 # --- animated WebP --------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_animated_webp_is_read_as_its_first_frame_by_scan_and_predict_and_refused_by_serving(folder):
     webp = animated_webp(folder / "red" / "moving.webp")
     done = python("""
@@ -201,6 +202,7 @@ PEAK = """
 """
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind, size, limit", [("JPEG", 12000, 150), ("PNG", 9000, 650)])
 def test_memory_for_a_huge_image_is_bounded(kind, size, limit, tiny_images, tmp_path):
     path = tmp_path / f"huge.{kind.lower()}"

@@ -99,6 +99,7 @@ def test_each_stage_compiles_a_fresh_optimizer_at_its_own_rate(tiny_images, tmp_
     assert [s["learning_rate"] for s in metrics["stages"]] == [3e-3, 2e-5]
 
 
+@pytest.mark.integration
 def test_run_directory_holds_everything_to_repeat_the_run(tiny_images, tmp_path):
     stages = [Stage("head", epochs=2, learning_rate=1e-3), Stage("finetune", epochs=1, learning_rate=1e-4, unfreeze=1)]
     ctx, _, _ = run(tiny_images, tmp_path, "vgg16", stages)

@@ -57,6 +57,7 @@ def test_the_base_keeps_inference_mode_in_transfer_stages_and_trains_in_a_train_
     np.testing.assert_array_equal(pooled(x, training=True), pooled(x, training=False))
 
 
+@pytest.mark.integration
 def test_finetune_on_the_frozen_outputs_trains_as_on_the_images(tiny_images, tmp_path, caplog):
     runs = {}
     for cache in ("none", "memory"):  # "none" holds nothing per image in memory: the frozen layers run every epoch

@@ -58,6 +58,7 @@ def uninterrupted(tiny_images, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.integration
 def test_sigkill_in_stage_two_then_resume_ends_with_the_same_metrics(uninterrupted, tiny_images, tmp_path):
     import signal
 
@@ -76,6 +77,7 @@ def test_sigkill_in_stage_two_then_resume_ends_with_the_same_metrics(uninterrupt
     assert not (out / "checkpoints" / "resume").exists()  # finished: nothing left to resume
 
 
+@pytest.mark.integration
 def test_ctrl_c_saves_and_prints_the_command_that_goes_on(tiny_images, tmp_path, capsys):
     import signal
 
@@ -98,6 +100,7 @@ def test_ctrl_c_saves_and_prints_the_command_that_goes_on(tiny_images, tmp_path,
     assert (out / "model.keras").is_file()
 
 
+@pytest.mark.integration
 def test_stages_on_the_frozen_layers_outputs_resume_the_same(tiny_images, tmp_path):
     import signal
 

@@ -312,6 +312,7 @@ def test_mediapipe_image_classifier_names_the_classes(trained_run, exports, tmp_
         np.testing.assert_allclose([theirs[label] for label in run.labels], mine, atol=1e-4)
 
 
+@pytest.mark.integration
 def test_tflite_export_prints_a_few_lines(trained_run, tmp_path):
     done = subprocess.run([sys.executable, "-m", "tlkit.cli", "export", "--model", str(trained_run), "--format",
                            "tflite", "--out", str(tmp_path), "--checkpoint", "best"],

@@ -175,6 +175,7 @@ def test_the_feature_cache_on_a_full_disk_does_not_claim_to_have_cached(small_di
 # --- SIGTERM -----------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_sigterm_saves_the_run_and_prints_the_resume_command(tiny_images, tmp_path, cli):
     out = tmp_path / "run"
     code = "import sys; from tlkit.cli import main; main(sys.argv[1:])"

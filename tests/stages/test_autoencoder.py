@@ -180,6 +180,7 @@ def test_the_encoder_reloads_in_safe_mode_with_the_same_features_and_fine_tunes(
         assert same == (not layer.name.startswith("block3_") or not layer.weights), layer.name
 
 
+@pytest.mark.integration
 def test_an_autoencoder_stage_makes_the_encoder_the_base_of_the_stages_after_it(tiny_images, tmp_path):
     recipe = Recipe(stages=[Stage("autoencoder", epochs=2, learning_rate=3e-3, decoder="transpose", channels=1),
                             Stage("head", epochs=1, learning_rate=1e-2)],
@@ -250,6 +251,7 @@ def test_pretrain_errors_are_one_line(tiny_images, tmp_path, capsys, args, messa
     assert capsys.readouterr().err == message + "\n"
 
 
+@pytest.mark.integration
 def test_an_autoencoder_base_gets_flatten_pooling_by_default_recorded_and_overridable(pretrained, tiny_images,
                                                                                        tmp_path, capsys):
     assert json.loads((pretrained / "base.json").read_text())["pooling"] == "flatten"
@@ -282,6 +284,7 @@ def digits_subset(root: Path, per_class: int) -> Path:
     return root
 
 
+@pytest.mark.integration
 def test_a_denoising_autoencoder_validates_on_noisy_inputs_and_reconstructs_clean_ones(tmp_path):
     data = digits_subset(tmp_path / "digits", 20)
     out = tmp_path / "ae"
@@ -325,6 +328,7 @@ def run_readme_pretrain_then_finetune(tmp_path, monkeypatch, extra_pretrain=(), 
     return metrics["stages"][-1]["val_accuracy"]
 
 
+@pytest.mark.integration
 def test_the_readme_pretrain_then_finetune_fast_settings_beat_chance(tmp_path, monkeypatch):
     fast = next(c for c in readme_commands("pretrain") if "--epochs" in c)
     epochs = fast[fast.index("--epochs"):fast.index("--epochs") + 2]
