@@ -1,0 +1,53 @@
+"""tlkit.data.shards: `tlkit pack` writes shuffled, verified TFRecord shards with an index; a
+corrupt shard is named by file and record."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import tensorflow as tf
+
+from tlkit.data import folders, shards
+from tlkit.errors import TlkitError
+
+
+def test_pack_to_ram_writes_every_image_once_in_shuffled_verified_shards(tiny_images):
+    out = "ram://packs/tiny"
+    index = shards.pack(tiny_images, out, shard_bytes=4000)
+    images = folders.scan(tiny_images)
+    assert shards.read_index(out) == index
+    assert index["classes"] == images.classes and index["report"]["counts"] == [8, 8, 8]
+    assert len(index["shards"]) > 1 and all(len(s["labels"]) for s in index["shards"])
+    digests = [d for s in index["shards"] for d in s["digests"]]
+    labels = [label for s in index["shards"] for label in s["labels"]]
+    assert Counter(zip(digests, labels)) == Counter(zip(images.digests, images.labels))
+    assert digests != images.digests  # shuffled
+    assert sorted(tf.io.gfile.listdir(out)) == sorted([s["file"] for s in index["shards"]] + [shards.INDEX])
+    shards.verify(out)
+
+
+def test_pack_refuses_a_folder_that_is_not_empty(tiny_images, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(TlkitError, match="is not empty"):
+        shards.pack(tiny_images, str(tmp_path))
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_a_corrupt_shard_is_named_by_file_and_record(tiny_images, tmp_path):
+    out = tmp_path / "packed"
+    index = shards.pack(tiny_images, str(out), shard_bytes=4000)
+    first = index["shards"][0]
+    path = out / first["file"]
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF  # inside the last record's image bytes: its checksum no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(TlkitError) as error:
+        shards.verify(str(out))
+    message = str(error.value)
+    assert f"shard '{path}' is corrupt at record {len(first['labels'])} " in message
+    assert len(message.splitlines()) == 1
+
+
+def test_a_folder_without_an_index_is_not_a_pack(tmp_path):
+    with pytest.raises(TlkitError, match="has no index.json"):
+        shards.read_index(str(tmp_path))
