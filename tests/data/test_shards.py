@@ -51,3 +51,12 @@ def test_a_corrupt_shard_is_named_by_file_and_record(tiny_images, tmp_path):
 def test_a_folder_without_an_index_is_not_a_pack(tmp_path):
     with pytest.raises(TlkitError, match="has no index.json"):
         shards.read_index(str(tmp_path))
+
+
+def test_tlkit_pack_writes_shards_and_says_so(cli, tiny_images, tmp_path):
+    code, out, err = cli("pack", "--data", tiny_images, "--out", tmp_path / "packed", "--shard-mb", 1)
+    assert code == 0, err
+    assert f"packed 24 images of 3 classes into 1 shard in {tmp_path / 'packed'}" in out
+    shards.verify(str(tmp_path / "packed"))
+    code, _, err = cli("pack", "--data", tiny_images, "--out", tmp_path / "packed")
+    assert code != 0 and "is not empty" in err and "Traceback" not in err
