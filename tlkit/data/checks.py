@@ -63,8 +63,7 @@ def file_digests(paths: Sequence[Path]) -> list[str]:
         return list(pool.map(file_digest, paths))
 
 
-def inspect_all(paths: Sequence[Path], progress: Progress | None, *,
-                cache: bool = True) -> list[tuple[str | None, str | None]]:
+def inspect_all(paths: Sequence[Path], progress: Progress | None) -> list[tuple[str | None, str | None]]:
     """(digest, problem) of each file, in order; `progress` hears of each as it is done.
 
     A file the scan cache holds for its current size, times and inode is not read
@@ -72,17 +71,16 @@ def inspect_all(paths: Sequence[Path], progress: Progress | None, *,
     stays bounded however many files there are). Measured in bench/scan_rate.py against worker
     processes, slower on 2,000 files on two cores (each spawned worker imports TensorFlow, seconds;
     forked ones hung, a fork copying TensorFlow's thread pools without their threads), and against
-    TensorFlow's decodes in a tf.data map, slower too (each map traces the decoder again)."""
+    TensorFlow's decodes in a tf.data map over chunks of 256 files' bytes, slower too."""
     total = len(paths)
     if progress:
         progress(0, total)
     absolute = [Path(os.path.abspath(p)) for p in paths]
-    keys = [scan_cache.file_key(p) for p in absolute] if cache else []
-    store = scan_cache.ScanCache() if cache else None
+    keys = [scan_cache.file_key(p) for p in absolute]
+    store = scan_cache.ScanCache()
     results: list = [None] * total
-    if store:
-        for i, result in store.lookup(absolute, keys).items():
-            results[i] = result
+    for i, result in store.lookup(absolute, keys).items():
+        results[i] = result
     todo = [i for i in range(total) if results[i] is None]
     done = total - len(todo)
     if progress and done:
@@ -92,9 +90,8 @@ def inspect_all(paths: Sequence[Path], progress: Progress | None, *,
         done += 1
         if progress:
             progress(done, total)
-    if store:
-        store.store([(absolute[i], keys[i], *results[i]) for i in todo])
-        store.close()
+    store.store([(absolute[i], keys[i], *results[i]) for i in todo])
+    store.close()
     return results
 
 
@@ -130,7 +127,7 @@ def _inspect(path: Path) -> tuple[str | None, str | None]:
         with _large_decodes if size[0] * size[1] > _LARGE_DECODE else contextlib.nullcontext():
             with _pillow_open(data) as image:
                 image.load()
-            _decoded_shape(tf.constant(data))
+            decoded_shape(tf.constant(data))
     except Image.DecompressionBombError:  # over twice MAX_PIXELS: Pillow refuses to open it
         return digest, _too_large(None)
     except UnidentifiedImageError:
@@ -148,10 +145,6 @@ def _inspect(path: Path) -> tuple[str | None, str | None]:
     except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad data
         return digest, f"{'truncated' if 'truncated' in str(error).lower() else 'corrupt'} image ({error})"
     return digest, None
-
-
-# traced once: run eagerly, the decode's conditionals run op by op, each taking the GIL
-_decoded_shape = tf.function(decoded_shape, input_signature=[tf.TensorSpec([], tf.string)])
 
 
 def _pillow_open(data: bytes) -> Image.Image:
