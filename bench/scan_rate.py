@@ -6,9 +6,7 @@ folder; then, side by side in this process:
   bare:    Pillow decode + SHA-256 of every file, in a process pool of every core (the floor the
            scan's checks cannot beat: it also decodes with TensorFlow);
   scan:    `tlkit.data.folders.scan` of the folder, a cold scan cache;
-  re-scan: the same scan again, the folder unchanged (the scan cache warm);
-  with --compare, the checks alone (no cache): TensorFlow's decode called from Python threads
-  (the scan before issue 27), and as the scan runs them (TensorFlow's in a tf.data map).
+  re-scan: the same scan again, the folder unchanged (the scan cache warm).
 
 Prints images/s of each, scan / bare and re-scan seconds / scan seconds.
 
@@ -21,7 +19,7 @@ import hashlib
 import os
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -68,8 +66,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--keep", type=Path, help="generate into (and reuse) this folder")
-    parser.add_argument("--compare", action="store_true",
-                        help="also time the checks alone (no cache), two ways")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="scan_rate."))
     root = args.keep or work / "data"
@@ -95,18 +91,7 @@ def main() -> None:
     print(f"scan, cold cache: {n / first:,.0f} images/s ({first:.1f} s); "
           f"scan / bare = {n / first / ((bare + bare_after) / 2):.2f}")
     print(f"re-scan, unchanged: {again:.2f} s, {again / first:.3f} of the first")
-    if args.compare:
-        from tlkit.data import checks
 
-        paths = [Path(f) for f in files]
-        start = time.perf_counter()
-        with ThreadPoolExecutor(min(8, os.cpu_count())) as pool:
-            list(pool.map(checks._inspect, paths))
-        print(f"checks alone, every file decoded by TensorFlow from Python threads: "
-              f"{len(paths) / (time.perf_counter() - start):,.0f} images/s")
-        start = time.perf_counter()
-        list(checks._in_chunks(paths))
-        print(f"checks alone, as the scan runs them: {len(paths) / (time.perf_counter() - start):,.0f} images/s")
 
 if __name__ == "__main__":
     main()

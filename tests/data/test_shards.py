@@ -60,3 +60,21 @@ def test_tlkit_pack_writes_shards_and_says_so(cli, tiny_images, tmp_path):
     shards.verify(str(tmp_path / "packed"))
     code, _, err = cli("pack", "--data", tiny_images, "--out", tmp_path / "packed")
     assert code != 0 and "is not empty" in err and "Traceback" not in err
+
+
+def test_shards_feed_the_images_and_labels_the_folder_feeds(tiny_images):
+    from tlkit.data.pipeline import make_dataset
+
+    out = "ram://packs/feed"
+    shards.pack(tiny_images, out, shard_bytes=4000)
+    from_shards = list(shards.dataset(out, (24, 24)).as_numpy_iterator())
+    images = folders.scan(tiny_images)
+    from_folder = [(x, y) for xs, ys in make_dataset(images, (24, 24), 8).as_numpy_iterator() for x, y in zip(xs, ys)]
+    assert len(from_shards) == len(from_folder) == 24
+
+    def key(pair):
+        return pair[0].tobytes(), int(pair[1])
+
+    assert sorted(map(key, from_shards)) == sorted(map(key, from_folder))  # bit for bit
+    halves = [list(shards.dataset(out, (24, 24), num_workers=2, worker_index=i).as_numpy_iterator()) for i in (0, 1)]
+    assert sorted(map(key, halves[0] + halves[1])) == sorted(map(key, from_shards)) and all(halves)

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit.data.checks import Progress, printable
+from tlkit.data.decode import decode_image
 from tlkit.data.folders import scan
 from tlkit.errors import TlkitError
 
@@ -74,6 +75,28 @@ def read_index(folder: str) -> dict:
         raise TlkitError(f"'{folder}' has no {INDEX}: it is not a folder of shards written by `tlkit pack`")
     with tf.io.gfile.GFile(path) as f:
         return json.loads(f.read())
+
+
+def dataset(folder: str, image_size: tuple[int, int], *, channels: int = 3, num_workers: int = 1,
+            worker_index: int = 0) -> tf.data.Dataset:
+    """(float32 image (h, w, channels) in [0, 255], int32 label) of every record, decoded by the
+    decoder training uses (so as from the folder), the shards read in parallel by
+    `interleave`. Under several workers each reads its own shards (`worker_index` of
+    `num_workers`, sharded by file, as `tf.data.experimental.AutoShardPolicy.FILE` would)."""
+    folder = str(folder).rstrip("/")
+    files = [f"{folder}/{shard['file']}" for shard in read_index(folder)["shards"]]
+    if num_workers > len(files):
+        raise TlkitError(f"'{folder}' has {len(files)} shards, fewer than the {num_workers} workers: "
+                         "pack it again with a smaller --shard-mb")
+    ds = tf.data.Dataset.from_tensor_slices(files).shard(num_workers, worker_index)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
+
+    def example(record):
+        parsed = tf.io.parse_single_example(record, _FEATURES)
+        return decode_image(parsed["image"], image_size, channels), tf.cast(parsed["label"], tf.int32)
+
+    return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def verify(folder: str, index: dict | None = None) -> None:
