@@ -35,7 +35,7 @@ def cache_file() -> Path:
     return cache_root() / "scan.sqlite"
 
 
-def file_key(path: Path) -> Key | None:
+def file_key(path: str | Path) -> Key | None:
     """What a cached check of `path` is valid for; None for what is never cached (no such file,
     not a regular file)."""
     try:
@@ -66,7 +66,7 @@ class ScanCache:
             self._db.close()
         self._db = None
 
-    def lookup(self, paths: Sequence[Path], keys: Sequence[Key | None]) -> dict[int, tuple[str, str | None]]:
+    def lookup(self, paths: Sequence[str | Path], keys: Sequence[Key | None]) -> dict[int, tuple[str, str | None]]:
         """{index: (digest, problem)} of the paths whose check is cached for their current key."""
         if self._db is None:
             return {}
@@ -87,7 +87,7 @@ class ScanCache:
             return {}
         return found
 
-    def store(self, entries: Sequence[tuple[Path, Key | None, str | None, str | None]]) -> None:
+    def store(self, entries: Sequence[tuple[str | Path, Key | None, str | None, str | None]]) -> None:
         """Keep (path, key, digest, problem) of checked files; racy and uncacheable ones are left out."""
         if self._db is None:
             return
