@@ -9,7 +9,7 @@ from tlkit.cli._options import check_folders
 
 
 @cli.command()
-@click.option("--data", required=True, help="A folder of class folders (any tf.io.gfile path).")
+@click.option("--data", required=True, type=click.Path(), help="A folder of class folders (on this machine).")
 @click.option("--out", required=True, help="A new or empty folder for the shards (gs://, ram://, ... too).")
 @click.option("--skip-bad", is_flag=True, help="Leave bad images out (listed in the index's report) instead of stopping.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the shuffle.")
