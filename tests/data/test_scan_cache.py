@@ -87,3 +87,11 @@ def test_a_cache_that_cannot_be_written_costs_only_time(folder, tmp_path, monkey
         images, opened = opened_during(lambda: folders.scan(folder), folder)
         assert len(images) == 24 and len(opened) == 24
     assert "scan cache" in caplog.text and "every file is checked" in caplog.text
+
+
+def test_a_cache_file_that_is_not_a_database_costs_only_time(folder, caplog):
+    scan_cache.cache_file().parent.mkdir(parents=True)
+    scan_cache.cache_file().write_bytes(b"not SQLite " * 100)
+    images, opened = opened_during(lambda: folders.scan(folder), folder)
+    assert len(images) == 24 and len(opened) == 24
+    assert "scan cache" in caplog.text
