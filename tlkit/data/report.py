@@ -218,8 +218,8 @@ def training_overlap_warning(run, images: ImageSet) -> str | None:
 
 def console_progress(stream=None, what: str = "checked") -> Progress:
     """A `progress` callback for `scan` that shows a bar on `stream` (stderr by default), a new
-    one each time a scan starts (done == 0). On a terminal the bar is redrawn in place at most
-    ten times a second; elsewhere (a log file) a plain line is written every 10 seconds and at
+    one each time a scan starts (done == 0), with the rate and the time left. On a terminal the
+    bar is redrawn in place at most ten times a second; elsewhere (a log file) a plain line is written every 10 seconds and at
     the end, so a long scan is never silent."""
     stream = stream or sys.stderr
     live = stream.isatty()
@@ -236,8 +236,9 @@ def console_progress(stream=None, what: str = "checked") -> Progress:
         elapsed = now - state["start"]
         filled = int(30 * done / total)
         eta = f", {elapsed * (total - done) / done:.0f} s left" if done < total else ""
+        rate = f", {done / elapsed:,.0f}/s" if elapsed > 0 else ""
         line = (f"{done:>{len(str(total))}}/{total} [{'=' * filled}{'.' * (30 - filled)}] "
-                f"{what} in {elapsed:.1f} s{eta}")
+                f"{what} in {elapsed:.1f} s{rate}{eta}")
         stream.write(f"\r{line}\033[K" if live else f"{line}\n")
         if live and done == total:
             stream.write("\n")

@@ -1,0 +1,97 @@
+"""The pre-training scan against the bare work it has to do (issue 27).
+
+N distinct 320x240 JPEGs (noise over a gradient, one seed each) in 4 class folders of a temporary
+folder; then, side by side in this process:
+
+  bare:    Pillow decode + SHA-256 of every file, in a process pool of every core (the floor the
+           scan's checks cannot beat: it also decodes with TensorFlow);
+  scan:    `tlkit.data.folders.scan` of the folder, a cold scan cache;
+  re-scan: the same scan again, the folder unchanged (the scan cache warm).
+
+Prints images/s of each, scan / bare and re-scan seconds / scan seconds.
+
+    PYTHONPATH=. python bench/scan_rate.py --images 5000 [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+CLASSES = 4
+
+
+def _write(args) -> None:
+    root, i = args
+    rng = np.random.default_rng(i)
+    y, x = np.mgrid[:240, :320]
+    image = rng.integers(0, 96, (240, 320, 3)) + np.stack([x * 0.4, y * 0.5, (x + y) * 0.2], -1)
+    path = Path(root, f"c{i % CLASSES}", f"{i:07d}.jpg")
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def generate(root: Path, n: int) -> None:
+    for c in range(CLASSES):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+    missing = [(str(root), i) for i in range(n) if not (root / f"c{i % CLASSES}" / f"{i:07d}.jpg").exists()]
+    with ProcessPoolExecutor() as pool:
+        list(pool.map(_write, missing, chunksize=64))
+
+
+def _bare(path: str) -> str:
+    with open(path, "rb") as f:
+        data = f.read()
+    with Image.open(__import__("io").BytesIO(data)) as image:
+        image.load()
+    return hashlib.sha256(data).hexdigest()
+
+
+def bare_rate(files: list[str]) -> float:
+    start = time.perf_counter()
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(_bare, files, chunksize=32))
+    return len(files) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--keep", type=Path, help="generate into (and reuse) this folder")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="scan_rate."))
+    root = args.keep or work / "data"
+    os.environ["TLKIT_CACHE"] = str(work / "cache")
+    generate(root, args.images)
+    files = sorted(str(p) for p in root.rglob("*.jpg"))[: args.images]
+    print(f"{len(files)} JPEGs of 320x240 in {root}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}")
+
+    from tlkit.data.folders import scan  # TensorFlow is imported here, after the bare pool ran once
+
+    bare = bare_rate(files)
+    start = time.perf_counter()
+    images = scan(root)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    scan(root)
+    again = time.perf_counter() - start
+    bare_after = bare_rate(files)
+    n = len(images)
+    print(f"bare decode+hash, {os.cpu_count()} processes: {bare:,.0f} images/s (again after the scans: "
+          f"{bare_after:,.0f})")
+    print(f"scan, cold cache: {n / first:,.0f} images/s ({first:.1f} s); "
+          f"scan / bare = {n / first / ((bare + bare_after) / 2):.2f}")
+    print(f"re-scan, unchanged: {again:.2f} s, {again / first:.3f} of the first")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""tlkit.data.shards: `tlkit pack` writes shuffled, verified TFRecord shards with an index; a
+corrupt shard is named by file and record."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import tensorflow as tf
+
+from tlkit.data import folders, shards
+from tlkit.errors import TlkitError
+
+
+def test_pack_to_ram_writes_every_image_once_in_shuffled_verified_shards(tiny_images):
+    out = "ram://packs/tiny"
+    index = shards.pack(tiny_images, out, shard_bytes=4000)
+    images = folders.scan(tiny_images)
+    assert shards.read_index(out) == index
+    assert index["classes"] == images.classes and index["report"]["counts"] == [8, 8, 8]
+    assert len(index["shards"]) > 1 and all(len(s["labels"]) for s in index["shards"])
+    digests = [d for s in index["shards"] for d in s["digests"]]
+    labels = [label for s in index["shards"] for label in s["labels"]]
+    assert Counter(zip(digests, labels)) == Counter(zip(images.digests, images.labels))
+    assert digests != images.digests  # shuffled
+    assert sorted(tf.io.gfile.listdir(out)) == sorted([s["file"] for s in index["shards"]] + [shards.INDEX])
+    shards.verify(out)
+
+
+def test_pack_refuses_a_folder_that_is_not_empty(tiny_images, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(TlkitError, match="is not empty"):
+        shards.pack(tiny_images, str(tmp_path))
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_a_corrupt_shard_is_named_by_file_and_record(tiny_images, tmp_path):
+    out = tmp_path / "packed"
+    index = shards.pack(tiny_images, str(out), shard_bytes=4000)
+    first = index["shards"][0]
+    path = out / first["file"]
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF  # inside the last record's image bytes: its checksum no longer matches
+    path.write_bytes(bytes(data))
+    with pytest.raises(TlkitError) as error:
+        shards.verify(str(out))
+    message = str(error.value)
+    assert f"shard '{path}' is corrupt at record {len(first['labels'])} " in message
+    assert len(message.splitlines()) == 1
+
+
+def test_a_folder_without_an_index_is_not_a_pack(tmp_path):
+    with pytest.raises(TlkitError, match="has no index.json"):
+        shards.read_index(str(tmp_path))
+
+
+def test_tlkit_pack_writes_shards_and_says_so(cli, tiny_images, tmp_path):
+    code, out, err = cli("pack", "--data", tiny_images, "--out", tmp_path / "packed", "--shard-mb", 1)
+    assert code == 0, err
+    assert f"packed 24 images of 3 classes into 1 shard in {tmp_path / 'packed'}" in out
+    shards.verify(str(tmp_path / "packed"))
+    code, _, err = cli("pack", "--data", tiny_images, "--out", tmp_path / "packed")
+    assert code != 0 and "is not empty" in err and "Traceback" not in err
+
+
+def test_shards_feed_the_images_and_labels_the_folder_feeds(tiny_images):
+    from tlkit.data.pipeline import make_dataset
+
+    out = "ram://packs/feed"
+    shards.pack(tiny_images, out, shard_bytes=4000)
+    from_shards = list(shards.dataset(out, (24, 24)).as_numpy_iterator())
+    images = folders.scan(tiny_images)
+    from_folder = [(x, y) for xs, ys in make_dataset(images, (24, 24), 8).as_numpy_iterator() for x, y in zip(xs, ys)]
+    assert len(from_shards) == len(from_folder) == 24
+
+    def key(pair):
+        return pair[0].tobytes(), int(pair[1])
+
+    assert sorted(map(key, from_shards)) == sorted(map(key, from_folder))  # bit for bit
+    halves = [list(shards.dataset(out, (24, 24), num_workers=2, worker_index=i).as_numpy_iterator()) for i in (0, 1)]
+    assert sorted(map(key, halves[0] + halves[1])) == sorted(map(key, from_shards)) and all(halves)

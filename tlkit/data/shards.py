@@ -1,0 +1,123 @@
+"""TFRecord shards of a folder of images (`tlkit pack`): the checked images of a scan, shuffled,
+their encoded bytes unchanged, in shards of about SHARD_BYTES, with an index file (index.json)
+holding the class list, each shard's labels and SHA-256 digests, and the scan's data report.
+
+Paths go through `tf.io.gfile`, so `--out` may be any file system TensorFlow serves (`gs://`,
+`ram://`, S3 through its plugin). The index is written last, once every shard has been read back
+and its digests compared: a folder with an index is a whole pack.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from tlkit.data.checks import Progress, printable
+from tlkit.data.decode import decode_image
+from tlkit.data.folders import scan
+from tlkit.errors import TlkitError
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.json"
+SHARD_BYTES = 150 << 20  # 100-200 MB: large reads for a bucket, enough shards to interleave and share out
+_FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
+
+
+def pack(data, out: str, *, skip_bad: bool = False, seed: int = 0, shard_bytes: int = SHARD_BYTES,
+         progress: Progress | None = None) -> dict:
+    """Scan `data` (as training scans it), then write its images to shuffled, verified shards in
+    `out` (a new or empty folder); the index, as written to `out`/index.json."""
+    out = str(out).rstrip("/")
+    if tf.io.gfile.exists(out) and tf.io.gfile.listdir(out):
+        raise TlkitError(f"'{out}' is not empty: give a new folder for the shards")
+    images = scan(data, skip_bad=skip_bad, progress=progress)
+    tf.io.gfile.makedirs(out)
+    order = np.random.default_rng(seed).permutation(len(images))
+    shards, writer, size = [], None, 0
+    for i in order:
+        with tf.io.gfile.GFile(str(images.files[i]), "rb") as f:
+            encoded = f.read()
+        if writer is None or (size + len(encoded) > shard_bytes and shards[-1]["labels"]):
+            if writer:
+                writer.close()
+            shards.append({"file": f"shard-{len(shards):05d}.tfrecord", "labels": [], "digests": []})
+            writer, size = tf.io.TFRecordWriter(f"{out}/{shards[-1]['file']}"), 0
+        writer.write(tf.train.Example(features=tf.train.Features(feature={
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[images.labels[i]])),
+        })).SerializeToString())
+        size += len(encoded)
+        shards[-1]["labels"].append(images.labels[i])
+        shards[-1]["digests"].append(images.digests[i])
+    writer.close()
+    index = {
+        "classes": images.classes, "shards": shards,
+        "report": {"source": printable(images.root), "counts": images.counts(),
+                   "skipped": [[printable(p), why] for p, why in images.skipped],
+                   "duplicates": [[printable(copy), printable(kept)] for copy, kept in images.duplicates]},
+    }
+    verify(out, index)
+    with tf.io.gfile.GFile(f"{out}/{INDEX}", "w") as f:
+        f.write(json.dumps(index, indent=1) + "\n")
+    log.info("packed %d images of %d classes into %d shards in %s", len(images), len(images.classes),
+             len(shards), out)
+    return index
+
+
+def read_index(folder: str) -> dict:
+    """The index of a pack; a folder without one is not a (finished) pack."""
+    path = f"{str(folder).rstrip('/')}/{INDEX}"
+    if not tf.io.gfile.exists(path):
+        raise TlkitError(f"'{folder}' has no {INDEX}: it is not a folder of shards written by `tlkit pack`")
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
+
+
+def dataset(folder: str, image_size: tuple[int, int], *, channels: int = 3, num_workers: int = 1,
+            worker_index: int = 0) -> tf.data.Dataset:
+    """(float32 image (h, w, channels) in [0, 255], int32 label) of every record, decoded by the
+    decoder training uses (so as from the folder), the shards read in parallel by
+    `interleave`. Under several workers each reads its own shards (`worker_index` of
+    `num_workers`, sharded by file, as `tf.data.experimental.AutoShardPolicy.FILE` would)."""
+    folder = str(folder).rstrip("/")
+    files = [f"{folder}/{shard['file']}" for shard in read_index(folder)["shards"]]
+    if num_workers > len(files):
+        raise TlkitError(f"'{folder}' has {len(files)} shards, fewer than the {num_workers} workers: "
+                         "pack it again with a smaller --shard-mb")
+    ds = tf.data.Dataset.from_tensor_slices(files).shard(num_workers, worker_index)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=tf.data.AUTOTUNE, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
+
+    def example(record):
+        parsed = tf.io.parse_single_example(record, _FEATURES)
+        return decode_image(parsed["image"], image_size, channels), tf.cast(parsed["label"], tf.int32)
+
+    return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def verify(folder: str, index: dict | None = None) -> None:
+    """Read every record of every shard and compare its bytes and label with the index: a corrupt
+    shard is named by file and record (1-based)."""
+    folder = str(folder).rstrip("/")
+    index = index or read_index(folder)
+    for shard in index["shards"]:
+        path = f"{folder}/{shard['file']}"
+        n = 0
+        try:
+            for n, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator(), start=1):
+                example = tf.io.parse_single_example(record, _FEATURES)
+                digest = hashlib.sha256(example["image"].numpy()).hexdigest()
+                if n > len(shard["digests"]) or digest != shard["digests"][n - 1] \
+                        or int(example["label"]) != shard["labels"][n - 1]:
+                    raise TlkitError(f"shard '{path}', record {n}: not the image the index lists "
+                                     f"(its bytes or label differ): pack the data again")
+        except tf.errors.OpError as error:  # DataLossError: a bad checksum or length; a bad Example
+            raise TlkitError(f"shard '{path}' is corrupt at record {n + 1} "
+                             f"({error.message.splitlines()[0]}): pack the data again") from None
+        if n != len(shard["digests"]):
+            raise TlkitError(f"shard '{path}' holds {n} records, its index {len(shard['digests'])}: "
+                             "pack the data again")
