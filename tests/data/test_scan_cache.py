@@ -95,3 +95,13 @@ def test_a_cache_file_that_is_not_a_database_costs_only_time(folder, caplog):
     images, opened = opened_during(lambda: folders.scan(folder), folder)
     assert len(images) == 24 and len(opened) == 24
     assert "scan cache" in caplog.text
+
+
+def test_another_set_of_decoders_starts_another_cache(folder, monkeypatch):
+    """A verdict depends on the decoders installed: a plugin that adds a format must not find the
+    refusals made without it."""
+    from PIL import Image
+
+    before = scan_cache.cache_file()
+    monkeypatch.setitem(Image.OPEN, "HEIF", Image.OPEN["PNG"])
+    assert scan_cache.cache_file() != before

@@ -1,5 +1,5 @@
 """The scan cache: what checking a file found (its SHA-256 and its problem, if any), kept under the
-tlkit cache ($TLKIT_CACHE/scan.sqlite) so that a file the scan has checked before is not read again.
+tlkit cache ($TLKIT_CACHE/scan-*.sqlite) so that a file the scan has checked before is not read again.
 
 An entry is used only while the file's path, size, modification time, inode and change time
 (ctime, which no program can set back, so a rewrite of the same size that restores the old
@@ -10,6 +10,7 @@ A cache that cannot be read or written costs only time: the files are checked as
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sqlite3
@@ -32,7 +33,14 @@ Key = tuple[int, int, int, int]  # size, mtime_ns, inode, ctime_ns
 
 
 def cache_file() -> Path:
-    return cache_root() / "scan.sqlite"
+    """One store per decoder set: a verdict depends on the decoders installed (a HEIC file refused
+    before pillow-heif was installed decodes after), so another Pillow or plugin starts afresh."""
+    import PIL
+    from PIL import Image
+
+    Image.init()
+    decoders = f"{PIL.__version__} {sorted(Image.OPEN)}".encode()
+    return cache_root() / f"scan-{hashlib.sha256(decoders).hexdigest()[:12]}.sqlite"
 
 
 def file_key(path: str | Path) -> Key | None:
