@@ -81,6 +81,7 @@ def test_unfreeze_1_trains_only_the_top_block_and_exports_with_parity(kind, pres
     assert check.agree == check.images == 6 and check.max_diff < 1e-5
 
 
+@pytest.mark.slow  # a second process, killed, then resumed: about 40 s
 def test_a_stopped_run_resumes(presets, tiny_images, tmp_path):
     out = tmp_path / "stopped"
     stop = textwrap.dedent("""

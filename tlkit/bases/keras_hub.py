@@ -87,7 +87,7 @@ def load_backbone(preset: str, weights: str):
             raise TlkitError(f"{local} is not a KerasHub preset folder (no config.json in it): write one with "
                              "`backbone.save_to_preset(FOLDER)`")
         preset = str(local.resolve())
-    elif "/" in preset:
+    elif "/" in preset and "://" not in preset:  # kaggle://, hf:// handles go to KerasHub as they are
         raise TlkitError(f"no KerasHub preset folder {preset}: pass keras_hub:FOLDER (written by save_to_preset) "
                          "or a preset name (see `tlkit bases`)")
     try:
