@@ -65,14 +65,14 @@ def validation_files(run_dir):
 # (format, path) pairs; savedmodel is fed the image files' bytes (its serving_default), the
 # others the decoded float32 pixels in images.npy. Writes each one's probabilities in label order.
 RUNTIMES = textwrap.dedent("""
-    import sys
+    import os, sys
     import numpy as np
     images, out, *pairs = sys.argv[1:]
     x = np.load(images)
     results = []
     for kind, path in zip(pairs[::2], pairs[1::2]):
         if kind == "savedmodel":
-            import os, tensorflow as tf
+            import tensorflow as tf
             labels = open(os.path.join(os.path.dirname(path), "labels.txt")).read().splitlines()
             files = open(images + ".files").read().splitlines()
             serve = tf.saved_model.load(path).signatures["serving_default"]
@@ -84,6 +84,11 @@ RUNTIMES = textwrap.dedent("""
             from ai_edge_litert.interpreter import Interpreter
             runner = Interpreter(model_path=path).get_signature_runner()
             p = np.concatenate([runner(images=image[None])["probabilities"] for image in x])
+        elif kind == "openvino":
+            import openvino
+            core = openvino.Core()
+            compiled = core.compile_model(os.path.join(path, "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            p = compiled(x)[compiled.output(0)]
         else:
             import onnxruntime
             p = onnxruntime.InferenceSession(path).run(["probabilities"], {"images": x})[0]
@@ -112,7 +117,7 @@ def test_every_format_agrees_with_keras_in_its_own_runtime(trained_run, exports,
     ours = run.model.predict(images, verbose=0)
     # the answers depend on the image and on its value range, so agreeing to 1e-4 says something
     assert ours.std(axis=0).min() > 0.01 and np.abs(run.model.predict(images / 255, verbose=0) - ours).max() > 0.01
-    tolerance = {"savedmodel": 1e-5, "tflite": 1e-4, "onnx": 1e-4}
+    tolerance = {"savedmodel": 1e-5, "tflite": 1e-4, "onnx": 1e-4, "openvino": 1e-4}
     targets = list(exports.items())
     for (kind, _), theirs in zip(targets, run_elsewhere(tmp_path, files, run.image_size, targets)):
         np.testing.assert_allclose(theirs, ours, atol=tolerance[kind], err_msg=kind)
@@ -182,6 +187,19 @@ def test_onnx_names_its_output_batch_and_labels(exports):
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["labels"]) == ["blue", "green", "red"] and props["input_range"] == "[0, 255]"
     assert {o.domain: o.version for o in proto.opset_import}[""] == 17
+
+
+def test_openvino_is_checked_at_float32_whatever_the_cpu_defaults_to(trained_run, exports):
+    import openvino
+
+    from tlkit.exporters.openvino import FLOAT32, GRAPH
+
+    core = openvino.Core()
+    model = core.read_model(exports["openvino"] / GRAPH)
+    assert [tuple(i.get_partial_shape().to_string().strip("[]").split(",")) for i in model.inputs] == [
+        ("?", "32", "32", "3")]
+    assert str(core.compile_model(model, "CPU", FLOAT32).get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    print(f"openvino: {check_export(trained_run, exports['openvino'], 'openvino')}")
 
 
 def test_tflite_carries_metadata_and_labels(exports):

@@ -25,7 +25,7 @@ import keras
 
 from tlkit._util.io import write_atomic, write_text_atomic
 from tlkit._util.keras_internals import hash_file, replaced_downloads, validate_file
-from tlkit.bases import BASES, Base
+from tlkit.bases import BASES, Base, keras_hub
 from tlkit.bases.inspect import human_count
 from tlkit.bases.keras_apps import keras_cache_dir, load_app
 from tlkit.errors import TlkitError, unknown_name
@@ -110,6 +110,7 @@ def format_bases(rows: list[Row]) -> str:
         "  FILE.keras   a Keras model, cut before its classifier (or at --base-layer NAME); blocks from a",
         "               blocks.json beside it, else a single block",
         "  RUN_DIR      a run of `tlkit finetune` or `tlkit train`, or a folder with base.keras and blocks.json",
+        *keras_hub.listing_lines(),
     ])
 
 

@@ -33,7 +33,7 @@ from tlkit.errors import TlkitError, unknown_name
 from tlkit.models.blocks import Block, build_block_map, single_block
 from tlkit.recipe.schema import POOLINGS, Recipe
 from tlkit.rundir.files import RunDir
-from tlkit.rundir.load import model_file_error
+from tlkit.rundir.load import model_file_error, register_keras_hub
 
 META_FILE = "base.json"
 CLASSIFIER_BASE = "base"  # the layer name of the base inside a tlkit classifier (engine.BASE_LAYER)
@@ -103,6 +103,7 @@ def _train_recipe(path: Path):
 
 def _load_keras(path: Path) -> keras.Model:
     try:
+        register_keras_hub(path)
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except TlkitError:
         raise

@@ -19,6 +19,7 @@ from tlkit.errors import TlkitError
 
 CATALOG_FILE = Path(__file__).parent.parent / "bases" / "catalog.json"
 HUB_PREFIX = "hub:"  # `--base hub:HANDLE`: a TF Hub handle or SavedModel folder, not a catalogued name
+KERAS_HUB_PREFIX = "keras_hub:"  # `--base keras_hub:PRESET`: a KerasHub preset name or folder
 
 
 @dataclass(frozen=True)
@@ -47,19 +48,22 @@ def load_catalog() -> dict[str, Entry]:
     return {name: Entry.from_dict(data) for name, data in json.loads(CATALOG_FILE.read_text()).items()}
 
 
-def base_source(spec: str, names: Container[str]) -> Literal["hub", "name", "path"]:
-    """Which kind of source the `--base` spec names: "hub" (hub:HANDLE, tlkit.bases.hub), "name"
+def base_source(spec: str, names: Container[str]) -> Literal["hub", "keras_hub", "name", "path"]:
+    """Which kind of source the `--base` spec names: "hub" (hub:HANDLE, tlkit.bases.hub),
+    "keras_hub" (keras_hub:PRESET, tlkit.bases.keras_hub), "name"
     (one of `names`, the registered bases, or a name to suggest close ones for), "path" (a .keras
     file, a run directory or a base directory that exists, tlkit.bases.local). A registered name
     wins over a file of that name in the current folder. A spec that looks like a path but is not
     there is refused here."""
     if spec.startswith(HUB_PREFIX):
         return "hub"
+    if spec.startswith(KERAS_HUB_PREFIX):
+        return "keras_hub"
     if spec in names:
         return "name"
     if Path(spec).exists():
         return "path"
     if "/" in spec or os.sep in spec or spec.endswith(".keras"):
-        raise TlkitError(f"base {spec} does not exist: pass a .keras file, a run directory, hub:HANDLE or a base "
+        raise TlkitError(f"base {spec} does not exist: pass a .keras file, a run directory, hub:HANDLE, keras_hub:PRESET or a base "
                          "name (see `tlkit bases`)")
     return "name"

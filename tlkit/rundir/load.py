@@ -129,11 +129,28 @@ def load_model(path: str | Path, safe_mode: bool = True) -> keras.Model:
     path = Path(path)
     file = RunDir(path).model if path.is_dir() else path
     try:
+        register_keras_hub(file)
         return keras.saving.load_model(file, safe_mode=safe_mode)
     except TlkitError:
         raise
     except Exception as err:  # Keras raises ValueError, TypeError, OSError, zipfile and h5py errors for a bad file
         raise model_file_error(file, err) from err
+
+
+def register_keras_hub(file: Path) -> None:
+    """Import keras_hub, which registers its layers with Keras, and tlkit's reloadable ViT layers,
+    when the model in `file` (a .keras zip) holds some (a keras_hub: base): only then, as keras_hub
+    takes seconds to import."""
+    import zipfile
+
+    if not zipfile.is_zipfile(file):
+        return
+    with zipfile.ZipFile(file) as archive:
+        if "config.json" in archive.namelist() and b"keras_hub" in archive.read("config.json"):
+            try:
+                import tlkit.models.keras_hub_layers  # noqa: F401  (imports keras_hub)
+            except ImportError as err:
+                raise TlkitError(f"{file} holds a KerasHub base: pip install 'tlkit[keras_hub]' to load it") from err
 
 
 def model_file_error(file: Path, err: Exception) -> TlkitError:
