@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tlkit
+import tlkit.stages  # noqa: F401  (registers the stage kinds this file checks)
 from tlkit.data.pipeline import load_images
 from tlkit.errors import TlkitError
 from tlkit.recipe.kinds import STAGES, resolve
