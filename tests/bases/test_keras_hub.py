@@ -61,6 +61,7 @@ def test_the_base_is_the_backbone_on_its_preprocessed_images(presets):
     np.testing.assert_allclose(resnet.model(x), backbone((x / 255 - MEAN) / STD), atol=1e-4)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["vit", "resnet"])
 def test_unfreeze_1_trains_only_the_top_block_and_exports_with_parity(kind, presets, tiny_images, tmp_path):
     out = tmp_path / "run"
@@ -81,7 +82,7 @@ def test_unfreeze_1_trains_only_the_top_block_and_exports_with_parity(kind, pres
     assert check.agree == check.images == 6 and check.max_diff < 1e-5
 
 
-@pytest.mark.slow  # a second process, killed, then resumed: about 40 s
+@pytest.mark.integration  # a second process, killed, then resumed: about 40 s
 def test_a_stopped_run_resumes(presets, tiny_images, tmp_path):
     out = tmp_path / "stopped"
     stop = textwrap.dedent("""

@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "data_samples" / "photos").rglob("*.jpg"))
 
 
+pytestmark = pytest.mark.integration  # a real server, a trained run and a browser: whole runs end to end
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_images, tmp_path_factory) -> Path:
     """EfficientNet-Lite0 (offline ImageNet weights) with a head: answers that depend on the image."""
