@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit._util.io import write_json_atomic
+from tlkit.data import manifest
 from tlkit.data.checks import Progress, file_digests, printable
 from tlkit.data.folders import ImageSet, scan
 from tlkit.data.splits import split
@@ -160,13 +161,27 @@ class DataReport:
 
 def prepare(data, *, val_data=None, val_split: float = 0.2, seed: int = 0, skip_bad: bool = False,
             classes: Sequence[str] | None = None, progress: Progress | None = None,
+            image_root=None, columns: manifest.Columns = manifest.DEFAULT_COLUMNS,
             ) -> tuple[ImageSet, ImageSet, DataReport]:
-    """Scan and check the data (every file, before any training), split it or scan `val_data`,
-    and report. With `val_data`, training files whose content is also in the validation folder
-    are left out of training (and listed in the report)."""
-    images = scan(data, skip_bad=skip_bad, classes=classes, progress=progress)
-    if val_data:
-        val = scan(val_data, skip_bad=skip_bad, classes=images.classes, progress=progress)
+    """Scan and check the data (a folder of class folders or a manifest; every file, before any
+    training), split it or scan `val_data`, and report. With `val_data`, training files whose
+    content is also in the validation folder are left out of training (and listed in the report).
+    A manifest's split column decides the split when it names validation rows (its test rows are
+    never trained on; rows without a split train)."""
+    def load(source, classes):
+        if not manifest.is_manifest(source):
+            return scan(source, skip_bad=skip_bad, classes=classes, progress=progress), None
+        table = manifest.read(source, image_root=image_root, columns=columns, classes=classes, skip_bad=skip_bad,
+                              progress=progress)
+        if "val" in table.splits and not val_data:
+            return table.part("train", ""), table.part("val")
+        return table.part("train", "val", ""), None
+
+    images, val = load(data, classes)
+    if val is not None:
+        train, overlap = without(images, val)
+    elif val_data:
+        val = load(val_data, images.classes)[0]
         train, overlap = without(images, val)
     else:
         (train, val), overlap = split(images, val_split, seed), []

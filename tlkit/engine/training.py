@@ -16,7 +16,7 @@ import tensorflow as tf
 from tlkit._util.keras_internals import built_from_shapes
 from tlkit.bases import Base, load_base
 from tlkit.data import augment as tlaugment
-from tlkit.data import checks, folders, splits
+from tlkit.data import checks, folders, manifest, splits
 from tlkit.data import pipeline as tldata
 from tlkit.data import report as datareport
 from tlkit.engine import resume as resume_state  # its save_state, looked up when called (tests stop a run there)
@@ -222,7 +222,7 @@ def load_data(recipe: Recipe, labelled: bool = True, progress: checks.Progress |
     (classes, train, val, DataReport). Unlabelled data (for stages that need no labels) may have
     class sub-folders or not."""
     if not recipe.data:
-        raise TlkitError("no data: pass --data DIR (a folder with one sub-folder of images per class)"
+        raise TlkitError("no data: pass --data DIR (a folder with one sub-folder of images per class) or --data FILE.csv"
                          if labelled else "no data: pass --data DIR (a folder of images, with or without sub-folders)")
     if not labelled:
         images = folders.scan_unlabeled(recipe.data, skip_bad=recipe.skip_bad, progress=progress)
@@ -231,7 +231,8 @@ def load_data(recipe: Recipe, labelled: bool = True, progress: checks.Progress |
     else:
         train, val, report = datareport.prepare(
             recipe.data, val_data=recipe.val_data, val_split=recipe.val_split, seed=recipe.seed,
-            skip_bad=recipe.skip_bad, progress=progress)
+            skip_bad=recipe.skip_bad, progress=progress, image_root=recipe.image_root,
+            columns=manifest.Columns(recipe.path_column, recipe.label_column, recipe.split_column))
     report.log()
     return train.classes if labelled else [], train, val, report
 

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit._util.io import write_json_atomic
-from tlkit.data import checks, folders
+from tlkit.data import checks, folders, manifest
 from tlkit.data import pipeline as tldata
 from tlkit.data.report import training_overlap_warning
 from tlkit.errors import TlkitError
@@ -167,8 +167,9 @@ def write_predictions_file(out: str | Path, results: list[Prediction], labels: l
 
 def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None = None, batch_size: int = 32, *,
              skip_bad: bool = False, tta: int = 1, checkpoint: str = "final", progress: bool = False,
-             top_losses: int = 9) -> dict:
-    """Evaluate a run on a labelled folder (one sub-folder per class, among the run's classes).
+             top_losses: int = 9, image_root=None, columns: manifest.Columns = manifest.DEFAULT_COLUMNS) -> dict:
+    """Evaluate a run on a labelled folder (one sub-folder per class, among the run's classes), or
+    on a manifest's test rows (all its rows when none is marked test; tlkit.data.manifest).
 
     Writes the evaluation report (tlkit.evaluation.report: report.json, predictions.csv, confusion.png,
     top_losses.png) into `out`, by default RUN/eval-<folder name>/, and returns report.json's
@@ -177,7 +178,8 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
         if value < least:
             raise TlkitError(f"{option} must be at least {least}, got {value}")
     run = _loaded(model, checkpoint)
-    images = folders.scan(data, skip_bad=skip_bad, classes=run.labels)
+    images = manifest.evaluation_set(data, classes=run.labels, skip_bad=skip_bad, image_root=image_root,
+                                     columns=columns)
     overlap = training_overlap_warning(run.path, images)
     if overlap:
         log.warning("%s", overlap)
