@@ -71,7 +71,7 @@ def test_the_split_column_decides_train_and_validation_and_evaluate_takes_the_te
     assert sorted(Path(p).name for p in evaluated) == ["1.png"] * 3
 
 
-def test_jsonl_and_a_dataframe_like_table_read_as_the_csv(tiny_images, tmp_path):
+def test_jsonl_and_a_dataframe_like_table_read_alike_and_a_dataframe_trains(tiny_images, tmp_path, monkeypatch):
     rows = [{"path": f"{c}/{i}.png", "label": c} for c in ("red", "blue") for i in range(3)]
     (tmp_path / "labels.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     from_jsonl = manifest.read(tmp_path / "labels.jsonl", image_root=tiny_images).images
@@ -87,6 +87,14 @@ def test_jsonl_and_a_dataframe_like_table_read_as_the_csv(tiny_images, tmp_path)
     from_frame = manifest.read(Frame(), image_root=tiny_images).images
     assert from_jsonl.files == from_frame.files and from_jsonl.labels == from_frame.labels == [0] * 3 + [1] * 3
     assert from_jsonl.classes == ["blue", "red"]
+
+    # paths relative to the working folder; the run's recipe names the table saved in the cache
+    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tiny_images)
+    run = tlkit.finetune("lenet5", Frame(), recipe="head_only", weights="none", pooling="flatten", image_size=32,
+                         batch_size=4, stages={"head": {"epochs": 1}}, out=tmp_path / "run", verbose=0)
+    assert run.recipe.image_root == str(tiny_images) and Path(run.recipe.data).parent == tmp_path / "cache" / "manifests"
+    assert manifest.read(run.recipe.data, image_root=run.recipe.image_root).images.files == from_frame.files
 
 
 @pytest.fixture
@@ -137,3 +145,17 @@ def test_a_bad_manifest_fails_on_the_command_line_before_training(images, cli, t
                          "--out", str(tmp_path / "run"))
     assert code != 0 and "labels.csv:3: " in err and "Traceback" not in err
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_a_multilabel_manifest_splits_every_label_and_reports_combinations(tmp_path):
+    # the sample photos with a second label: "round" for the round-ish subjects, none for some
+    rows = [(path, {"coffee": "coffee round", "flower": "flower round", "temple": ""}.get(label, label))
+            for path, label in photo_rows()]
+    table = write_csv(tmp_path / "tags.csv", rows)
+    train, val, report = prepare(str(table), image_root=PHOTOS, delimiter=" ", seed=1)
+    assert train.classes == ["astronaut", "cat", "coffee", "flower", "rocket", "round"]
+    assert report.train == [32, 32, 32, 32, 32, 64] and report.val == [8, 8, 8, 8, 8, 16]
+    assert not {f.name for f in train.files} & {f.name for f in val.files}
+    assert report.combinations[:3] == [("", 40), ("astronaut", 40), ("cat", 40)]
+    assert ("coffee|round", 40) in report.combinations
+    assert "6 label combinations, 40 images without a label" in report.lines()[0]

@@ -45,6 +45,9 @@ class ImageSet:
     duplicates: list[tuple[Path, Path]] = field(default_factory=list, repr=False)
     # (file, why): files in the folder that are not read at all (no image extension, no class)
     ignored: list[tuple[Path, str]] = field(default_factory=list, repr=False)
+    # a multi-label set's labels of each file (parallel to `files`; empty for a single-label set,
+    # whose `labels` then hold each file's one label; a multi-label set's `labels` are unused, 0)
+    label_sets: list[tuple[int, ...]] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -53,10 +56,24 @@ class ImageSet:
         return replace(
             self, files=[self.files[i] for i in indices], labels=[self.labels[i] for i in indices],
             digests=[self.digests[i] for i in indices] if self.digests else [],
+            label_sets=[self.label_sets[i] for i in indices] if self.label_sets else [],
         )
 
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.label_sets)
+
+    def multi_hot(self) -> np.ndarray:
+        """(images, classes) float32: 1 where an image has the class."""
+        targets = np.zeros((len(self.files), len(self.classes)), np.float32)
+        for row, labels in enumerate(self.label_sets):
+            targets[row, list(labels)] = 1
+        return targets
+
     def counts(self) -> list[int]:
-        """Images per class, in the order of `classes`."""
+        """Images per class, in the order of `classes` (of a multi-label set: images with it)."""
+        if self.multilabel:
+            return self.multi_hot().sum(axis=0).astype(np.int64).tolist()
         return np.bincount(np.asarray(self.labels, np.int64), minlength=len(self.classes)).tolist()
 
 

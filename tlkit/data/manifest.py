@@ -11,12 +11,14 @@ per label, sorted; within a class in path order), so a manifest of a folder trai
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from tlkit._util.io import cache_root, write_text_atomic
 from tlkit.data.checks import Progress, inspect_all, printable
 from tlkit.data.folders import ImageSet, scan
 from tlkit.errors import TlkitError
@@ -35,6 +37,10 @@ class Columns:
     label: str = "label"
     split: str = "split"
 
+    @classmethod
+    def of(cls, recipe) -> Columns:
+        return cls(recipe.path_column, recipe.label_column, recipe.split_column)
+
 
 DEFAULT_COLUMNS = Columns()
 
@@ -52,24 +58,38 @@ class Manifest:
         return self.images.subset([i for i, s in enumerate(self.splits) if s in names])
 
 
+def saved_frame(frame) -> Path:
+    """A DataFrame's rows as a JSON Lines manifest in tlkit's cache, named by its content, so that
+    the recipe of a run trained on it names a file that repeats the run."""
+    text = "".join(json.dumps({str(k): v for k, v in row.items()}, default=str) + "\n"
+                   for row in frame.to_dict("records"))
+    path = cache_root() / "manifests" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, text)
+    return path
+
+
 def is_manifest(data) -> bool:
     """Whether `data` is a manifest (a table file, or a DataFrame) rather than a folder."""
-    if _is_frame(data):
+    if is_frame(data):
         return True
     return isinstance(data, str | os.PathLike) and Path(data).suffix.lower() in MANIFEST_SUFFIXES and not Path(data).is_dir()
 
 
 def read(source, *, image_root=None, columns: Columns = DEFAULT_COLUMNS, classes=None, skip_bad: bool = False,
-         progress: Progress | None = None) -> Manifest:
+         delimiter: str | None = None, progress: Progress | None = None) -> Manifest:
     """The images and labels of a manifest, every row and image checked (see the module's doc).
 
     `classes` gives the label list and its order (a trained model's); otherwise the labels found,
     sorted. With `skip_bad`, images that cannot be decoded (or whose content is under two labels)
-    are skipped and recorded in `skipped`; a problem of the table itself is always an error."""
+    are skipped and recorded in `skipped`; a problem of the table itself is always an error.
+    With a `delimiter` the set is multi-label: a label cell holds any number of labels separated by
+    it (none: an image without a label), and the ImageSet has `label_sets`."""
     name, found_columns, rows = _rows(source)
     _check_columns(name, found_columns, columns)
     root = (Path(image_root) if image_root is not None else (
-        Path(source).parent if not _is_frame(source) else Path.cwd())).absolute()
+        Path(source).parent if not is_frame(source) else Path.cwd())).absolute()
     if not root.is_dir():
         raise TlkitError(f"image root '{printable(root)}' of manifest '{name}' is not a folder; pass --image-root DIR")
     problems: list[str] = []  # "where: what", one a line
@@ -81,7 +101,9 @@ def read(source, *, image_root=None, columns: Columns = DEFAULT_COLUMNS, classes
         if not path:
             problems.append(f"{where}: empty path (column '{columns.path}')")
             continue
-        if not label:
+        if delimiter is not None:
+            label = delimiter.join(sorted({token.strip() for token in label.split(delimiter) if token.strip()}))
+        elif not label:
             problems.append(f"{where}: empty label (column '{columns.label}') for '{path}'")
         if split not in SPLITS + ("",):
             problems.append(f"{where}: unknown split '{split}' for '{path}'; use train, val or test (or leave it empty)")
@@ -95,14 +117,15 @@ def read(source, *, image_root=None, columns: Columns = DEFAULT_COLUMNS, classes
             continue
         first_row[str(full)] = where
         entries.append((where, full, label, split))
-    found = sorted({label for _, _, label, _ in entries if label})
+    found = sorted({token for _, _, label, _ in entries for token in _labels(label, delimiter)})
     if classes is None:
         classes = found
     else:
         classes = list(classes)
         for where, _, label, _ in entries:
-            if label and label not in classes:
-                problems.append(f"{where}: label '{label}' is not one of the model's classes ({', '.join(classes)})")
+            for token in _labels(label, delimiter):
+                if token not in classes:
+                    problems.append(f"{where}: label '{token}' is not one of the model's classes ({', '.join(classes)})")
     # the images are checked even when the table has problems, so that one error lists them all
     n_table_problems = len(problems)
     results = inspect_all([full for _, full, _, _ in entries], progress)
@@ -120,22 +143,29 @@ def read(source, *, image_root=None, columns: Columns = DEFAULT_COLUMNS, classes
     good = [(entry, digest) for entry, (digest, problem) in zip(entries, results) if not problem]
     keep, duplicates = _one_per_content(good, root, skip_bad, skipped, problems)
     _raise(name, problems, " (or pass --skip-bad to skip them)")
-    keep.sort(key=lambda item: (classes.index(item[0][2]), item[0][1]))
     index = {label: i for i, label in enumerate(classes)}
-    images = ImageSet(root, classes, [full for (_, full, _, _), _ in keep], [index[e[2]] for e, _ in keep],
-                      skipped, [digest for _, digest in keep], duplicates)
+    if delimiter is None:
+        keep.sort(key=lambda item: (index[item[0][2]], item[0][1]))
+    else:
+        keep.sort(key=lambda item: item[0][1])
+    label_sets = [tuple(sorted(index[t] for t in _labels(e[2], delimiter))) for e, _ in keep]
+    images = ImageSet(root, classes, [full for (_, full, _, _), _ in keep],
+                      [s[0] for s in label_sets] if delimiter is None else [0] * len(keep),
+                      skipped, [digest for _, digest in keep], duplicates,
+                      label_sets=label_sets if delimiter is not None else [])
     if not images.files:
         raise TlkitError(f"every image of manifest '{name}' is bad ({len(skipped)} skipped)")
     return Manifest(images, [e[3] for e, _ in keep])
 
 
 def evaluation_set(data, *, classes, skip_bad: bool = False, image_root=None, columns: Columns = DEFAULT_COLUMNS,
-                   progress: Progress | None = None) -> ImageSet:
+                   delimiter: str | None = None, progress: Progress | None = None) -> ImageSet:
     """The images to evaluate a model of `classes` on: a folder's, or a manifest's test rows (all
     its rows when none is marked test)."""
     if not is_manifest(data):
         return scan(data, skip_bad=skip_bad, classes=classes, progress=progress)
-    table = read(data, image_root=image_root, columns=columns, classes=classes, skip_bad=skip_bad, progress=progress)
+    table = read(data, image_root=image_root, columns=columns, classes=classes, skip_bad=skip_bad, delimiter=delimiter,
+                 progress=progress)
     return table.part("test") if "test" in table.splits else table.images
 
 
@@ -166,6 +196,13 @@ def _one_per_content(good, root: Path, skip_bad: bool, skipped: list, problems: 
     return keep, duplicates
 
 
+def _labels(label: str, delimiter: str | None) -> list[str]:
+    """The labels of a row's (normalised) label cell."""
+    if delimiter is None:
+        return [label] if label else []
+    return label.split(delimiter) if label else []
+
+
 def _shown(full: Path, root: Path) -> str:
     """An image's path as a manifest row gives it: relative to the image root."""
     return printable(os.path.relpath(full, root))
@@ -192,7 +229,7 @@ def _cell(row: dict, column: str) -> str:
 def _rows(source) -> tuple[str, list[str], list[tuple[str, dict]]]:
     """(the manifest's name in messages, its columns, [(where, row)]): where is `file:line` (the line a row ends
     on) or `DataFrame row INDEX`."""
-    if _is_frame(source):
+    if is_frame(source):
         records = source.to_dict("records")
         return "DataFrame", [str(c) for c in source.columns], [(f"DataFrame row {i}", row) for i, row in zip(source.index, records)]
     path = Path(source)
@@ -233,7 +270,7 @@ def _check_columns(name: str, found, columns: Columns) -> None:
                              f"name the {what} column with --{what}-column")
 
 
-def _is_frame(data) -> bool:
+def is_frame(data) -> bool:
     return hasattr(data, "columns") and hasattr(data, "to_dict") and hasattr(data, "index")
 
 

@@ -232,7 +232,7 @@ def load_data(recipe: Recipe, labelled: bool = True, progress: checks.Progress |
         train, val, report = datareport.prepare(
             recipe.data, val_data=recipe.val_data, val_split=recipe.val_split, seed=recipe.seed,
             skip_bad=recipe.skip_bad, progress=progress, image_root=recipe.image_root,
-            columns=manifest.Columns(recipe.path_column, recipe.label_column, recipe.split_column))
+            columns=manifest.Columns.of(recipe), delimiter=recipe.label_delimiter if recipe.task == "multilabel" else None)
     report.log()
     return train.classes if labelled else [], train, val, report
 

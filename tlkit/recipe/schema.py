@@ -130,6 +130,10 @@ class Recipe:
     path_column: str = "path"
     label_column: str = "label"
     split_column: str = "split"
+    # single: one label an image (softmax); multilabel: any number (sigmoid, a threshold per label)
+    task: Literal["single", "multilabel"] = "single"
+    label_delimiter: str = "|"  # between the labels of a multi-label manifest's label cell
+    threshold: float | None = None  # one threshold for every label; None: each label's, chosen on validation
     skip_bad: bool = False
     # How.
     image_size: int | None = None  # None: the base's default
@@ -179,6 +183,10 @@ class Recipe:
                 return f"{key} must be >= 0, not {getattr(self, key)}"
         if (self.erasing or 0) > 1:
             return f"erasing is a probability, between 0 and 1, not {self.erasing}"
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            return f"threshold must be between 0 and 1, not {self.threshold}"
+        if not self.label_delimiter:
+            return "label_delimiter must not be empty"
         if not 0 <= self.label_smoothing < 1:
             return f"label_smoothing must be in [0, 1), not {self.label_smoothing}"
         return None
