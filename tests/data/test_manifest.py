@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tlkit
@@ -159,3 +160,22 @@ def test_a_multilabel_manifest_splits_every_label_and_reports_combinations(tmp_p
     assert report.combinations[:3] == [("", 40), ("astronaut", 40), ("cat", 40)]
     assert ("coffee|round", 40) in report.combinations
     assert "6 label combinations, 40 images without a label" in report.lines()[0]
+
+
+def test_a_multilabel_run_beats_the_best_constant_predictor_with_thresholds_chosen_on_validation(tmp_path):
+    # the photos with a second label that cuts across the classes: "round" for the cat, coffee and flower
+    rows = [(path, label + ("|round" if label in ("cat", "coffee", "flower") else "")) for path, label in photo_rows()]
+    table = write_csv(tmp_path / "tags.csv", rows)
+    run = tlkit.finetune("efficientnet_lite0", str(table), recipe="head_only", task="multilabel", image_root=str(PHOTOS),
+                         image_size=64, stages={"head": {"epochs": 8, "learning_rate": 0.01}}, out=tmp_path / "run",
+                         verbose=0)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    thresholds = json.loads((tmp_path / "run" / "thresholds.json").read_text())
+    assert list(thresholds) == run.labels == ["astronaut", "cat", "coffee", "flower", "rocket", "round", "temple"]
+    assert report["per_label"]["round"]["support"] == 24 and report["images"] == 48
+    # the best constant predictor of each label: all positive (F1 2p/(1+p)) or all negative (F1 0)
+    val = json.loads((tmp_path / "run" / "data_report.json").read_text())["val"]
+    constant = np.mean([2 * (n / 48) / (1 + n / 48) for n in val])
+    print(f"macro F1 {report['macro_f1']:.4f}, best constant {constant:.4f}, mAP {report['mAP']:.4f}")
+    assert report["macro_f1"] > constant + 0.3
+    assert 0 < report["exact_match"] <= 1 and report["micro_f1"] > 0.5

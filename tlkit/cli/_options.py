@@ -69,6 +69,12 @@ def training_options(command):
         click.option("--data", type=click.Path(), help="Folder with one sub-folder of images per class, or a "
                      "manifest: a .csv, .tsv or .jsonl table of path,label[,split]."),
         *MANIFEST_OPTIONS,
+        click.option("--task", type=click.Choice(typing.get_args(typing.get_type_hints(Recipe)["task"])),
+                     help="single (one label an image, the default) or multilabel (any number: a sigmoid per label)."),
+        click.option("--label-delimiter", metavar="TEXT", help="Between the labels of a multi-label manifest's "
+                     "label cell (default |)."),
+        click.option("--threshold", type=float, help="A multi-label run's one threshold for every label "
+                     "(default: each label's, chosen on the validation split to maximise its F1)."),
         click.option("--recipe", help="A built-in recipe name (see `tlkit recipes`) or a .toml file."),
         click.option("--out", type=click.Path(), help="Run directory (default runs/<name>-<time>)."),
         OVERWRITE,

@@ -11,10 +11,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlkit._util.io import write_text_atomic
+from tlkit._util.io import write_json_atomic, write_text_atomic
 from tlkit.data.augment import of as augmentation_of
 from tlkit.data.pipeline import make_dataset
 from tlkit.engine.curves import plot_curves
+from tlkit.evaluation import multilabel
 from tlkit.evaluation.metrics import evaluation_report
 from tlkit.recipe.kinds import STAGES
 from tlkit.rundir.files import RunDir
@@ -40,11 +41,22 @@ def write_run_report(out: str | Path, model: keras.Model, classes: Sequence[str]
         size, channels = tuple(model.input_shape[1:3]), model.input_shape[-1]
         probabilities = model.predict(make_dataset(val, size, batch_size or recipe.batch_size, channels=channels),
                                       verbose=0)
+    if len(val) and val.multilabel:
+        truth = val.multi_hot()
+        thresholds = (np.full(len(classes), recipe.threshold) if recipe.threshold is not None
+                      else multilabel.choose_thresholds(truth, probabilities))
+        write_json_atomic(RunDir(out).thresholds, dict(zip(classes, map(float, thresholds))))
+        evaluation = multilabel.write_evaluation(out, classes, val.files, truth, probabilities, thresholds,
+                                                 extra={"model": str(RunDir(out).model), "data": "validation split"})
+        log.info("validation (thresholds %s):\n%s", "of each label, chosen on it" if recipe.threshold is None
+                 else f"{recipe.threshold:g}", multilabel.format_report(evaluation))
+    elif len(val):
         evaluation = evaluation_report(model, classes, val.files, val.labels, probabilities, out,
                                        blocks=blocks, extra={"model": str(RunDir(out).model),
                                                                       "data": "validation split"})
-    write_text_atomic(RunDir(out).report, run_markdown(out, classes, train, val, recipe, results, evaluation,
-                                                      curves is not None, blocks))
+    write_text_atomic(RunDir(out).report, run_markdown(out, classes, train, val, recipe, results,
+                                                      None if val.multilabel else evaluation, curves is not None,
+                                                      blocks))
     log.info("wrote %s", RunDir(out).report)
     return evaluation
 
@@ -77,8 +89,7 @@ def _what_was_trained(recipe, classes, train, val) -> str:
 
 
 def _data(classes, train, val) -> list[str]:
-    train_counts = np.bincount(train.labels, minlength=len(classes))
-    val_counts = np.bincount(val.labels, minlength=len(classes))
+    train_counts, val_counts = train.counts(), val.counts()
     skipped = sorted({(str(p), why) for p, why in [*train.skipped, *val.skipped]})
     md = ["## Data", "", "| class | training | validation |", "|---|---:|---:|"]
     md += [f"| {c} | {t} | {v} |" for c, t, v in zip(classes, train_counts, val_counts)]
