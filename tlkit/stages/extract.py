@@ -23,8 +23,8 @@ def describe(params: Extract, recipe, blocks: list[str], classes: int) -> str:
 
 def run(ctx, index: int, params: Extract):
     # TensorFlow: imported when a stage runs, so checking a recipe stays fast
-    from tlkit.engine import frozen as features
     from tlkit.data.pipeline import targets
+    from tlkit.engine import frozen as features
     from tlkit.engine.classifier import BASE_LAYER
 
     model, detail = prepare(ctx, params)  # the head stage's: the base frozen
