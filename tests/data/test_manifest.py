@@ -162,20 +162,32 @@ def test_a_multilabel_manifest_splits_every_label_and_reports_combinations(tmp_p
     assert "6 label combinations, 40 images without a label" in report.lines()[0]
 
 
-def test_a_multilabel_run_beats_the_best_constant_predictor_with_thresholds_chosen_on_validation(tmp_path):
-    # the photos with a second label that cuts across the classes: "round" for the cat, coffee and flower
-    rows = [(path, label + ("|round" if label in ("cat", "coffee", "flower") else "")) for path, label in photo_rows()]
-    table = write_csv(tmp_path / "tags.csv", rows)
+def test_a_multilabel_run_beats_the_best_constant_predictor_on_its_test_rows(tmp_path, cli):
+    # the photos with a second label that cuts across the classes: "round" for the cat, coffee and
+    # flower; one image in 5 of each class held out as test rows
+    rows = [(path, label + ("|round" if label in ("cat", "coffee", "flower") else ""), "test" if i % 5 == 0 else "")
+            for i, (path, label) in enumerate(photo_rows())]
+    table = write_csv(tmp_path / "tags.csv", rows, ("path", "label", "split"))
     run = tlkit.finetune("efficientnet_lite0", str(table), recipe="head_only", task="multilabel", image_root=str(PHOTOS),
                          image_size=64, stages={"head": {"epochs": 8, "learning_rate": 0.01}}, out=tmp_path / "run",
                          verbose=0)
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
     thresholds = json.loads((tmp_path / "run" / "thresholds.json").read_text())
     assert list(thresholds) == run.labels == ["astronaut", "cat", "coffee", "flower", "rocket", "round", "temple"]
-    assert report["per_label"]["round"]["support"] == 24 and report["images"] == 48
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["images"] == 36  # validation, of 192
+
+    code, out, err = cli("evaluate", "--model", tmp_path / "run", "--data", table, "--out", tmp_path / "test")
+    assert code == 0, err
+    report = json.loads((tmp_path / "test" / "report.json").read_text())
+    assert report["images"] == 48 and report["per_label"]["round"]["support"] == 24
     # the best constant predictor of each label: all positive (F1 2p/(1+p)) or all negative (F1 0)
-    val = json.loads((tmp_path / "run" / "data_report.json").read_text())["val"]
-    constant = np.mean([2 * (n / 48) / (1 + n / 48) for n in val])
-    print(f"macro F1 {report['macro_f1']:.4f}, best constant {constant:.4f}, mAP {report['mAP']:.4f}")
-    assert report["macro_f1"] > constant + 0.3
+    constant = np.mean([2 * (row["support"] / 48) / (1 + row["support"] / 48) for row in report["per_label"].values()])
+    print(out, f"best constant predictor: macro F1 {constant:.4f}")
+    assert report["macro_f1"] > constant + 0.3 and f"macro F1 {report['macro_f1']:.4f}" in out
     assert 0 < report["exact_match"] <= 1 and report["micro_f1"] > 0.5
+
+    coffee = PHOTOS / rows[80][0]  # a test row: coffee, round
+    code, out, err = cli("predict", "--model", tmp_path / "run", coffee, "--out", tmp_path / "p.csv")
+    assert code == 0 and "coffee" in out and "round" in out, out
+    with open(tmp_path / "p.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert set(row["labels"].split("|")) == {"coffee", "round"} and float(row["p_round"]) >= thresholds["round"]

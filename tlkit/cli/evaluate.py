@@ -94,7 +94,7 @@ def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
     for path, why in results.skipped:
         click.echo(f"skipped {path}: {why}")
     for result in results:
-        ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top)
+        ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top) or "(no label above its threshold)"
         click.echo(f"{result.path}: {ranked}")
     if out:
         click.echo(f"wrote {len(results)} predictions to {out}")
@@ -110,7 +110,8 @@ def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
               help="Test-time augmentation: average over N views (mirror, crops), at most 12.")
 @click.option("--top-losses", default=9, show_default=True, type=click.IntRange(min=0),
               help="Images in top_losses.png.")
-@click.option("--min-accuracy", type=float, metavar="X", help="Exit with status 1 when the accuracy is below X (CI).")
+@click.option("--min-accuracy", type=float, metavar="X", help="Exit with status 1 when the accuracy (of a "
+              "multi-label run: the exact-match ratio) is below X (CI).")
 @click.option("--skip-bad", is_flag=True)
 @checkpoint_option
 @manifest_options
@@ -122,6 +123,7 @@ def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_b
     import_tensorflow()
     from tlkit.data.manifest import Columns
     from tlkit.evaluation.metrics import format_report
+    from tlkit.evaluation.multilabel import format_report as format_multilabel
     from tlkit.evaluation.predict import evaluate as run
 
     columns = Columns(**{key.removesuffix("_column"): value for key, value in manifest.items()
@@ -130,8 +132,12 @@ def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_b
                  progress=True, top_losses=top_losses, image_root=manifest["image_root"], columns=columns)
     for path, why in report["skipped"]:
         click.echo(f"skipped {path}: {why}")
-    click.echo(format_report(report))
-    click.echo(f"wrote report.json, predictions.csv, confusion.png, top_losses.png to {report['out']}")
-    if min_accuracy is not None and report["accuracy"] < min_accuracy:
+    if report.get("task") == "multilabel":
+        click.echo(format_multilabel(report))
+        click.echo(f"wrote report.json, predictions.csv to {report['out']}")
+    else:
+        click.echo(format_report(report))
+        click.echo(f"wrote report.json, predictions.csv, confusion.png, top_losses.png to {report['out']}")
+    if min_accuracy is not None and report.get("accuracy", report.get("exact_match")) < min_accuracy:
         click.echo(f"error: accuracy {report['accuracy']:.4f} is below --min-accuracy {min_accuracy}", err=True)
         sys.exit(1)

@@ -103,12 +103,17 @@ def write_evaluation(out: str | Path, classes: Sequence[str], files: Sequence[Pa
     out = Path(out)
     metrics = {**(extra or {}), **report(classes, truth, probabilities, thresholds), "labels": list(classes),
                "files": {"predictions": "predictions.csv"}}
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in classes)])
-    for f, t, p in zip(files, truth, probabilities):
-        writer.writerow([str(f), "|".join(c for c, on in zip(classes, t) if on),
-                         "|".join(c for c, v, cut in zip(classes, p, thresholds) if v >= cut), *(f"{v:.6f}" for v in p)])
-    write_text_atomic(out / "predictions.csv", text.getvalue())
+    rows = [["path", "true", "predicted", *(f"p_{c}" for c in classes)]]
+    rows += [[str(f), "|".join(c for c, on in zip(classes, t) if on),
+              "|".join(c for c, v, cut in zip(classes, p, thresholds) if v >= cut), *(f"{v:.6f}" for v in p)]
+             for f, t, p in zip(files, truth, probabilities)]
+    write_rows(out / "predictions.csv", rows)
     write_json_atomic(out / "report.json", metrics)
     return metrics
+
+
+def write_rows(path: Path, rows: list[list]) -> None:
+    """A CSV file of `rows` (the first the header), written atomically."""
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    write_text_atomic(path, text.getvalue())
