@@ -191,3 +191,15 @@ def test_a_multilabel_run_beats_the_best_constant_predictor_on_its_test_rows(tmp
     with open(tmp_path / "p.csv") as f:
         (row,) = csv.DictReader(f)
     assert set(row["labels"].split("|")) == {"coffee", "round"} and float(row["p_round"]) >= thresholds["round"]
+
+
+def test_a_folder_tree_is_multilabel_where_one_content_sits_in_several_class_folders(images):
+    shutil.copy(images / "red" / "0.png", images / "blue" / "red0.png")  # red and blue
+    shutil.copy(images / "red" / "1.png", images / "red" / "copy.png")  # a copy within red: counted once
+    train, val, report = prepare(str(images), delimiter="|", val_split=0.25)
+    kept = images / "blue" / "red0.png"  # the first copy in scan order stands for both
+    both = train if kept in train.files else val
+    assert both.label_sets[both.files.index(kept)] == (0, 2)  # blue, red
+    assert len(train) + len(val) == 24 and report.duplicates == [(str(images / "red" / "copy.png"),
+                                                                  str(images / "red" / "1.png"))]
+    assert ("blue|red", 1) in report.combinations

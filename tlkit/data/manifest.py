@@ -163,7 +163,7 @@ def evaluation_set(data, *, classes, skip_bad: bool = False, image_root=None, co
     """The images to evaluate a model of `classes` on: a folder's, or a manifest's test rows (all
     its rows when none is marked test)."""
     if not is_manifest(data):
-        return scan(data, skip_bad=skip_bad, classes=classes, progress=progress)
+        return scan(data, skip_bad=skip_bad, classes=classes, progress=progress, multilabel=delimiter is not None)
     table = read(data, image_root=image_root, columns=columns, classes=classes, skip_bad=skip_bad, delimiter=delimiter,
                  progress=progress)
     return table.part("test") if "test" in table.splits else table.images

@@ -181,10 +181,13 @@ def prepare(data, *, val_data=None, val_split: float = 0.2, seed: int = 0, skip_
     training), split it or scan `val_data`, and report. With `val_data`, training files whose
     content is also in the validation folder are left out of training (and listed in the report).
     A manifest's split column decides the split when it names validation rows (its test rows are
-    never trained on; rows without a split train). A `delimiter` makes a manifest multi-label."""
+    never trained on; rows without a split train). A `delimiter` makes the set multi-label: a
+    manifest's label cells split by it, a folder's copies of one content in several class folders
+    one image with those labels."""
     def load(source, classes):
         if not manifest.is_manifest(source):
-            return scan(source, skip_bad=skip_bad, classes=classes, progress=progress), None
+            return scan(source, skip_bad=skip_bad, classes=classes, progress=progress,
+                        multilabel=delimiter is not None), None
         table = manifest.read(source, image_root=image_root, columns=columns, classes=classes, skip_bad=skip_bad,
                               delimiter=delimiter, progress=progress)
         if "val" in table.splits and not val_data:
