@@ -54,9 +54,8 @@ def write_run_report(out: str | Path, model: keras.Model, classes: Sequence[str]
         evaluation = evaluation_report(model, classes, val.files, val.labels, probabilities, out,
                                        blocks=blocks, extra={"model": str(RunDir(out).model),
                                                                       "data": "validation split"})
-    write_text_atomic(RunDir(out).report, run_markdown(out, classes, train, val, recipe, results,
-                                                      None if val.multilabel else evaluation, curves is not None,
-                                                      blocks))
+    write_text_atomic(RunDir(out).report, run_markdown(out, classes, train, val, recipe, results, evaluation,
+                                                      curves is not None, blocks))
     log.info("wrote %s", RunDir(out).report)
     return evaluation
 
@@ -67,7 +66,10 @@ def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: di
     block map (RUN/blocks.json), for the blocks a finetune stage unfroze."""
     md = [f"# Run {out.name}", "", _what_was_trained(recipe, classes, train, val), "", *_data(classes, train, val), "",
           *_recipe(out, recipe, len(classes), list(blocks or [])), "", *_results(results, curves)]
-    if evaluation is not None:
+    if evaluation is not None and evaluation.get("task") == "multilabel":
+        md += ["## On the validation images", "", f"With `model.keras`, each label cut at its threshold "
+               f"(`{RunDir.THRESHOLDS}`):", "", "```", multilabel.format_report(evaluation), "```"]
+    elif evaluation is not None:
         md += _validation(evaluation)
     val_losses = [v for r in results for v in r.history.get("val_loss", [])]
     return "\n".join([*md, *_files_and_next(out, recipe, val_losses)])
@@ -85,6 +87,8 @@ def _what_was_trained(recipe, classes, train, val) -> str:
     return (f"{what}, input {recipe.image_size}x{recipe.image_size}, on "
             f"{len(train)} training and {len(val)} validation images in {len(classes)} classes from `{recipe.data}`"
             + (f" (validation images from `{recipe.val_data}`)." if recipe.val_data else
+               f" (a seeded split stratified over the labels, holding out {recipe.val_split:g} of the images, "
+               f"seed {recipe.seed}; several labels an image)." if train.multilabel else
                f" (a seeded, stratified split holding out {recipe.val_split:g} of each class, seed {recipe.seed})."))
 
 
