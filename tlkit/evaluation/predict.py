@@ -6,7 +6,6 @@ and crops of 85% of each side (inside the 80-100% crops of training's augmentati
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from tlkit.errors import TlkitError
 from tlkit.evaluation import multilabel
 from tlkit.evaluation.metrics import evaluation_report, write_predictions
 from tlkit.rundir.files import RunDir
-from tlkit.rundir.load import Run, load_run
+from tlkit.rundir.load import Run, load_run, read_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +110,6 @@ def probabilities(run: Run, images: folders.ImageSet, batch_size: int = 32, tta:
     return np.mean(views, axis=0), views[0]
 
 
-def thresholds(run: Run) -> np.ndarray:
-    """A multi-label run's threshold of each label (RUN/thresholds.json), in the order of its labels."""
-    path = RunDir(run.path).thresholds
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        return np.array([float(saved[label]) for label in run.labels])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise TlkitError(f"cannot read the multi-label thresholds '{path}' ({error}); train the run again") from None
-
-
 def _loaded(model: str | Path | Run, checkpoint: str) -> Run:
     return model if isinstance(model, Run) else load_run(model, checkpoint)
 
@@ -153,7 +142,7 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
     found = folders.ImageSet(Path("."), run.labels, paths, [0] * len(paths))
     probs, _ = probabilities(run, found, batch_size, tta, progress)
     k = min(top, len(run.labels))
-    cut = thresholds(run) if run.recipe.task == "multilabel" else None
+    cut = read_thresholds(run) if run.recipe.task == "multilabel" else None
     results = Predictions(skipped=problems)
     for path, p in zip(paths, probs):
         order = np.argsort(-p, kind="stable")
@@ -219,7 +208,7 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
              "skipped": [[str(p), why] for p, why in images.skipped], "out": str(out)}
     if multi:
         return multilabel.write_evaluation(out, run.labels, images.files, images.multi_hot(), probs,
-                                           thresholds(run), extra)
+                                           read_thresholds(run), extra)
     return evaluation_report(run.model, run.labels, images.files, images.labels, probs, out,
                              blocks=RunDir(run.path).read_blocks(), single_view=single if tta > 1 else None, tta_views=tta,
                              extra=extra, top_losses=top_losses)

@@ -110,7 +110,8 @@ def _split(run, needed_for: str | None):
                          f"it holds the images to {needed_for}")
     train, val, _ = report.prepare(recipe.data, val_data=recipe.val_data, val_split=recipe.val_split, seed=recipe.seed,
                                    skip_bad=True, classes=run.labels, image_root=recipe.image_root,
-                                   columns=manifest.Columns.of(recipe))
+                                   columns=manifest.Columns.of(recipe),
+                                   delimiter=recipe.label_delimiter if recipe.task == "multilabel" else None)
     return train, val
 
 
