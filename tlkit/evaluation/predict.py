@@ -163,7 +163,7 @@ def _predictions_format(out: str | Path) -> str:
 def write_predictions_file(out: str | Path, results: list[Prediction], labels: list[str], multi: bool = False
                            ) -> Path:
     out = Path(out)
-    if _predictions_format(out) == ".csv" and multilabel:
+    if _predictions_format(out) == ".csv" and multi:
         rows = [["path", "labels", *(f"p_{c}" for c in labels)]]
         rows += [[str(r.path), "|".join(c for c, _ in r.top), *(f"{v:.6f}" for v in r.probabilities)] for r in results]
         multilabel.write_rows(out, rows)
