@@ -18,6 +18,7 @@ import tlkit.stages  # noqa: F401  (registers the stage kinds)
 from tlkit._util.io import save_model_atomic
 from tlkit.bases import Base
 from tlkit.bases.zoo import zoo_input
+from tlkit.data import manifest
 from tlkit.engine.results import log_summary, write_results
 from tlkit.engine.resume import ResumeState, RunInterrupted
 from tlkit.engine.strategy import (
@@ -52,8 +53,10 @@ def finetune(base: str | None = None, data: str | None = None, recipe=None, out:
 
     `recipe` is a Recipe, a built-in name or a TOML path (default: classic). A recipe whose first
     stage is `autoencoder` needs no base: it pretrains its own. An existing run in `out` is
-    replaced only with `overwrite` (tlkit.rundir.guard).
+    replaced only with `overwrite` (tlkit.rundir.guard). `data` is a folder of class folders, a
+    manifest file, or a DataFrame of path,label[,split] (tlkit.data.manifest).
     """
+    data = _data_file(data, settings)
     return run(resolve(recipe, base=base, data=data, stages=stages, **settings), out, job=job, verbose=verbose,
                overwrite=overwrite)
 
@@ -73,8 +76,19 @@ def train(arch: str, data: str | None = None, recipe="scratch", out: str | Path 
           **settings) -> Run:
     """Train a zoo architecture from scratch, with its own top, through the same engine and run
     directory as `finetune` (so the result evaluates, predicts and exports the same way)."""
+    data = _data_file(data, settings)
     return run(resolve(recipe, base=arch, weights="none", data=data, stages=stages, **settings), out, job="train",
                verbose=verbose, overwrite=overwrite)
+
+
+def _data_file(data, settings: dict):
+    """`data`, a DataFrame saved as a manifest file (whose paths are relative to the working
+    folder, unless `settings` has an image_root)."""
+    if not manifest.is_frame(data):
+        return data
+    if settings.get("image_root") is None:
+        settings["image_root"] = str(Path.cwd())
+    return str(manifest.saved_frame(data))
 
 
 def _zoo_builder(arch: str, recipe):

@@ -11,7 +11,7 @@ import click
 
 from tlkit.errors import TlkitError
 from tlkit.recipe.kinds import StageParams
-from tlkit.recipe.schema import AUGMENT_PRESETS, POOLINGS, Distribute, Recipe, tomllib
+from tlkit.recipe.schema import AUGMENT_PRESETS, MANIFEST_SUFFIXES, POOLINGS, Distribute, Recipe, tomllib
 
 
 def stage_options(values: tuple[str, ...]) -> dict:
@@ -49,10 +49,32 @@ OVERWRITE = click.option("--overwrite", is_flag=True, default=None,
                          help="Replace the run already in --out (refused without it).")
 
 
+MANIFEST_OPTIONS = [
+    click.option("--image-root", type=click.Path(), help="Folder a manifest's paths are relative to "
+                 "(default: the manifest's folder)."),
+    click.option("--path-column", help="A manifest's column of image paths (default path)."),
+    click.option("--label-column", help="A manifest's column of labels (default label)."),
+    click.option("--split-column", help="A manifest's column of train/val/test (default split; optional)."),
+]
+
+
+def manifest_options(command):
+    """--image-root and the column options, for a command whose --data may be a manifest."""
+    return functools.reduce(lambda cmd, option: option(cmd), reversed(MANIFEST_OPTIONS), command)
+
+
 def training_options(command):
     """Options every training command shares; they override the recipe's settings."""
     options = [
-        click.option("--data", type=click.Path(), help="Folder with one sub-folder of images per class."),
+        click.option("--data", type=click.Path(), help="Folder with one sub-folder of images per class, or a "
+                     "manifest: a .csv, .tsv or .jsonl table of path,label[,split]."),
+        *MANIFEST_OPTIONS,
+        click.option("--task", type=click.Choice(typing.get_args(typing.get_type_hints(Recipe)["task"])),
+                     help="single (one label an image, the default) or multilabel (any number: a sigmoid per label)."),
+        click.option("--label-delimiter", metavar="TEXT", help="Between the labels of a multi-label manifest's "
+                     "label cell (default |)."),
+        click.option("--threshold", type=float, help="A multi-label run's one threshold for every label "
+                     "(default: each label's, chosen on the validation split to maximise its F1)."),
         click.option("--recipe", help="A built-in recipe name (see `tlkit recipes`) or a .toml file."),
         click.option("--out", type=click.Path(), help="Run directory (default runs/<name>-<time>)."),
         OVERWRITE,
@@ -121,7 +143,8 @@ def check_folders(settings: dict) -> None:
     for name in ("data", "val_data"):
         path = settings.get(name)
         if path is not None and not os.path.exists(path):
-            raise TlkitError(f"data folder '{path}' does not exist")
+            raise TlkitError(f"data {'manifest' if path.lower().endswith(MANIFEST_SUFFIXES) else 'folder'} '{path}' "
+                             "does not exist")
 
 
 def check_model(model: str) -> None:

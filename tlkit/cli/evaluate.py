@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from tlkit.cli._app import cli, import_tensorflow
-from tlkit.cli._options import check_folders, check_model, checkpoint_option
+from tlkit.cli._options import check_folders, check_model, checkpoint_option, manifest_options
 from tlkit.errors import TlkitError
 
 
@@ -94,7 +94,7 @@ def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
     for path, why in results.skipped:
         click.echo(f"skipped {path}: {why}")
     for result in results:
-        ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top)
+        ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top) or "(no label above its threshold)"
         click.echo(f"{result.path}: {ranked}")
     if out:
         click.echo(f"wrote {len(results)} predictions to {out}")
@@ -102,31 +102,42 @@ def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
 
 @cli.command()
 @click.option("--model", required=True, type=click.Path(), help="A run directory.")
-@click.option("--data", required=True, type=click.Path(), help="A labelled folder (one sub-folder per class).")
+@click.option("--data", required=True, type=click.Path(), help="A labelled folder (one sub-folder per class), or "
+              "a manifest (.csv, .tsv, .jsonl): its test rows, or all its rows when none is marked test.")
 @click.option("--out", type=click.Path(), help="Folder for the report (default RUN/eval-<data folder name>).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--tta", default=1, show_default=True, metavar="N", type=click.IntRange(1, 12),
               help="Test-time augmentation: average over N views (mirror, crops), at most 12.")
 @click.option("--top-losses", default=9, show_default=True, type=click.IntRange(min=0),
               help="Images in top_losses.png.")
-@click.option("--min-accuracy", type=float, metavar="X", help="Exit with status 1 when the accuracy is below X (CI).")
+@click.option("--min-accuracy", type=float, metavar="X", help="Exit with status 1 when the accuracy (of a "
+              "multi-label run: the exact-match ratio) is below X (CI).")
 @click.option("--skip-bad", is_flag=True)
 @checkpoint_option
-def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_bad, checkpoint):
+@manifest_options
+def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_bad, checkpoint, **manifest):
     """Evaluate a run on a labelled folder: per-class precision, recall, F1; confusion matrix,
     the images with the highest loss and their Grad-CAM, every prediction as CSV."""
     check_model(model)
     check_folders({"data": data})
     import_tensorflow()
+    from tlkit.data.manifest import Columns
     from tlkit.evaluation.metrics import format_report
+    from tlkit.evaluation.multilabel import format_report as format_multilabel
     from tlkit.evaluation.predict import evaluate as run
 
+    columns = Columns(**{key.removesuffix("_column"): value for key, value in manifest.items()
+                         if key.endswith("_column") and value})
     report = run(_load(model, checkpoint), data, out, batch_size=batch_size, skip_bad=skip_bad, tta=tta,
-                 progress=True, top_losses=top_losses)
+                 progress=True, top_losses=top_losses, image_root=manifest["image_root"], columns=columns)
     for path, why in report["skipped"]:
         click.echo(f"skipped {path}: {why}")
-    click.echo(format_report(report))
-    click.echo(f"wrote report.json, predictions.csv, confusion.png, top_losses.png to {report['out']}")
-    if min_accuracy is not None and report["accuracy"] < min_accuracy:
+    if report.get("task") == "multilabel":
+        click.echo(format_multilabel(report))
+        click.echo(f"wrote report.json, predictions.csv to {report['out']}")
+    else:
+        click.echo(format_report(report))
+        click.echo(f"wrote report.json, predictions.csv, confusion.png, top_losses.png to {report['out']}")
+    if min_accuracy is not None and report.get("accuracy", report.get("exact_match")) < min_accuracy:
         click.echo(f"error: accuracy {report['accuracy']:.4f} is below --min-accuracy {min_accuracy}", err=True)
         sys.exit(1)

@@ -153,7 +153,9 @@ def apply(batches: tf.data.Dataset, aug: bool | str | Augmentation, seed: int, n
 
     def mix(images, labels, draw):
         set_states(mixers, draw)
-        data = {"images": images, "labels": tf.one_hot(tf.cast(labels, tf.int32), num_classes)}
+        # a multi-label set's multi-hot rows mix as they are
+        data = {"images": images, "labels": labels if labels.shape.rank == 2 else tf.one_hot(tf.cast(labels, tf.int32),
+                                                                                             num_classes)}
         if len(mixers) == 1:
             out = mixers[0](data, training=True)
         else:  # as timm: MixUp or CutMix, one of them per batch

@@ -45,6 +45,9 @@ class ImageSet:
     duplicates: list[tuple[Path, Path]] = field(default_factory=list, repr=False)
     # (file, why): files in the folder that are not read at all (no image extension, no class)
     ignored: list[tuple[Path, str]] = field(default_factory=list, repr=False)
+    # a multi-label set's labels of each file (parallel to `files`; empty for a single-label set,
+    # whose `labels` then hold each file's one label; a multi-label set's `labels` are unused, 0)
+    label_sets: list[tuple[int, ...]] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -53,15 +56,29 @@ class ImageSet:
         return replace(
             self, files=[self.files[i] for i in indices], labels=[self.labels[i] for i in indices],
             digests=[self.digests[i] for i in indices] if self.digests else [],
+            label_sets=[self.label_sets[i] for i in indices] if self.label_sets else [],
         )
 
+    @property
+    def multilabel(self) -> bool:
+        return bool(self.label_sets)
+
+    def multi_hot(self) -> np.ndarray:
+        """(images, classes) float32: 1 where an image has the class."""
+        targets = np.zeros((len(self.files), len(self.classes)), np.float32)
+        for row, labels in enumerate(self.label_sets):
+            targets[row, list(labels)] = 1
+        return targets
+
     def counts(self) -> list[int]:
-        """Images per class, in the order of `classes`."""
+        """Images per class, in the order of `classes` (of a multi-label set: images with it)."""
+        if self.multilabel:
+            return self.multi_hot().sum(axis=0).astype(np.int64).tolist()
         return np.bincount(np.asarray(self.labels, np.int64), minlength=len(self.classes)).tolist()
 
 
 def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, min_per_class: int = 1,
-         progress: Progress | None = None) -> ImageSet:
+         progress: Progress | None = None, multilabel: bool = False) -> ImageSet:
     """Find the classes and images under `root` and check that every image decodes.
 
     Classes are the sub-folders, sorted by name, unless `classes` gives the list and its order
@@ -75,7 +92,8 @@ def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, 
 
     Files with the same content (SHA-256 of the bytes): within a class the first in scan order is
     kept and the copies are left out, listed in `duplicates`; in two classes they are an error
-    naming both paths, or with `skip_bad` every copy is skipped, with the reason.
+    naming both paths, or with `skip_bad` every copy is skipped, with the reason; of a
+    `multilabel` set they are one image with the labels of all their folders (`label_sets`).
     """
     root = _folder(root, "give a folder with one sub-folder per class")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -117,7 +135,8 @@ def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, 
         labels += [label] * len(found)
 
     digests, problems = _check_all(files, root, skip_bad, progress)
-    images = _without_copies(ImageSet(root, classes, files, labels, problems, digests, ignored=ignored), skip_bad)
+    images = _without_copies(ImageSet(root, classes, files, labels, problems, digests, ignored=ignored), skip_bad,
+                             multilabel)
 
     counts = images.counts()
     label_of = dict(zip(files, labels))
@@ -153,8 +172,9 @@ def scan_unlabeled(root, *, skip_bad: bool = False, progress: Progress | None = 
     return images
 
 
-def _without_copies(images: ImageSet, skip_bad: bool) -> ImageSet:
-    """`images` (all checked, bad ones in `skipped`) without bad files and extra copies of a content.
+def _without_copies(images: ImageSet, skip_bad: bool, multilabel: bool = False) -> ImageSet:
+    """`images` (all checked, bad ones in `skipped`) without bad files and extra copies of a content
+    (of a `multilabel` set, copies in other classes give the kept file their labels).
 
     A scanned set holds each content once, so `split` cannot put one content on both sides."""
     bad = {path for path, _ in images.skipped}
@@ -163,7 +183,14 @@ def _without_copies(images: ImageSet, skip_bad: bool) -> ImageSet:
         if path not in bad:
             by_digest[digest].append(i)
     keep, duplicates, conflicts = [], [], []
+    label_sets = {}
     for indices in by_digest.values():
+        if multilabel:
+            label_sets[indices[0]] = tuple(sorted({images.labels[i] for i in indices}))
+            keep.append(indices[0])
+            duplicates += [(images.files[i], images.files[indices[0]]) for i in indices[1:]
+                           if images.labels[i] in {images.labels[j] for j in indices[:indices.index(i)]}]
+            continue
         if len({images.labels[i] for i in indices}) > 1:
             conflicts.append(indices)
             continue
@@ -187,7 +214,10 @@ def _without_copies(images: ImageSet, skip_bad: bool) -> ImageSet:
                 others = ", ".join(where(j) for j in indices if j != i)
                 skipped.append((images.files[i], f"same content as {others}: ambiguous label"))
     keep.sort()
-    return replace(images.subset(keep), skipped=skipped, duplicates=duplicates)
+    kept = replace(images.subset(keep), skipped=skipped, duplicates=duplicates)
+    if multilabel:
+        kept.label_sets = [label_sets[i] for i in keep]
+    return kept
 
 
 def _check_all(files: list[Path], root: Path, skip_bad: bool, progress: Progress | None):

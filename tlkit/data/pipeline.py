@@ -56,7 +56,7 @@ def make_dataset(
     """
     if isinstance(cache, str):
         cache = decode_once(images, image_size, channels, cache)
-    labels = np.asarray(images.labels, np.int32)
+    labels = targets(images)
     if cache is None:
         ds = tf.data.Dataset.from_tensor_slices((tf_paths(images.files), labels))
 
@@ -73,6 +73,11 @@ def make_dataset(
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda item, label: (load(item), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return augmentation.apply(ds.batch(batch_size), augment, seed, len(images.classes)).prefetch(tf.data.AUTOTUNE)
+
+
+def targets(images: ImageSet) -> np.ndarray:
+    """What a model of `images` learns: int32 labels, or a multi-label set's float32 multi-hot rows."""
+    return images.multi_hot() if images.multilabel else np.asarray(images.labels, np.int32)
 
 
 def decode_once(images: ImageSet, image_size: tuple[int, int], channels: int = 3, mode: str = "auto", *,

@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit._util.io import write_json_atomic
+from tlkit.data import manifest
 from tlkit.data.checks import Progress, file_digests, printable
 from tlkit.data.folders import ImageSet, scan
 from tlkit.data.splits import split
@@ -48,6 +50,8 @@ class DataReport:
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (copy left out, file kept), same class
     overlap: list[tuple[str, str]] = field(default_factory=list)  # (training copy removed, validation file)
     train_digests: list[str] = field(default_factory=list, repr=False)  # SHA-256 of the training images
+    # a multi-label set's label combinations ("a|b", "" for none) and their images, commonest first
+    combinations: list[tuple[str, int]] | None = None
 
     @classmethod
     def of(cls, train: ImageSet, val: ImageSet, *, val_data=None,
@@ -64,6 +68,7 @@ class DataReport:
             duplicates=[(printable(a), printable(b)) for a, b in duplicates],
             overlap=[(printable(a), printable(b)) for a, b in overlap],
             train_digests=sorted(train.digests),
+            combinations=_combinations(train, val) if train.multilabel else None,
         )
 
     @property
@@ -100,8 +105,14 @@ class DataReport:
     def lines(self) -> list[str]:
         """The report in a few lines for the console (the warnings are `warnings`)."""
         where = f"'{self.data}'" + (f", validation '{self.val_data}'" if self.val_data else "")
-        out = [f"data {where}: {sum(self.train)} training and {sum(self.val)} validation images "
-               f"in {len(self.classes)} classes"]
+        if self.combinations is None:
+            out = [f"data {where}: {sum(self.train)} training and {sum(self.val)} validation images "
+                   f"in {len(self.classes)} classes"]
+        else:  # the table counts images per label, so an image is counted once per label it has
+            images = sum(n for _, n in self.combinations)
+            none = sum(n for combination, n in self.combinations if not combination)
+            out = [f"data {where}: {images} images with {len(self.classes)} labels (multi-label), "
+                   f"{len(self.combinations)} label combinations, {none} images without a label; images per label:"]
         if len(self.classes) <= _TABLE_ROWS:
             out += self.table()
         else:
@@ -110,6 +121,9 @@ class DataReport:
             out.append(f"  images per class: fewest {totals[low]} ('{self.classes[low]}'), median "
                        f"{int(np.median(totals))}, most {totals[high]} ('{self.classes[high]}'); "
                        f"every class in {RunDir.DATA_REPORT}")
+        if self.combinations:
+            out.append("  commonest combinations: " + ", ".join(
+                f"{combination or '(none)'} {n}" for combination, n in self.combinations[:_LISTED]))
         if self.duplicates:
             n = len(self.duplicates)
             out.append(f"{n} {'file repeats' if n == 1 else 'files repeat'} the content of another file of "
@@ -144,7 +158,8 @@ class DataReport:
     @classmethod
     def from_json(cls, data: dict) -> DataReport:
         names = cls.__dataclass_fields__
-        return cls(**{k: [tuple(x) for x in v] if k in ("skipped", "duplicates", "overlap", "ignored") else v
+        return cls(**{k: [tuple(x) for x in v] if k in ("skipped", "duplicates", "overlap", "ignored", "combinations")
+                      and v is not None else v
                       for k, v in data.items() if k in names})
 
     def save(self, path: str | Path) -> None:
@@ -160,17 +175,39 @@ class DataReport:
 
 def prepare(data, *, val_data=None, val_split: float = 0.2, seed: int = 0, skip_bad: bool = False,
             classes: Sequence[str] | None = None, progress: Progress | None = None,
+            image_root=None, columns: manifest.Columns = manifest.DEFAULT_COLUMNS, delimiter: str | None = None,
             ) -> tuple[ImageSet, ImageSet, DataReport]:
-    """Scan and check the data (every file, before any training), split it or scan `val_data`,
-    and report. With `val_data`, training files whose content is also in the validation folder
-    are left out of training (and listed in the report)."""
-    images = scan(data, skip_bad=skip_bad, classes=classes, progress=progress)
-    if val_data:
-        val = scan(val_data, skip_bad=skip_bad, classes=images.classes, progress=progress)
+    """Scan and check the data (a folder of class folders or a manifest; every file, before any
+    training), split it or scan `val_data`, and report. With `val_data`, training files whose
+    content is also in the validation folder are left out of training (and listed in the report).
+    A manifest's split column decides the split when it names validation rows (its test rows are
+    never trained on; rows without a split train). A `delimiter` makes the set multi-label: a
+    manifest's label cells split by it, a folder's copies of one content in several class folders
+    one image with those labels."""
+    def load(source, classes):
+        if not manifest.is_manifest(source):
+            return scan(source, skip_bad=skip_bad, classes=classes, progress=progress,
+                        multilabel=delimiter is not None), None
+        table = manifest.read(source, image_root=image_root, columns=columns, classes=classes, skip_bad=skip_bad,
+                              delimiter=delimiter, progress=progress)
+        if "val" in table.splits and not val_data:
+            return table.part("train", ""), table.part("val")
+        return table.part("train", "val", ""), None
+
+    images, val = load(data, classes)
+    if val is not None:
+        train, overlap = without(images, val)
+    elif val_data:
+        val = load(val_data, images.classes)[0]
         train, overlap = without(images, val)
     else:
         (train, val), overlap = split(images, val_split, seed), []
     return train, val, DataReport.of(train, val, val_data=val_data, overlap=overlap)
+
+
+def _combinations(train: ImageSet, val: ImageSet) -> list[tuple[str, int]]:
+    counts = Counter("|".join(train.classes[i] for i in labels) for labels in train.label_sets + val.label_sets)
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
 def without(train: ImageSet, val: ImageSet) -> tuple[ImageSet, list[tuple[Path, Path]]]:

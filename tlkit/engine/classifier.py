@@ -20,14 +20,16 @@ HEAD_POOLING = dict(zip(POOLINGS, (keras.layers.GlobalAveragePooling2D, keras.la
                                     keras.layers.Flatten)))
 
 
-def build_classifier(base: Base, num_classes: int, dropout: float, pooling: str = "avg") -> keras.Model:
-    """The base, called in inference mode, under a new head (pooling, dropout, softmax)."""
+def build_classifier(base: Base, num_classes: int, dropout: float, pooling: str = "avg",
+                     activation: str = "softmax") -> keras.Model:
+    """The base, called in inference mode, under a new head (pooling, dropout, softmax; sigmoid
+    for a multi-label task: each label's probability on its own)."""
     base.model.name = BASE_LAYER
     inputs = keras.Input((*base.model.input_shape[1:3], base.channels), name="image")
     # inference mode in the head and finetune stages (`base_in_inference`): BatchNorm keeps its
     # statistics, dropout inside the base is off, as the frozen base's features were at extraction
     x = base.model(inputs, training=False)
-    x = head_layers(x, num_classes, dropout, pooling)
+    x = head_layers(x, num_classes, dropout, pooling, activation)
     return keras.Model(inputs, x, name=f"{base.name}_classifier")
 
 
@@ -37,7 +39,7 @@ def base_in_inference(classifier: keras.Model, on: bool) -> None:
     keep_inference_mode(classifier.get_layer(BASE_LAYER), on)
 
 
-def head_layers(features, num_classes: int, dropout: float, pooling: str = "avg"):
+def head_layers(features, num_classes: int, dropout: float, pooling: str = "avg", activation: str = "softmax"):
     """`pooling` reduces a feature map to a vector: "avg" or "max" over all positions, or
     "flatten", which keeps where each feature is (small maps of small images: digits)."""
     x = features
@@ -46,7 +48,7 @@ def head_layers(features, num_classes: int, dropout: float, pooling: str = "avg"
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 output under mixed precision, for a numerically stable softmax and loss
-    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="head_dense")(x)
+    return keras.layers.Dense(num_classes, activation=activation, dtype="float32", name="head_dense")(x)
 
 
 def fixed_variables(model: keras.Model) -> set[int]:

@@ -192,10 +192,10 @@ def _read(entry: Path, digests: list[str]) -> dict[str, np.ndarray] | None:
     return dict(zip(held, features))
 
 
-def dataset(features: np.ndarray, labels: Sequence[int], batch_size: int, *, shuffle: bool = False,
+def dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool = False,
             seed: int = 0) -> tf.data.Dataset:
-    """(features, int32 labels) batches; with `shuffle`, a new seeded order every epoch."""
-    ds = tf.data.Dataset.from_tensor_slices((features, np.asarray(labels, np.int32)))
+    """(features, labels: int32, or multi-hot rows) batches; with `shuffle`, a new seeded order every epoch."""
+    ds = tf.data.Dataset.from_tensor_slices((features, labels))
     if shuffle:
         ds = ds.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -256,8 +256,8 @@ def frozen_once(ctx, index: int, kind: str):
     note = (f"the frozen layers ({where}) run once: {time.perf_counter() - start:.1f} s, "
             f"{size / 2**20:.1f} MB in memory")
     # shuffled as the images would be (same seed, same count): the same batches
-    return rest, (dataset(train, ctx.train.labels, r.batch_size, shuffle=True, seed=r.seed),
-                  dataset(val, ctx.val.labels, r.batch_size)), note
+    return rest, (dataset(train, tldata.targets(ctx.train), r.batch_size, shuffle=True, seed=r.seed),
+                  dataset(val, tldata.targets(ctx.val), r.batch_size)), note
 
 
 def frozen_split(classifier: keras.Model, base_layer: str,

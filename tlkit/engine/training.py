@@ -16,7 +16,7 @@ import tensorflow as tf
 from tlkit._util.keras_internals import built_from_shapes
 from tlkit.bases import Base, load_base
 from tlkit.data import augment as tlaugment
-from tlkit.data import checks, folders, splits
+from tlkit.data import checks, folders, manifest, splits
 from tlkit.data import pipeline as tldata
 from tlkit.data import report as datareport
 from tlkit.engine import resume as resume_state  # its save_state, looked up when called (tests stop a run there)
@@ -62,8 +62,19 @@ class RunContext:
     def classifier(self) -> keras.Model:
         if self.model is None:
             with self.strategy.scope():
-                self.model = build_classifier(self.base, len(self.classes), self.recipe.dropout, self.recipe.pooling)
+                self.model = build_classifier(self.base, len(self.classes), self.recipe.dropout, self.recipe.pooling,
+                                              "sigmoid" if self.multilabel else "softmax")
         return self.model
+
+    @property
+    def multilabel(self) -> bool:
+        return self.recipe.task == "multilabel"
+
+    @property
+    def positive_weights(self) -> list[float] | None:
+        """A multi-label run's class weights, as the weight of each label's positives in its loss
+        (fit's class_weight takes one label an image)."""
+        return [self.class_weight[i] for i in range(len(self.classes))] if self.class_weight else None
 
     @property
     def augmentation(self) -> tlaugment.Augmentation:
@@ -91,7 +102,10 @@ class RunContext:
         with the recipe's label smoothing, on soft labels when MixUp or CutMix mix them)."""
         r = self.recipe
         soft = self.augmentation.mixes
-        if loss is None:
+        if loss is None and self.multilabel:
+            loss = optimization.MultiLabelCrossentropy(r.label_smoothing, self.positive_weights)
+            metrics = [keras.metrics.BinaryAccuracy(name="accuracy") if m == "accuracy" else m for m in metrics]
+        elif loss is None:
             loss = (optimization.Crossentropy(r.label_smoothing) if r.label_smoothing or soft
                     else "sparse_categorical_crossentropy")
         # Keras' "accuracy" turns sparse or categorical by the shape of the first labels it sees:
@@ -172,7 +186,8 @@ class RunContext:
         with built_from_shapes(model, train):
             if params.epochs > done:
                 model.fit(train, validation_data=val, epochs=params.epochs, initial_epoch=done, callbacks=callbacks,
-                          verbose=self.verbose, class_weight=self.class_weight if classifying else None,
+                          verbose=self.verbose,
+                          class_weight=self.class_weight if classifying and not self.multilabel else None,
                           shuffle=False)  # the dataset shuffles
             scores = model.evaluate(val, verbose=0, return_dict=True)
         if checkpoint:
@@ -222,7 +237,7 @@ def load_data(recipe: Recipe, labelled: bool = True, progress: checks.Progress |
     (classes, train, val, DataReport). Unlabelled data (for stages that need no labels) may have
     class sub-folders or not."""
     if not recipe.data:
-        raise TlkitError("no data: pass --data DIR (a folder with one sub-folder of images per class)"
+        raise TlkitError("no data: pass --data DIR (a folder with one sub-folder of images per class) or --data FILE.csv"
                          if labelled else "no data: pass --data DIR (a folder of images, with or without sub-folders)")
     if not labelled:
         images = folders.scan_unlabeled(recipe.data, skip_bad=recipe.skip_bad, progress=progress)
@@ -231,7 +246,8 @@ def load_data(recipe: Recipe, labelled: bool = True, progress: checks.Progress |
     else:
         train, val, report = datareport.prepare(
             recipe.data, val_data=recipe.val_data, val_split=recipe.val_split, seed=recipe.seed,
-            skip_bad=recipe.skip_bad, progress=progress)
+            skip_bad=recipe.skip_bad, progress=progress, image_root=recipe.image_root,
+            columns=manifest.Columns.of(recipe), delimiter=recipe.label_delimiter if recipe.task == "multilabel" else None)
     report.log()
     return train.classes if labelled else [], train, val, report
 
@@ -278,6 +294,7 @@ def context(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.
                                    pooling=head_pooling(recipe, base) if labelled else recipe.pooling)
     ctx = RunContext(resolved, base, classes, train, val, image_size, Path(out), strategy, verbose, model)
     if labelled:
-        ctx.class_weight = optimization.class_weights(recipe.class_weight, classes, train.counts())
+        ctx.class_weight = optimization.class_weights(recipe.class_weight, classes, train.counts(),
+                                                      images=len(train) if train.multilabel else None)
     return ctx, report
 

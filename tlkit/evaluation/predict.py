@@ -15,13 +15,14 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit._util.io import write_json_atomic
-from tlkit.data import checks, folders
+from tlkit.data import checks, folders, manifest
 from tlkit.data import pipeline as tldata
 from tlkit.data.report import training_overlap_warning
 from tlkit.errors import TlkitError
+from tlkit.evaluation import multilabel
 from tlkit.evaluation.metrics import evaluation_report, write_predictions
 from tlkit.rundir.files import RunDir
-from tlkit.rundir.load import Run, load_run
+from tlkit.rundir.load import Run, load_run, read_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ _PROGRESS_BATCHES = 4  # a progress bar for more batches than this
 @dataclass
 class Prediction:
     path: Path
-    top: list[tuple[str, float]]  # (class, probability), most probable first
+    top: list[tuple[str, float]]  # (class, probability), most probable first; of a multi-label run, every label above its threshold
     probabilities: np.ndarray | None = None  # every class's, in label order
 
 
@@ -120,7 +121,9 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
 
     A file that does not decode is an error naming it, or with `skip_bad` is left out and listed
     in the result's `skipped`. `out` also writes the predictions as CSV (`.csv`: path, predicted class, its
-    probability, then every class's) or JSON (`.json`: a list of {path, top, probabilities})."""
+    probability, then every class's) or JSON (`.json`: a list of {path, top, probabilities}).
+    A multi-label run gives each image every label at or above its threshold (RUN/thresholds.json),
+    most probable first, and its CSV has the labels (joined by |) in place of the predicted class."""
     for option, value, least in (("top", top, 1), ("batch_size", batch_size, 1)):
         if value < least:
             raise TlkitError(f"{option} must be at least {least}, got {value}")
@@ -139,12 +142,14 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
     found = folders.ImageSet(Path("."), run.labels, paths, [0] * len(paths))
     probs, _ = probabilities(run, found, batch_size, tta, progress)
     k = min(top, len(run.labels))
+    cut = read_thresholds(run) if run.recipe.task == "multilabel" else None
     results = Predictions(skipped=problems)
     for path, p in zip(paths, probs):
-        order = np.argsort(-p, kind="stable")[:k]
+        order = np.argsort(-p, kind="stable")
+        order = order[p[order] >= cut[order]] if cut is not None else order[:k]
         results.append(Prediction(path, [(run.labels[i], float(p[i])) for i in order], p))
     if out is not None:
-        write_predictions_file(out, results, run.labels)
+        write_predictions_file(out, results, run.labels, multi=cut is not None)
     return results
 
 
@@ -155,9 +160,14 @@ def _predictions_format(out: str | Path) -> str:
     return suffix
 
 
-def write_predictions_file(out: str | Path, results: list[Prediction], labels: list[str]) -> Path:
+def write_predictions_file(out: str | Path, results: list[Prediction], labels: list[str], multi: bool = False
+                           ) -> Path:
     out = Path(out)
-    if _predictions_format(out) == ".csv":
+    if _predictions_format(out) == ".csv" and multi:
+        rows = [["path", "labels", *(f"p_{c}" for c in labels)]]
+        rows += [[str(r.path), "|".join(c for c, _ in r.top), *(f"{v:.6f}" for v in r.probabilities)] for r in results]
+        multilabel.write_rows(out, rows)
+    elif _predictions_format(out) == ".csv":
         write_predictions(out, [r.path for r in results], np.stack([r.probabilities for r in results]), labels)
     else:
         write_json_atomic(out, [{"path": str(r.path), "top": [[c, p] for c, p in r.top],
@@ -167,8 +177,10 @@ def write_predictions_file(out: str | Path, results: list[Prediction], labels: l
 
 def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None = None, batch_size: int = 32, *,
              skip_bad: bool = False, tta: int = 1, checkpoint: str = "final", progress: bool = False,
-             top_losses: int = 9) -> dict:
-    """Evaluate a run on a labelled folder (one sub-folder per class, among the run's classes).
+             top_losses: int = 9, image_root=None, columns: manifest.Columns = manifest.DEFAULT_COLUMNS) -> dict:
+    """Evaluate a run on a labelled folder (one sub-folder per class, among the run's classes), or
+    on a manifest's test rows (all its rows when none is marked test; tlkit.data.manifest). The
+    run's own manifest is read with the run's image root and columns unless others are given.
 
     Writes the evaluation report (tlkit.evaluation.report: report.json, predictions.csv, confusion.png,
     top_losses.png) into `out`, by default RUN/eval-<folder name>/, and returns report.json's
@@ -177,7 +189,16 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
         if value < least:
             raise TlkitError(f"{option} must be at least {least}, got {value}")
     run = _loaded(model, checkpoint)
-    images = folders.scan(data, skip_bad=skip_bad, classes=run.labels)
+    multi = run.recipe.task == "multilabel"
+    if run.recipe.data and manifest.is_manifest(data) and not manifest.is_frame(data) and \
+            Path(data).resolve() == Path(run.recipe.data):  # the run's own manifest: read as the run read it
+        image_root = run.recipe.image_root if image_root is None else image_root
+        columns = manifest.Columns.of(run.recipe) if columns == manifest.DEFAULT_COLUMNS else columns
+    images = manifest.evaluation_set(data, classes=run.labels, skip_bad=skip_bad, image_root=image_root,
+                                     columns=columns, delimiter=run.recipe.label_delimiter if multi else None)
+    if multi and not images.multilabel:
+        raise TlkitError(f"'{data}' is not a multi-label manifest, and the run is multi-label: give a .csv, .tsv "
+                         "or .jsonl manifest whose label cells list each image's labels")
     overlap = training_overlap_warning(run.path, images)
     if overlap:
         log.warning("%s", overlap)
@@ -185,6 +206,9 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
     out = Path(out) if out else run.path / f"eval-{Path(data).resolve().name}"
     extra = {"model": str(run.model_file), "checkpoint": run.checkpoint, "data": str(data),
              "skipped": [[str(p), why] for p, why in images.skipped], "out": str(out)}
+    if multi:
+        return multilabel.write_evaluation(out, run.labels, images.files, images.multi_hot(), probs,
+                                           read_thresholds(run), extra)
     return evaluation_report(run.model, run.labels, images.files, images.labels, probs, out,
                              blocks=RunDir(run.path).read_blocks(), single_view=single if tta > 1 else None, tta_views=tta,
                              extra=extra, top_losses=top_losses)

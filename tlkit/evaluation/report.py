@@ -11,10 +11,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlkit._util.io import write_text_atomic
+from tlkit._util.io import write_json_atomic, write_text_atomic
 from tlkit.data.augment import of as augmentation_of
 from tlkit.data.pipeline import make_dataset
 from tlkit.engine.curves import plot_curves
+from tlkit.evaluation import multilabel
 from tlkit.evaluation.metrics import evaluation_report
 from tlkit.recipe.kinds import STAGES
 from tlkit.rundir.files import RunDir
@@ -40,6 +41,16 @@ def write_run_report(out: str | Path, model: keras.Model, classes: Sequence[str]
         size, channels = tuple(model.input_shape[1:3]), model.input_shape[-1]
         probabilities = model.predict(make_dataset(val, size, batch_size or recipe.batch_size, channels=channels),
                                       verbose=0)
+    if len(val) and val.multilabel:
+        truth = val.multi_hot()
+        thresholds = (np.full(len(classes), recipe.threshold) if recipe.threshold is not None
+                      else multilabel.choose_thresholds(truth, probabilities))
+        write_json_atomic(RunDir(out).thresholds, dict(zip(classes, map(float, thresholds))))
+        evaluation = multilabel.write_evaluation(out, classes, val.files, truth, probabilities, thresholds,
+                                                 extra={"model": str(RunDir(out).model), "data": "validation split"})
+        log.info("validation (thresholds %s):\n%s", "of each label, chosen on it" if recipe.threshold is None
+                 else f"{recipe.threshold:g}", multilabel.format_report(evaluation))
+    elif len(val):
         evaluation = evaluation_report(model, classes, val.files, val.labels, probabilities, out,
                                        blocks=blocks, extra={"model": str(RunDir(out).model),
                                                                       "data": "validation split"})
@@ -55,7 +66,10 @@ def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: di
     block map (RUN/blocks.json), for the blocks a finetune stage unfroze."""
     md = [f"# Run {out.name}", "", _what_was_trained(recipe, classes, train, val), "", *_data(classes, train, val), "",
           *_recipe(out, recipe, len(classes), list(blocks or [])), "", *_results(results, curves)]
-    if evaluation is not None:
+    if evaluation is not None and evaluation.get("task") == "multilabel":
+        md += ["## On the validation images", "", f"With `model.keras`, each label cut at its threshold "
+               f"(`{RunDir.THRESHOLDS}`):", "", "```", multilabel.format_report(evaluation), "```"]
+    elif evaluation is not None:
         md += _validation(evaluation)
     val_losses = [v for r in results for v in r.history.get("val_loss", [])]
     return "\n".join([*md, *_files_and_next(out, recipe, val_losses)])
@@ -73,12 +87,13 @@ def _what_was_trained(recipe, classes, train, val) -> str:
     return (f"{what}, input {recipe.image_size}x{recipe.image_size}, on "
             f"{len(train)} training and {len(val)} validation images in {len(classes)} classes from `{recipe.data}`"
             + (f" (validation images from `{recipe.val_data}`)." if recipe.val_data else
+               f" (a seeded split stratified over the labels, holding out {recipe.val_split:g} of the images, "
+               f"seed {recipe.seed}; several labels an image)." if train.multilabel else
                f" (a seeded, stratified split holding out {recipe.val_split:g} of each class, seed {recipe.seed})."))
 
 
 def _data(classes, train, val) -> list[str]:
-    train_counts = np.bincount(train.labels, minlength=len(classes))
-    val_counts = np.bincount(val.labels, minlength=len(classes))
+    train_counts, val_counts = train.counts(), val.counts()
     skipped = sorted({(str(p), why) for p, why in [*train.skipped, *val.skipped]})
     md = ["## Data", "", "| class | training | validation |", "|---|---:|---:|"]
     md += [f"| {c} | {t} | {v} |" for c, t, v in zip(classes, train_counts, val_counts)]

@@ -102,16 +102,17 @@ def _split(run, needed_for: str | None):
     nothing needs them."""
     if needed_for is None:
         return None, None
-    from tlkit.data import folders, splits  # TensorFlow: see the module docstring
+    from tlkit.data import manifest, report  # TensorFlow: see the module docstring
 
     recipe = run.recipe
-    if not recipe.data or not Path(recipe.data).is_dir():
-        raise TlkitError(f"the run's data folder '{recipe.data}' (in its recipe.toml) is not here; "
+    if not recipe.data or not Path(recipe.data).exists():
+        raise TlkitError(f"the run's data '{recipe.data}' (in its recipe.toml) is not here; "
                          f"it holds the images to {needed_for}")
-    images = folders.scan(recipe.data, skip_bad=True, classes=run.labels)
-    if recipe.val_data:
-        return images, folders.scan(recipe.val_data, skip_bad=True, classes=run.labels)
-    return splits.split(images, recipe.val_split, recipe.seed)
+    train, val, _ = report.prepare(recipe.data, val_data=recipe.val_data, val_split=recipe.val_split, seed=recipe.seed,
+                                   skip_bad=True, classes=run.labels, image_root=recipe.image_root,
+                                   columns=manifest.Columns.of(recipe),
+                                   delimiter=recipe.label_delimiter if recipe.task == "multilabel" else None)
+    return train, val
 
 
 def _spread(files: list[Path], n: int) -> list[Path]:

@@ -22,20 +22,27 @@ def serving_archive(run: Run) -> keras.export.ExportArchive:
     """Two endpoints: `serving_default` takes a batch of encoded images (`image_bytes`, see
     `_decode` for the formats), `serve_images` float32 images in [0, 255] of the model's size;
     both return `classes` (the label strings, most probable first) and `probabilities` (in that
-    same order)."""
+    same order); of a multi-label run also `above_threshold` (in that order: whether each label's
+    probability reaches its threshold, so the labels predicted are `classes[above_threshold]`)."""
     import keras
     import tensorflow as tf
 
     from tlkit.exporters._decode import decode_batch
+    from tlkit.rundir.load import read_thresholds
 
     model, labels = run.model, tf.constant(run.labels)
     height, width = run.image_size
     channels = run.channels
 
+    thresholds = tf.constant(read_thresholds(run)) if run.recipe.task == "multilabel" else None
+
     def outputs(probabilities):
         probabilities = tf.cast(probabilities, tf.float32)
         top = tf.argsort(probabilities, axis=-1, direction="DESCENDING", stable=True)
-        return {"classes": tf.gather(labels, top), "probabilities": tf.gather(probabilities, top, batch_dims=1)}
+        out = {"classes": tf.gather(labels, top), "probabilities": tf.gather(probabilities, top, batch_dims=1)}
+        if thresholds is not None:
+            out["above_threshold"] = tf.gather(probabilities >= thresholds, top, batch_dims=1)
+        return out
 
     def serve_images(images):
         return outputs(model(images, training=False))

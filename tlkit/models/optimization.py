@@ -116,6 +116,32 @@ class Crossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
+@keras.saving.register_keras_serializable("tlkit")
+class MultiLabelCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy of sigmoid outputs against multi-hot (or mixed) targets, averaged over
+    the labels; label smoothing moves each target to (1 - a) y + a / 2, and `positive_weights`
+    weigh each label's positive term (the class weights of a multi-label run)."""
+
+    def __init__(self, label_smoothing: float = 0.0, positive_weights: Sequence[float] | None = None,
+                 name: str = "binary_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+        self.positive_weights = [float(w) for w in positive_weights] if positive_weights else None
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, y_pred.dtype)
+        y_true = y_true * (1 - self.label_smoothing) + self.label_smoothing / 2
+        y_pred = ops.clip(y_pred, keras.config.epsilon(), 1 - keras.config.epsilon())
+        positive = y_true * ops.log(y_pred)
+        if self.positive_weights:
+            positive = positive * ops.convert_to_tensor(self.positive_weights, y_pred.dtype)
+        return -ops.mean(positive + (1 - y_true) * ops.log(1 - y_pred), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing,
+                "positive_weights": self.positive_weights}
+
+
 def targets(y_true, y_pred):
     """`y_true` as one row of class probabilities per example: integer labels one-hot."""
     classes = y_pred.shape[-1]
@@ -134,12 +160,17 @@ def accuracy_metric() -> keras.metrics.Metric:
     return keras.metrics.MeanMetricWrapper(soft_accuracy, name="accuracy")
 
 
-def class_weights(spec: str, classes: Sequence[str], counts: Sequence[int]) -> dict[int, float] | None:
+def class_weights(spec: str, classes: Sequence[str], counts: Sequence[int],
+                  images: int | None = None) -> dict[int, float] | None:
     """The weight of each class index for `fit(class_weight=)`: None for "none"; "balanced"
     weighs each class by n / (K n_c), as scikit-learn does, so every class weighs the same in
-    total; otherwise a TOML or JSON file of class name -> weight (classes it leaves out: 1)."""
+    total; otherwise a TOML or JSON file of class name -> weight (classes it leaves out: 1).
+    Of a multi-label set of `images` images, the weights of each label's positives: "balanced" is
+    (n - n_c) / n_c, so a label's positives weigh as much as its negatives."""
     if spec == "none":
         return None
+    if spec == "balanced" and images is not None:
+        return {i: (images - n) / max(n, 1) for i, n in enumerate(counts)}
     if spec == "balanced":
         total = sum(counts)
         return {i: total / (len(classes) * n) for i, n in enumerate(counts)}

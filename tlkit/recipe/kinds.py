@@ -120,7 +120,7 @@ def resolve(recipe: Recipe | str | Path | None, *, stages: StageOverrides | None
         raise TlkitError(f"{where} has no stages: add at least one [[stages]] table (see `tlkit recipes`)")
     staged = [Stage(s.kind, **dataclasses.asdict(stage_params(s, f"{where}, stage {i}").resolved()))
               for i, s in enumerate(staged, start=1)]
-    paths = {key: str(Path(getattr(r, key)).resolve()) for key in ("data", "val_data", "cache") if getattr(r, key)}
+    paths = {key: str(Path(getattr(r, key)).resolve()) for key in ("data", "val_data", "image_root", "cache") if getattr(r, key)}
     if r.class_weight not in ("none", "balanced"):
         paths["class_weight"] = str(Path(r.class_weight).resolve())
     resolved = dataclasses.replace(r, stages=staged, **paths)

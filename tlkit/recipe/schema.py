@@ -28,6 +28,9 @@ else:  # pragma: no cover
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096  # a base may need more: it says so when it is built
 Pooling = Literal["avg", "max", "flatten"]  # how a new head reduces the base's feature map
 POOLINGS = typing.get_args(Pooling)
+# a --data file with one of these suffixes is a manifest (tlkit.data.manifest), not a folder
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".jsonl")
+
 # augmentation presets (tlkit.data.augment); a recipe's `augment = true` / `false` (tlkit 0.1) is light / none
 AugmentPreset = Literal["none", "light", "standard", "strong"]
 AUGMENT_PRESETS = typing.get_args(AugmentPreset)
@@ -120,8 +123,17 @@ class Recipe:
     weights: str = "imagenet"
     base_layer: str | None = None  # cut the base at this layer (--base-layer)
     hub_range: str | None = None  # the pixel range a hub: base expects: "0,1" (None), "-1,1", "0,255"
-    data: str | None = None
+    data: str | None = None  # a folder of class folders, or a manifest (.csv, .tsv, .jsonl)
     val_data: str | None = None
+    # a manifest's columns, and the folder its paths are relative to (None: the manifest's own)
+    image_root: str | None = None
+    path_column: str = "path"
+    label_column: str = "label"
+    split_column: str = "split"
+    # single: one label an image (softmax); multilabel: any number (sigmoid, a threshold per label)
+    task: Literal["single", "multilabel"] = "single"
+    label_delimiter: str = "|"  # between the labels of a multi-label manifest's label cell
+    threshold: float | None = None  # one threshold for every label; None: each label's, chosen on validation
     skip_bad: bool = False
     # How.
     image_size: int | None = None  # None: the base's default
@@ -171,6 +183,10 @@ class Recipe:
                 return f"{key} must be >= 0, not {getattr(self, key)}"
         if (self.erasing or 0) > 1:
             return f"erasing is a probability, between 0 and 1, not {self.erasing}"
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            return f"threshold must be between 0 and 1, not {self.threshold}"
+        if not self.label_delimiter:
+            return "label_delimiter must not be empty"
         if not 0 <= self.label_smoothing < 1:
             return f"label_smoothing must be in [0, 1), not {self.label_smoothing}"
         return None

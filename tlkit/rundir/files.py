@@ -7,6 +7,7 @@
     history.json       Keras' per-epoch history of every stage
     metrics.json       validation accuracy and loss after each stage
     data_report.json   what the run trained and validated on (tlkit.data.report)
+    thresholds.json    a multi-label run's threshold of each label ({label: threshold})
     checkpoints/best.keras   the model at the epoch with the lowest validation loss, over all stages
     checkpoints/resume/      what a run that stopped goes on from; removed when it ends
     logs/              TensorBoard logs, one folder per stage
@@ -39,7 +40,7 @@ class RunDir:
     path: Path
 
     MODEL, LABELS, RECIPE, BLOCKS = "model.keras", "labels.txt", "recipe.toml", "blocks.json"
-    HISTORY, METRICS, DATA_REPORT = "history.json", "metrics.json", "data_report.json"
+    HISTORY, METRICS, DATA_REPORT, THRESHOLDS = "history.json", "metrics.json", "data_report.json", "thresholds.json"
     BASE, CHECKPOINTS, BEST = "base.keras", "checkpoints", "checkpoints/best.keras"
     RESUME, RESUME_STATE = "checkpoints/resume", "checkpoints/resume/state.json"
     LOGS, CURVES, REPORT = "logs", "curves.png", "REPORT.md"
@@ -48,7 +49,7 @@ class RunDir:
     MARKERS = (RECIPE, MODEL, CHECKPOINTS, BASE, UNFINISHED)
 
     model, labels, recipe, blocks = _file(MODEL), _file(LABELS), _file(RECIPE), _file(BLOCKS)
-    history, metrics, data_report = _file(HISTORY), _file(METRICS), _file(DATA_REPORT)
+    history, metrics, data_report, thresholds = _file(HISTORY), _file(METRICS), _file(DATA_REPORT), _file(THRESHOLDS)
     base, best, resume, resume_state = _file(BASE), _file(BEST), _file(RESUME), _file(RESUME_STATE)
     logs, curves, report = _file(LOGS), _file(CURVES), _file(REPORT)
     lock, unfinished = _file(LOCK), _file(UNFINISHED)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 
 import tlkit.models.layers  # noqa: F401  (registers tlkit's layers, which a run's model may hold)
 import tlkit.models.optimization  # noqa: F401  (likewise: the optimizer, schedule and loss a run's model is compiled with)
@@ -163,3 +164,13 @@ def model_file_error(file: Path, err: Exception) -> TlkitError:
         return TlkitError(f"cannot read {file}: {err.strerror or why}")
     return TlkitError(f"cannot load {file} as a Keras model: it is corrupt, truncated or not a Keras file "
                       f"({why[:300]})")
+
+
+def read_thresholds(run: Run) -> np.ndarray:
+    """A multi-label run's threshold of each label (RUN/thresholds.json), in the order of its labels."""
+    path = RunDir(run.path).thresholds
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return np.array([float(saved[label]) for label in run.labels], np.float32)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise TlkitError(f"cannot read the multi-label thresholds '{path}' ({error}); train the run again") from None

@@ -23,6 +23,7 @@ def describe(params: Extract, recipe, blocks: list[str], classes: int) -> str:
 
 def run(ctx, index: int, params: Extract):
     # TensorFlow: imported when a stage runs, so checking a recipe stays fast
+    from tlkit.data.pipeline import targets
     from tlkit.engine import frozen as features
     from tlkit.engine.classifier import BASE_LAYER
 
@@ -38,8 +39,8 @@ def run(ctx, index: int, params: Extract):
     with ctx.strategy.scope():  # a model fitted under a strategy is made in its scope
         head = features.feature_head(ctx.classifier, BASE_LAYER)
     return ctx.fit(index, "extract", params, head, (
-        features.dataset(train, ctx.train.labels, r.batch_size, shuffle=True, seed=r.seed),
-        features.dataset(val, ctx.val.labels, r.batch_size),
+        features.dataset(train, targets(ctx.train), r.batch_size, shuffle=True, seed=r.seed),
+        features.dataset(val, targets(ctx.val), r.batch_size),
     ), detail="new head on the cached features", sharing=ctx.classifier)
 
 

@@ -12,6 +12,8 @@ class Head(StageParams):
 
 
 def new_head(recipe, classes: int) -> str:
+    if recipe.task == "multilabel":
+        return f"a new head ({recipe.pooling} pooling, dropout {recipe.dropout:g}, a sigmoid for each of {classes} labels)"
     return f"a new head ({recipe.pooling} pooling, dropout {recipe.dropout:g}, softmax over {classes} classes)"
 
 
