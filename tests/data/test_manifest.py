@@ -72,6 +72,7 @@ def test_the_split_column_decides_train_and_validation_and_evaluate_takes_the_te
     assert sorted(Path(p).name for p in evaluated) == ["1.png"] * 3
 
 
+@pytest.mark.integration
 def test_jsonl_and_a_dataframe_like_table_read_alike_and_a_dataframe_trains(tiny_images, tmp_path, monkeypatch):
     rows = [{"path": f"{c}/{i}.png", "label": c} for c in ("red", "blue") for i in range(3)]
     (tmp_path / "labels.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -162,6 +163,7 @@ def test_a_multilabel_manifest_splits_every_label_and_reports_combinations(tmp_p
     assert "6 label combinations, 40 images without a label" in report.lines()[0]
 
 
+@pytest.mark.integration
 def test_a_multilabel_run_beats_the_best_constant_predictor_on_its_test_rows(tmp_path, cli):
     # the photos with a second label that cuts across the classes: "round" for the cat, coffee and
     # flower; one image in 5 of each class held out as test rows

@@ -11,6 +11,8 @@ import tensorflow as tf
 import tlkit
 from tlkit.exporters import FORMATS, check_export, export
 
+pytestmark = pytest.mark.integration  # every format converted, each in its runtime: minutes on 2 cores
+
 
 @pytest.fixture(scope="module")
 def multilabel_run(tiny_images, tmp_path_factory):
