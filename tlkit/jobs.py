@@ -29,6 +29,7 @@ from tlkit.engine.strategy import (
 )
 from tlkit.engine.training import BaseBuilder, RunContext, context
 from tlkit.errors import TlkitError
+from tlkit.evaluation.calibrate import calibrate_run
 from tlkit.evaluation.report import write_run_report
 from tlkit.models import ZOO
 from tlkit.models.blocks import build_block_map
@@ -248,6 +249,7 @@ def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, d
     if state is not None and state.stage > len(kinds) and classes:  # every stage had ended: the last one's weights
         state.restore(ctx.classifier, None, None, None, None)
     if labelled:
+        ctx.model = calibrate_run(out, ctx.classifier, train, val, resolved)
         # after the stages: an autoencoder stage replaces the base
         RunDir(out).write_blocks(ctx.base.blocks)
         save_model_atomic(ctx.classifier, RunDir(out).model)
