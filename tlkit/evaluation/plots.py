@@ -95,8 +95,8 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], out: str | Pat
 
 def plot_reliability(before: np.ndarray, after: np.ndarray, truth: np.ndarray, temperature: float,
                      out: str | Path) -> Path:
-    """calibration.png: per confidence bin, the accuracy of its images (bars) against the diagonal a
-    calibrated model would follow, before (left) and after (right) the temperature; the share of
+    """calibration.png: per confidence bin, the accuracy of its images (bars) and their mean
+    confidence (dots) against the diagonal a calibrated model would follow, before (left) and after (right) the temperature; the share of
     images in each bin under the bars, since a bin of three images says little."""
     fig = Figure(figsize=(9, 4.6), dpi=DPI, facecolor="white")
     edges = np.linspace(0, 1, ECE_BINS + 1)
@@ -106,8 +106,8 @@ def plot_reliability(before: np.ndarray, after: np.ndarray, truth: np.ndarray, t
         filled = count > 0
         ax.bar(edges[:-1][filled], accuracy[filled], width=1 / ECE_BINS, align="edge", color="#4c72b0",
                edgecolor="white", label="accuracy")
-        ax.bar(edges[:-1][filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=1 / ECE_BINS,
-               align="edge", color="#dd8452", alpha=0.45, edgecolor="white", label="gap to confidence")
+        ax.plot((edges[:-1] + 0.5 / ECE_BINS)[filled], confidence[filled], "o", color="#c44e52", markersize=4,
+                label="mean confidence")
         ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="calibrated")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
