@@ -64,8 +64,9 @@ def calibrate_run(out: str | Path, model: keras.Model, train, val, recipe, batch
 
 
 def _reference(two: keras.Model, train, size, channels: int, batch: int) -> np.ndarray:
-    """The normalized pooled features of (at most MAX_REFERENCE of) the training images."""
+    """The normalized pooled features of (at most MAX_REFERENCE of) the training images, rounded
+    to float16 as reference.npy keeps them, so the threshold is set on the scores predict gives."""
     if len(train) > MAX_REFERENCE:
         train = train.subset(np.linspace(0, len(train) - 1, MAX_REFERENCE).round().astype(int))
     _, features = two.predict(make_dataset(train, size, batch, channels=channels), verbose=0)
-    return cal.normalized(features)
+    return cal.normalized(features).astype(np.float16).astype(np.float32)

@@ -22,15 +22,22 @@ def serving_archive(run: Run) -> keras.export.ExportArchive:
     """Two endpoints: `serving_default` takes a batch of encoded images (`image_bytes`, see
     `_decode` for the formats), `serve_images` float32 images in [0, 255] of the model's size;
     both return `classes` (the label strings, most probable first) and `probabilities` (in that
-    same order)."""
+    same order). A run with an unknown threshold adds `unknown_score` (float32 per image: 1 - the
+    cosine similarity of its pooled features to the nearest training image's, which the SavedModel
+    holds) and `unknown` (bool per image: the score is above the run's threshold)."""
     import keras
     import tensorflow as tf
 
     from tlkit.exporters._decode import decode_batch
+    from tlkit.models.calibration import with_features
 
     model, labels = run.model, tf.constant(run.labels)
     height, width = run.image_size
     channels = run.channels
+    threshold = run.unknown_threshold
+    scored = with_features(model) if threshold is not None else None
+    if scored is not None:
+        reference = tf.constant(run.reference.T.astype(np.float16))  # as reference.npy holds it: exact
 
     def outputs(probabilities):
         probabilities = tf.cast(probabilities, tf.float32)
@@ -38,7 +45,12 @@ def serving_archive(run: Run) -> keras.export.ExportArchive:
         return {"classes": tf.gather(labels, top), "probabilities": tf.gather(probabilities, top, batch_dims=1)}
 
     def serve_images(images):
-        return outputs(model(images, training=False))
+        if scored is None:
+            return outputs(model(images, training=False))
+        probabilities, features = scored(images, training=False)
+        unit = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)
+        score = 1.0 - tf.reduce_max(tf.matmul(unit, tf.cast(reference, tf.float32)), axis=-1)
+        return {**outputs(probabilities), "unknown_score": score, "unknown": score > threshold}
 
     def serve_bytes(image_bytes):
         return serve_images(decode_batch(image_bytes, (height, width), channels))
