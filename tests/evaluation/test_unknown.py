@@ -102,3 +102,21 @@ def test_a_run_saved_before_calibration_predicts_as_it_did(photos_run, photos_va
     np.testing.assert_allclose([r.probabilities for r in results], model.predict(images, verbose=0), atol=1e-5)
     with pytest.raises(TlkitError, match="no unknown score"):
         evaluate(old, photos_val, tmp_path / "eval", unknown_data=unknown_images)
+
+
+def test_no_calibrate_leaves_the_model_as_trained_and_keep_sets_the_threshold(tiny_images, cli, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = cli("extract", "--base", "efficientnet_lite0", "--data", tiny_images, "--out", out,
+                       "--image-size", 32, "--no-calibrate", "--keep", 0.5, "--cache", tmp_path / "cache",
+                       "--stage-option", "extract:epochs=2", "--val-split", 0.5)
+    assert code == 0, err
+    summary = json.loads(RunDir(out).calibration.read_text())
+    assert not summary["calibrated"] and summary["keep"] == 0.5
+    assert temperature_of(keras.saving.load_model(RunDir(out).model)) is None
+    assert "Not calibrated (`--no-calibrate`)" in RunDir(out).report.read_text()
+    val = splits.split(folders.scan(tiny_images), 0.5, 0)[1]
+    flags = [r.unknown for r in predict(out, val.files)]
+    assert 0.5 <= flags.count(False) / len(flags) < 0.7
+    code, _, err = cli("extract", "--base", "efficientnet_lite0", "--data", tiny_images, "--out", tmp_path / "bad",
+                       "--keep", 1.5)
+    assert code != 0 and "keep must be between 0 and 1" in err
