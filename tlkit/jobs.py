@@ -37,7 +37,7 @@ from tlkit.recipe.kinds import STAGES, StageKind, StageOverrides, resolve, stage
 from tlkit.recipe.schema import Recipe
 from tlkit.rundir import guard as runguard
 from tlkit.rundir.files import RunDir
-from tlkit.rundir.load import Run, write_labels
+from tlkit.rundir.load import Run, with_calibration, write_labels
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def run(recipe: Recipe, out: str | Path | None = None, *, job: str = "finetune",
                         overwrite=overwrite)
     # a pretrain run has no classifier: its model is the encoder, a base
     model, file = (ctx.classifier, RunDir(out).model) if ctx.classes else (ctx.base.model, RunDir(out).base)
-    return Run(out, model, ctx.classes, ctx.recipe, file, results=ctx.results, base=ctx.base)
+    return with_calibration(Run(out, model, ctx.classes, ctx.recipe, file, results=ctx.results, base=ctx.base))
 
 
 def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.Model | None = None,

@@ -132,10 +132,15 @@ def load_run(path: str | Path, checkpoint: str = "final") -> Run:
                          "name a line, in the order of the model's outputs")
     recipe_file = RunDir(folder).recipe
     recipe = Recipe.load(recipe_file) if recipe_file.is_file() else Recipe()
-    run = Run(folder, model, labels, recipe, model_file, checkpoint)
-    files = RunDir(folder)
-    # the reference features are of model.keras' base, which a finetune stage changes after best.keras
-    if model_file.resolve() == files.model.resolve() and files.calibration.is_file():
+    return with_calibration(Run(folder, model, labels, recipe, model_file, checkpoint))
+
+
+def with_calibration(run: Run) -> Run:
+    """`run` with its calibration.json and reference.npy, when its model is the run's model.keras
+    (the reference features are of model.keras' base, which a finetune stage changes after
+    checkpoints/best.keras was saved)."""
+    files = RunDir(run.path)
+    if run.model_file is not None and run.model_file.resolve() == files.model.resolve() and files.calibration.is_file():
         run.calibration = json.loads(files.calibration.read_text(encoding="utf-8"))
         if files.reference.is_file():
             run.reference = np.load(files.reference, allow_pickle=False).astype(np.float32)
