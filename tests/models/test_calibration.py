@@ -30,17 +30,19 @@ def test_the_temperature_lowers_the_nll_and_the_ece_and_never_changes_a_top1():
     np.testing.assert_allclose(after.sum(axis=1), 1, atol=1e-9)
 
 
-def test_the_temperature_layer_is_the_numpy_rule_and_survives_saving(tmp_path):
-    probabilities, _ = overconfident(50)
-    inputs = keras.Input((5,))
-    model = cal.with_temperature(keras.Model(inputs, keras.layers.Activation("linear")(inputs)), 2.5)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras")
-    assert cal.temperature_of(loaded) == 2.5
-    got = loaded.predict(probabilities.astype(np.float32), verbose=0)
-    np.testing.assert_allclose(got, cal.scaled(probabilities, 2.5), atol=1e-6)
-    # a probability of 0 (underflow) stays 0 and costs no NaN
-    assert np.isfinite(loaded.predict(np.array([[1.0, 0, 0, 0, 0]], np.float32), verbose=0)).all()
+def test_the_temperature_in_the_model_is_the_numpy_rule_and_survives_saving(tmp_path):
+    rng = np.random.default_rng(3)
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(inputs))
+    x = rng.normal(0, 3, (50, 8)).astype(np.float32)
+    before = model.predict(x, verbose=0)
+    calibrated = cal.with_temperature(model, 2.5)
+    calibrated.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")  # core layers: Keras alone loads it
+    assert cal.temperature_of(loaded) == 2.5 and cal.temperature_of(model) is None
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), cal.scaled(before, 2.5), atol=1e-6)
+    # a model whose last layer is no softmax has no logits to divide
+    assert cal.with_temperature(keras.Model(inputs, keras.layers.Dense(5)(inputs)), 2.0) is None
 
 
 def test_auroc_is_sklearns_ties_included():

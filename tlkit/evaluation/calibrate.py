@@ -40,13 +40,16 @@ def calibrate_run(out: str | Path, model: keras.Model, train, val, recipe, batch
         before, features = model.predict(make_dataset(val, size, batch, channels=channels), verbose=0), None
     else:
         before, features = two.predict(make_dataset(val, size, batch, channels=channels), verbose=0)
-    temperature = cal.fit_temperature(before, truth) if recipe.calibrate else 1.0
+    temperature = cal.fit_temperature(before, truth)
+    calibrated = cal.with_temperature(model, temperature) if recipe.calibrate else None
+    if recipe.calibrate and calibrated is None:
+        log.warning("not calibrated: the model's last layer is not a softmax, so it has no logits to divide")
     after = cal.scaled(before, temperature)
-    summary = {"temperature": temperature, "calibrated": bool(recipe.calibrate),
+    summary = {"temperature": temperature, "calibrated": calibrated is not None,
                "ece_before": cal.ece(before, truth), "ece_after": cal.ece(after, truth),
                "nll_before": cal.nll(before, truth), "nll_after": cal.nll(after, truth)}
-    if recipe.calibrate:
-        model = cal.with_temperature(model, temperature)
+    if calibrated is not None:
+        model = calibrated
         log.info("calibration: temperature %.3f; on the validation split ECE %.4f -> %.4f, NLL %.4f -> %.4f",
                  temperature, summary["ece_before"], summary["ece_after"], summary["nll_before"], summary["nll_after"])
     if features is not None:

@@ -153,8 +153,8 @@ def _calibration(summary: dict) -> list[str]:
               "divides the logits inside `model.keras` (and every export), so that a probability is about as often "
               "right as it says; it never changes a top-1 (`--no-calibrate` leaves it out)."]
     else:
-        md = ["## Calibration", "", "Not calibrated (`--no-calibrate`); the figures say what a temperature of "
-              f"{summary['temperature']:.3f} would do."]
+        md = ["## Calibration", "", "Not calibrated (`--no-calibrate`, or a model without a softmax last layer); "
+              f"the figures say what a temperature of {summary['temperature']:.3f} would do."]
     md += ["", "| on the validation split | before | after |", "|---|---:|---:|",
            f"| expected calibration error | {summary['ece_before']:.4f} | {summary['ece_after']:.4f} |",
            f"| negative log-likelihood | {summary['nll_before']:.4f} | {summary['nll_after']:.4f} |", "",

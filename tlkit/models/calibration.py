@@ -2,8 +2,9 @@
 
 A classifier's softmax is over-confident after fine-tuning: its printed 0.97 is right less often
 than 97% of the time. One scalar T, fitted on the validation split, divides the logits:
-softmax(logits / T). T > 0 never changes the order of the classes, so never a top-1. `Temperature`
-puts it inside the model, so `model.keras` and every export give the calibrated probabilities.
+softmax(logits / T). T > 0 never changes the order of the classes, so never a top-1.
+`with_temperature` puts it inside the model, so `model.keras` and every export give the
+calibrated probabilities.
 
 The unknown score of an image is how far its pooled features (the head's input) lie from those
 of the nearest training image: 1 - their cosine similarity, 0 for a training image itself, up to 2.
@@ -18,46 +19,39 @@ import math
 
 import keras
 import numpy as np
-from keras import ops
 
 ECE_BINS = 15
-_TINY = 1e-30  # log(0) is -inf, and -inf / T stays -inf: harmless, but NaN in a 0 * inf gradient
+_TINY = 1e-30  # a probability that underflowed to 0: its log stays finite
 
 
-@keras.saving.register_keras_serializable(package="tlkit")
-class Temperature(keras.layers.Layer):
-    """softmax(logits / T) from the probabilities softmax(logits) of the layer below: log p is the
-    logits less one constant per image (their log-sum-exp), which softmax ignores. Working from
-    the probabilities fits every classifier a run makes (a new head, a zoo model's own top) without
-    taking its last layer apart, and a model saved before calibration loads unchanged."""
-
-    def __init__(self, temperature: float = 1.0, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        self.temperature = float(temperature)
-
-    def call(self, probabilities):
-        logits = ops.log(ops.maximum(ops.cast(probabilities, "float32"), _TINY))
-        return ops.softmax(logits / self.temperature, axis=-1)
-
-    def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature}
+TEMPERATURE_LAYER = "temperature"
 
 
-def with_temperature(model: keras.Model, temperature: float) -> keras.Model:
-    """`model` (images to probabilities) with `Temperature(temperature)` on its output."""
-    outputs = Temperature(temperature, name="temperature")(model.output)
+def with_temperature(model: keras.Model, temperature: float) -> keras.Model | None:
+    """`model` giving softmax(logits / T): its last layer's softmax taken off (its logits out), then
+    a Rescaling by 1/T and a softmax, core Keras layers, so the model still loads with Keras alone.
+    None for a model whose last layer is not a softmax (it has no logits to divide)."""
+    last = model.layers[-1]
+    if getattr(getattr(last, "activation", None), "__name__", None) != "softmax":
+        return None
+    last.activation = keras.activations.linear  # the functional graph calls it again: logits now
+    x = keras.layers.Rescaling(1.0 / temperature, dtype="float32", name=TEMPERATURE_LAYER)(model.output)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="calibrated")(x)
     return keras.Model(model.inputs, outputs, name=model.name)
 
 
 def temperature_of(model: keras.Model) -> float | None:
     """The temperature inside `model`, None for a model saved without calibration."""
-    layer = model.layers[-1]
-    return layer.temperature if isinstance(layer, Temperature) else None
+    try:
+        layer = model.get_layer(TEMPERATURE_LAYER)
+    except ValueError:
+        return None
+    return 1.0 / layer.scale
 
 
 def scaled(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """What `Temperature(temperature)` makes of `probabilities`, in NumPy."""
+    """softmax(logits / T) from softmax(logits), in NumPy: log p is the logits less one constant
+    per image (their log-sum-exp), which softmax ignores."""
     logits = np.log(np.maximum(probabilities.astype(np.float64), _TINY)) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)

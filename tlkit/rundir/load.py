@@ -16,7 +16,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-import tlkit.models.calibration  # noqa: F401  (registers Temperature, the last layer of a calibrated run's model)
 import tlkit.models.layers  # noqa: F401  (registers tlkit's layers, which a run's model may hold)
 import tlkit.models.optimization  # noqa: F401  (likewise: the optimizer, schedule and loss a run's model is compiled with)
 import tlkit.models.preprocessing  # noqa: F401  (likewise: the preprocessing of runs saved by tlkit 0.1)
