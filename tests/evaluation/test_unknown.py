@@ -113,7 +113,7 @@ def test_no_calibrate_leaves_the_model_as_trained_and_keep_sets_the_threshold(ti
     summary = json.loads(RunDir(out).calibration.read_text())
     assert not summary["calibrated"] and summary["keep"] == 0.5
     assert temperature_of(keras.saving.load_model(RunDir(out).model)) is None
-    assert "Not calibrated (`--no-calibrate`)" in RunDir(out).report.read_text()
+    assert "Not calibrated (`--no-calibrate`" in RunDir(out).report.read_text()
     val = splits.split(folders.scan(tiny_images), 0.5, 0)[1]
     flags = [r.unknown for r in predict(out, val.files)]
     assert 0.5 <= flags.count(False) / len(flags) < 0.7
