@@ -30,6 +30,7 @@ from tlkit.engine.strategy import (
 )
 from tlkit.engine.training import BaseBuilder, RunContext, context
 from tlkit.errors import TlkitError
+from tlkit.evaluation.calibrate import calibrate_run
 from tlkit.evaluation.report import write_run_report
 from tlkit.models import ZOO
 from tlkit.models.blocks import build_block_map
@@ -37,7 +38,7 @@ from tlkit.recipe.kinds import STAGES, StageKind, StageOverrides, resolve, stage
 from tlkit.recipe.schema import Recipe
 from tlkit.rundir import guard as runguard
 from tlkit.rundir.files import RunDir
-from tlkit.rundir.load import Run, write_labels
+from tlkit.rundir.load import Run, with_calibration, write_labels
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def run(recipe: Recipe, out: str | Path | None = None, *, job: str = "finetune",
                         overwrite=overwrite)
     # a pretrain run has no classifier: its model is the encoder, a base
     model, file = (ctx.classifier, RunDir(out).model) if ctx.classes else (ctx.base.model, RunDir(out).base)
-    return Run(out, model, ctx.classes, ctx.recipe, file, results=ctx.results, base=ctx.base)
+    return with_calibration(Run(out, model, ctx.classes, ctx.recipe, file, results=ctx.results, base=ctx.base))
 
 
 def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.Model | None = None,
@@ -262,6 +263,7 @@ def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, d
     if state is not None and state.stage > len(kinds) and classes:  # every stage had ended: the last one's weights
         state.restore(ctx.classifier, None, None, None, None)
     if labelled:
+        ctx.model = calibrate_run(out, ctx.classifier, train, val, resolved)
         # after the stages: an autoencoder stage replaces the base
         RunDir(out).write_blocks(ctx.base.blocks)
         save_model_atomic(ctx.classifier, RunDir(out).model)

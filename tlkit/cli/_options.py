@@ -119,6 +119,11 @@ def training_options(command):
         click.option("--pooling", type=click.Choice(POOLINGS),
                      help="How the new head reduces the base's feature map: avg, or flatten, which keeps the layout "
                           "(default: what the base asks for, flatten for an autoencoder's encoder, else avg)."),
+        click.option("--calibrate/--no-calibrate", default=None, help="After training, fit a temperature on the "
+                     "validation split, inside the model, for probabilities that are right as often as they say "
+                     "(default on)."),
+        click.option("--keep", type=float, metavar="SHARE", help="The unknown threshold keeps this share of the "
+                     "validation images (default 0.95); `predict` answers `unknown` above it."),
         click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE:KEY=VALUE",
                      help="Set a parameter of one stage, named by kind or number: 3:unfreeze=2, finetune:epochs=4."),
     ]

@@ -95,6 +95,8 @@ def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
         click.echo(f"skipped {path}: {why}")
     for result in results:
         ranked = ", ".join(f"{label} {p:.3f}" for label, p in result.top) or "(no label above its threshold)"
+        if result.unknown:
+            ranked = f"unknown (score {result.unknown_score:.3f}; {ranked})"
         click.echo(f"{result.path}: {ranked}")
     if out:
         click.echo(f"wrote {len(results)} predictions to {out}")
@@ -113,13 +115,19 @@ def predict(model, top, out, batch_size, tta, skip_bad, checkpoint, paths):
 @click.option("--min-accuracy", type=float, metavar="X", help="Exit with status 1 when the accuracy (of a "
               "multi-label run: the exact-match ratio) is below X (CI).")
 @click.option("--skip-bad", is_flag=True)
+@click.option("--unknown-data", type=click.Path(), metavar="DIR", help="Images of none of the run's classes: how "
+              "well the unknown score tells them from --data (AUROC, false positives, how many get a class).")
 @checkpoint_option
 @manifest_options
-def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_bad, checkpoint, **manifest):
+def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_bad, unknown_data, checkpoint,
+             **manifest):
     """Evaluate a run on a labelled folder: per-class precision, recall, F1; confusion matrix,
     the images with the highest loss and their Grad-CAM, every prediction as CSV."""
     check_model(model)
     check_folders({"data": data})
+    if unknown_data is not None and not Path(unknown_data).exists():
+        raise TlkitError(f"--unknown-data '{unknown_data}' does not exist: pass a folder of images of none of the "
+                         "run's classes")
     import_tensorflow()
     from tlkit.data.manifest import Columns
     from tlkit.evaluation.metrics import format_report
@@ -129,7 +137,8 @@ def evaluate(model, data, out, batch_size, tta, top_losses, min_accuracy, skip_b
     columns = Columns(**{key.removesuffix("_column"): value for key, value in manifest.items()
                          if key.endswith("_column") and value})
     report = run(_load(model, checkpoint), data, out, batch_size=batch_size, skip_bad=skip_bad, tta=tta,
-                 progress=True, top_losses=top_losses, image_root=manifest["image_root"], columns=columns)
+                 progress=True, top_losses=top_losses, unknown_data=unknown_data, image_root=manifest["image_root"],
+                 columns=columns)
     for path, why in report["skipped"]:
         click.echo(f"skipped {path}: {why}")
     if report.get("task") == "multilabel":

@@ -130,6 +130,12 @@ def format_report(report: dict) -> str:
         tta = report["tta"]
         lines.append(f"test-time augmentation ({tta['views']} views): accuracy "
                      f"{tta['accuracy_with']:.4f}, without {tta['accuracy_without']:.4f}")
+    if "unknown" in report:
+        u = report["unknown"]
+        lines.append(f"unknown images ({u['images']} in {u['data']}): AUROC {u['auroc']:.4f}, false-positive rate at "
+                     f"95% known recall {u['fpr_at_95_recall']:.4f}; at the run's threshold {u['threshold']:.4f}, "
+                     f"{u['given_a_class']} of {u['images']} would be given a class, and "
+                     f"{u['known_keep_class']:.1%} of the labelled images keep their (right) class")
     if report["most_confused"]:
         lines.append("most confused (true -> predicted: images): " + ", ".join(
             f"{t} -> {p}: {n}" for t, p, n in report["most_confused"][:5]))
@@ -137,15 +143,17 @@ def format_report(report: dict) -> str:
 
 
 def write_predictions(path: Path, files: Sequence[Path], probabilities: np.ndarray, classes: Sequence[str],
-                      truth: Sequence[int] | None = None) -> None:
-    """predictions.csv: path, true class (when known), predicted class, its probability, and
-    the probability of every class, one row per image in the order given."""
+                      truth: Sequence[int] | None = None, unknown: tuple[np.ndarray, float] | None = None) -> None:
+    """predictions.csv: path, true class (when known), predicted class, its probability, with
+    `unknown` (the images' unknown scores and the run's threshold) whether each is unknown and its
+    score, then the probability of every class, one row per image in the order given."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", *(["true"] if truth is not None else []), "predicted", "probability",
-                     *(f"p_{c}" for c in classes)])
+                     *(["unknown", "unknown_score"] if unknown is not None else []), *(f"p_{c}" for c in classes)])
     for k, (f, p) in enumerate(zip(files, probabilities)):
         top = int(p.argmax())
+        flag = [str(bool(unknown[0][k] > unknown[1])).lower(), f"{unknown[0][k]:.6f}"] if unknown is not None else []
         writer.writerow([str(f), *([classes[truth[k]]] if truth is not None else []), classes[top], f"{p[top]:.6f}",
-                         *(f"{v:.6f}" for v in p)])
+                         *flag, *(f"{v:.6f}" for v in p)])
     write_text_atomic(path, text.getvalue())

@@ -2,6 +2,7 @@
 
     confusion.png     the confusion matrix in counts and normalised by row (each true class sums to 1)
     top_losses.png    the images with the highest loss, each with its Grad-CAM for the predicted class
+    calibration.png   the reliability diagram: accuracy against confidence, before and after calibration
 
 Pictures are drawn on matplotlib's Agg canvas (never pyplot), so no display is needed and a
 user's backend is left alone.
@@ -25,6 +26,7 @@ from tlkit.engine.curves import any_script
 from tlkit.errors import TlkitError
 from tlkit.evaluation.gradcam import gradcam, gradcam_layer, overlay
 from tlkit.evaluation.visualize import DPI
+from tlkit.models.calibration import ECE_BINS, ece, reliability
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,38 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], out: str | Pat
                             color="white" if norm(v) > 0.6 else "black")
     fig.suptitle(f"confusion matrix: {int(confusion.sum())} images, {n} classes, accuracy "
                  f"{np.trace(confusion) / max(confusion.sum(), 1):.4f}", fontsize=12, y=1 - 0.25 / height)
+    return _save(fig, Path(out))
+
+
+def plot_reliability(before: np.ndarray, after: np.ndarray, truth: np.ndarray, temperature: float,
+                     out: str | Path) -> Path:
+    """calibration.png: per confidence bin, the accuracy of its images (bars) and their mean
+    confidence (dots) against the diagonal a calibrated model would follow, before (left) and after (right) the temperature; the share of
+    images in each bin under the bars, since a bin of three images says little."""
+    fig = Figure(figsize=(9, 4.6), dpi=DPI, facecolor="white")
+    edges = np.linspace(0, 1, ECE_BINS + 1)
+    for k, (probabilities, title) in enumerate(((before, "before"), (after, f"after: temperature {temperature:.3g}"))):
+        ax = fig.add_axes((0.07 + k * 0.49, 0.24, 0.41, 0.62))
+        count, confidence, accuracy = reliability(probabilities, truth)
+        filled = count > 0
+        ax.bar(edges[:-1][filled], accuracy[filled], width=1 / ECE_BINS, align="edge", color="#4c72b0",
+               edgecolor="white", label="accuracy")
+        ax.plot((edges[:-1] + 0.5 / ECE_BINS)[filled], confidence[filled], "o", color="#c44e52", markersize=4,
+                label="mean confidence")
+        ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="calibrated")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (largest probability)")
+        if k == 0:
+            ax.set_ylabel("accuracy")
+        ax.set_title(f"{title}\nECE {ece(probabilities, truth):.4f}", fontsize=10)
+        ax.legend(loc="upper left", fontsize=8)
+        share = fig.add_axes((0.07 + k * 0.49, 0.08, 0.41, 0.06), sharex=ax)
+        share.bar(edges[:-1], count / max(count.sum(), 1), width=1 / ECE_BINS, align="edge", color="#999999")
+        share.set_yticks([])
+        share.set_ylabel("images", fontsize=8, rotation=0, ha="right", va="center")
+        share.tick_params(labelbottom=False)
+    fig.suptitle(f"reliability on the validation split ({len(truth)} images)", fontsize=12)
     return _save(fig, Path(out))
 
 

@@ -21,6 +21,7 @@ from tlkit.data.report import training_overlap_warning
 from tlkit.errors import TlkitError
 from tlkit.evaluation import multilabel
 from tlkit.evaluation.metrics import evaluation_report, write_predictions
+from tlkit.models import calibration
 from tlkit.rundir.files import RunDir
 from tlkit.rundir.load import Run, load_run, read_thresholds
 
@@ -36,6 +37,8 @@ class Prediction:
     path: Path
     top: list[tuple[str, float]]  # (class, probability), most probable first; of a multi-label run, every label above its threshold
     probabilities: np.ndarray | None = None  # every class's, in label order
+    unknown_score: float | None = None  # tlkit.models.calibration; None for a run without its reference
+    unknown: bool | None = None  # the score is above the run's threshold
 
 
 class Predictions(list):
@@ -95,19 +98,26 @@ def tta_view(images: tf.Tensor, view: int) -> tf.Tensor:
 
 
 def probabilities(run: Run, images: folders.ImageSet, batch_size: int = 32, tta: int = 1,
-                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The model's probabilities for `images`: (averaged over `tta` views, of the first view)."""
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The model's probabilities for `images`: (averaged over `tta` views, of the first view, and
+    the unknown scores averaged over the views, None when the run has no reference features)."""
     if not 1 <= tta <= MAX_TTA:
         raise TlkitError(f"--tta must be between 1 and {MAX_TTA} views, got {tta}")
     dataset = tldata.make_dataset(images, run.image_size, batch_size, channels=run.channels)
     verbose = "auto" if progress and len(images) > _PROGRESS_BATCHES * batch_size else 0
-    views = []
+    scored = calibration.with_features(run.model) if run.reference is not None else None
+    views, scores = [], []
     for view in range(tta):
         if tta > 1 and verbose:
             log.info("test-time augmentation: view %d of %d", view + 1, tta)
         mapped = dataset.map(lambda x, _: tta_view(x, view))  # noqa: B023 (traced here, with this view)
-        views.append(run.model.predict(mapped, verbose=verbose))
-    return np.mean(views, axis=0), views[0]
+        if scored is None:
+            views.append(run.model.predict(mapped, verbose=verbose))
+        else:
+            probs, features = scored.predict(mapped, verbose=verbose)
+            views.append(probs)
+            scores.append(calibration.nearest_distance(features, run.reference))
+    return np.mean(views, axis=0), views[0], np.mean(scores, axis=0) if scores else None
 
 
 def _loaded(model: str | Path | Run, checkpoint: str) -> Run:
@@ -140,17 +150,33 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
     if not paths:
         raise TlkitError("no image left to predict")
     found = folders.ImageSet(Path("."), run.labels, paths, [0] * len(paths))
-    probs, _ = probabilities(run, found, batch_size, tta, progress)
+    probs, _, scores = probabilities(run, found, batch_size, tta, progress)
     k = min(top, len(run.labels))
     cut = read_thresholds(run) if run.recipe.task == "multilabel" else None
     results = Predictions(skipped=problems)
-    for path, p in zip(paths, probs):
+    threshold = run.unknown_threshold
+    for n, (path, p) in enumerate(zip(paths, probs)):
         order = np.argsort(-p, kind="stable")
         order = order[p[order] >= cut[order]] if cut is not None else order[:k]
-        results.append(Prediction(path, [(run.labels[i], float(p[i])) for i in order], p))
+        score = float(scores[n]) if threshold is not None else None
+        results.append(Prediction(path, [(run.labels[i], float(p[i])) for i in order], p, score,
+                                  score > threshold if score is not None else None))
     if out is not None:
-        write_predictions_file(out, results, run.labels, multi=cut is not None)
+        write_predictions_file(out, results, run.labels, threshold, multi=cut is not None)
     return results
+
+
+def unknown_report(known: np.ndarray, right: np.ndarray, unknown: np.ndarray, threshold: float, data: str) -> dict:
+    """How the unknown scores of labelled images (`known`, whose top-1 is `right` or not) and of
+    images of no class of the run (`unknown`) are told apart: the AUROC, the share of unknown
+    images kept at the score that keeps 95% of the known (the false-positive rate at 95% known
+    recall), and at the run's `threshold` how many unknown images would be given a class and how
+    many known ones keep theirs (kept and right)."""
+    at_95 = calibration.threshold_for(known, 0.95)
+    return {"data": data, "images": int(len(unknown)), "auroc": calibration.auroc(known, unknown),
+            "fpr_at_95_recall": float((unknown <= at_95).mean()), "threshold": threshold,
+            "given_a_class": int((unknown <= threshold).sum()),
+            "known_keep_class": float(((known <= threshold) & right).mean())}
 
 
 def _predictions_format(out: str | Path) -> str:
@@ -160,36 +186,51 @@ def _predictions_format(out: str | Path) -> str:
     return suffix
 
 
-def write_predictions_file(out: str | Path, results: list[Prediction], labels: list[str], multi: bool = False
-                           ) -> Path:
+def write_predictions_file(out: str | Path, results: list[Prediction], labels: list[str],
+                           threshold: float | None = None, multi: bool = False) -> Path:
+    """`results` as CSV or JSON (by `out`'s suffix); with their unknown flags when they have them,
+    decided by the run's `threshold`; of a multi-label run (`multi`), the labels above their thresholds."""
     out = Path(out)
+    scored = bool(results) and results[0].unknown is not None
     if _predictions_format(out) == ".csv" and multi:
-        rows = [["path", "labels", *(f"p_{c}" for c in labels)]]
-        rows += [[str(r.path), "|".join(c for c, _ in r.top), *(f"{v:.6f}" for v in r.probabilities)] for r in results]
+        rows = [["path", "labels", *(f"p_{c}" for c in labels), *(["unknown", "unknown_score"] if scored else [])]]
+        rows += [[str(r.path), "|".join(c for c, _ in r.top), *(f"{v:.6f}" for v in r.probabilities),
+                  *([str(r.unknown).lower(), f"{r.unknown_score:.6f}"] if scored else [])] for r in results]
         multilabel.write_rows(out, rows)
     elif _predictions_format(out) == ".csv":
-        write_predictions(out, [r.path for r in results], np.stack([r.probabilities for r in results]), labels)
+        unknown = (np.array([r.unknown_score for r in results]), threshold) if scored else None
+        write_predictions(out, [r.path for r in results], np.stack([r.probabilities for r in results]), labels,
+                          unknown=unknown)
     else:
         write_json_atomic(out, [{"path": str(r.path), "top": [[c, p] for c, p in r.top],
+                                 **({"unknown": r.unknown, "unknown_score": r.unknown_score} if scored else {}),
                                  "probabilities": dict(zip(labels, map(float, r.probabilities)))} for r in results])
     return out
 
 
 def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None = None, batch_size: int = 32, *,
              skip_bad: bool = False, tta: int = 1, checkpoint: str = "final", progress: bool = False,
-             top_losses: int = 9, image_root=None, columns: manifest.Columns = manifest.DEFAULT_COLUMNS) -> dict:
+             top_losses: int = 9, image_root=None, columns: manifest.Columns = manifest.DEFAULT_COLUMNS,
+             unknown_data: str | Path | None = None) -> dict:
     """Evaluate a run on a labelled folder (one sub-folder per class, among the run's classes), or
     on a manifest's test rows (all its rows when none is marked test; tlkit.data.manifest). The
     run's own manifest is read with the run's image root and columns unless others are given.
 
     Writes the evaluation report (tlkit.evaluation.report: report.json, predictions.csv, confusion.png,
     top_losses.png) into `out`, by default RUN/eval-<folder name>/, and returns report.json's
-    content, with the folder written to in "out"."""
+    content, with the folder written to in "out". `unknown_data`, a folder of images of none of
+    the run's classes (walked recursively), adds how well the unknown score tells them from the
+    labelled images (report["unknown"], see `unknown_report`)."""
     for option, value, least in (("batch_size", batch_size, 1), ("top_losses", top_losses, 0)):
         if value < least:
             raise TlkitError(f"{option} must be at least {least}, got {value}")
     run = _loaded(model, checkpoint)
     multi = run.recipe.task == "multilabel"
+    if unknown_data is not None and (multi or run.unknown_threshold is None):
+        why = ("a multi-label run: its images may carry no label at all" if multi else
+               f"no {RunDir.REFERENCE} for it: a run made before tlkit had one, --checkpoint best, or a model "
+               "without pooled features; train it again")
+        raise TlkitError(f"{run.describe()} cannot evaluate --unknown-data ({why})")
     if run.recipe.data and manifest.is_manifest(data) and not manifest.is_frame(data) and \
             Path(data).resolve() == Path(run.recipe.data):  # the run's own manifest: read as the run read it
         image_root = run.recipe.image_root if image_root is None else image_root
@@ -202,13 +243,21 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
     overlap = training_overlap_warning(run.path, images)
     if overlap:
         log.warning("%s", overlap)
-    probs, single = probabilities(run, images, batch_size, tta, progress)
+    probs, single, scores = probabilities(run, images, batch_size, tta, progress)
     out = Path(out) if out else run.path / f"eval-{Path(data).resolve().name}"
     extra = {"model": str(run.model_file), "checkpoint": run.checkpoint, "data": str(data),
              "skipped": [[str(p), why] for p, why in images.skipped], "out": str(out)}
     if multi:
         return multilabel.write_evaluation(out, run.labels, images.files, images.multi_hot(), probs,
                                            read_thresholds(run), extra)
+    if unknown_data is not None:
+        paths = image_files(unknown_data)
+        bad = {path for path, _ in checks.check_images(paths)}  # not what is measured here: left out
+        paths = [p for p in paths if p not in bad]
+        strangers = folders.ImageSet(Path(unknown_data), run.labels, paths, [0] * len(paths))
+        _, _, unknown_scores = probabilities(run, strangers, batch_size, tta, progress)
+        extra["unknown"] = unknown_report(scores, probs.argmax(axis=1) == np.asarray(images.labels), unknown_scores,
+                                          run.unknown_threshold, str(unknown_data))
     return evaluation_report(run.model, run.labels, images.files, images.labels, probs, out,
                              blocks=RunDir(run.path).read_blocks(), single_view=single if tta > 1 else None, tta_views=tta,
                              extra=extra, top_losses=top_losses)

@@ -4,6 +4,7 @@ training curves (curves.png) are drawn by tlkit.engine.curves, which the trainin
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ def write_run_report(out: str | Path, model: keras.Model, classes: Sequence[str]
     names = [f"{i} {r.kind}" for i, r in enumerate(results, start=1)]
     curves = plot_curves([(name, r.history) for name, r in zip(names, results)], RunDir(out).curves)
     blocks = RunDir(out).read_blocks()
+    calibration = (json.loads(RunDir(out).calibration.read_text(encoding="utf-8"))
+                   if RunDir(out).calibration.is_file() else None)
     evaluation = None
     if len(val):
         size, channels = tuple(model.input_shape[1:3]), model.input_shape[-1]
@@ -53,17 +56,20 @@ def write_run_report(out: str | Path, model: keras.Model, classes: Sequence[str]
     elif len(val):
         evaluation = evaluation_report(model, classes, val.files, val.labels, probabilities, out,
                                        blocks=blocks, extra={"model": str(RunDir(out).model),
-                                                                      "data": "validation split"})
+                                                                      "data": "validation split",
+                                                                      **({"calibration": calibration} if calibration
+                                                                         else {})})
     write_text_atomic(RunDir(out).report, run_markdown(out, classes, train, val, recipe, results, evaluation,
-                                                      curves is not None, blocks))
+                                                      curves is not None, blocks, calibration))
     log.info("wrote %s", RunDir(out).report)
     return evaluation
 
 
 def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: dict | None, curves: bool,
-                 blocks: dict[str, list[str]] | None) -> str:
+                 blocks: dict[str, list[str]] | None, calibration: dict | None = None) -> str:
     """REPORT.md: what the run did and how well, in words and pictures; `blocks` is the base's
-    block map (RUN/blocks.json), for the blocks a finetune stage unfroze."""
+    block map (RUN/blocks.json), for the blocks a finetune stage unfroze; `calibration` is
+    calibration.json's content."""
     md = [f"# Run {out.name}", "", _what_was_trained(recipe, classes, train, val), "", *_data(classes, train, val), "",
           *_recipe(out, recipe, len(classes), list(blocks or [])), "", *_results(results, curves)]
     if evaluation is not None and evaluation.get("task") == "multilabel":
@@ -71,6 +77,8 @@ def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: di
                f"(`{RunDir.THRESHOLDS}`):", "", "```", multilabel.format_report(evaluation), "```"]
     elif evaluation is not None:
         md += _validation(evaluation)
+    if calibration is not None:
+        md += _calibration(calibration)
     val_losses = [v for r in results for v in r.history.get("val_loss", [])]
     return "\n".join([*md, *_files_and_next(out, recipe, val_losses)])
 
@@ -151,6 +159,26 @@ def _validation(evaluation: dict) -> list[str]:
                  "`top_losses.png`: the validation images the model got most wrong, each beside its Grad-CAM "
                  "(where in the image the model found the class it predicted). Every prediction is in "
                  "`predictions.csv`, the numbers in `report.json`.", ""]
+
+
+def _calibration(summary: dict) -> list[str]:
+    """The temperature (tlkit.evaluation.calibrate), ECE and NLL before and after, the unknown threshold."""
+    if summary["calibrated"]:
+        md = ["## Calibration", "", f"A temperature of {summary['temperature']:.3f}, fitted on the validation split, "
+              "divides the logits inside `model.keras` (and every export), so that a probability is about as often "
+              "right as it says; it never changes a top-1 (`--no-calibrate` leaves it out)."]
+    else:
+        md = ["## Calibration", "", "Not calibrated (`--no-calibrate`, or a model without a softmax last layer); "
+              f"the figures say what a temperature of {summary['temperature']:.3f} would do."]
+    md += ["", "| on the validation split | before | after |", "|---|---:|---:|",
+           f"| expected calibration error | {summary['ece_before']:.4f} | {summary['ece_after']:.4f} |",
+           f"| negative log-likelihood | {summary['nll_before']:.4f} | {summary['nll_after']:.4f} |", "",
+           "![reliability diagram](calibration.png)", ""]
+    if "threshold" in summary:
+        md += [f"Unknown: an image whose score (1 - the cosine similarity of its pooled features to the nearest "
+               f"training image's) is above {summary['threshold']:.4f} is answered `unknown`; "
+               f"{summary['keep']:.0%} of the validation images are below it (`--keep`).", ""]
+    return md
 
 
 def _files_and_next(out: Path, recipe, val_losses: list[float]) -> list[str]:

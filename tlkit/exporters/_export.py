@@ -97,6 +97,19 @@ def check_export(model: str | Path, path: str | Path, format: str = "savedmodel"
     return _check(run, FORMATS.get(format), Path(path), val, verbose)
 
 
+def calibration_note(run) -> str:
+    """What a TFLite or ONNX client is told of the run's calibration and unknown threshold: the
+    temperature is inside the model, the unknown score (nearest training features) is not."""
+    calibration = run.calibration or {}
+    note = (f"Calibrated: softmax(logits / {calibration['temperature']:.6g}) inside the model."
+            if calibration.get("calibrated") else "Not calibrated.")
+    if run.unknown_threshold is not None:
+        note += (f" Unknown threshold {run.unknown_threshold:.6g} on 1 - the cosine similarity of the image's pooled "
+                 "features to the nearest training image's; that score is served by the SavedModel export only "
+                 "(unknown_score, unknown).")
+    return note
+
+
 def _split(run, needed_for: str | None):
     """The run's training and validation images, split as the run split them; (None, None) when
     nothing needs them."""

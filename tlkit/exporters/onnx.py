@@ -17,6 +17,7 @@ import numpy as np
 
 from tlkit._util.io import write_atomic
 from tlkit.errors import TlkitError
+from tlkit.exporters._export import calibration_note
 from tlkit.exporters._registry import FORMATS, Format
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ def write(run: Run, target: Path, quantize: str, calibration) -> None:
             "input_range": "[0, 255]",
             "output": "probabilities: float32 (batch, classes), in the order of labels",
             "source": f"tlkit run {run.path.name}, base {run.recipe.base}",
+            "calibration": calibration_note(run),
+            **({"temperature": str((run.calibration or {}).get("temperature"))} if run.calibration else {}),
+            **({"unknown_threshold": str(run.unknown_threshold)} if run.unknown_threshold is not None else {}),
         })
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))

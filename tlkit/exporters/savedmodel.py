@@ -23,16 +23,24 @@ def serving_archive(run: Run) -> keras.export.ExportArchive:
     `_decode` for the formats), `serve_images` float32 images in [0, 255] of the model's size;
     both return `classes` (the label strings, most probable first) and `probabilities` (in that
     same order); of a multi-label run also `above_threshold` (in that order: whether each label's
-    probability reaches its threshold, so the labels predicted are `classes[above_threshold]`)."""
+    probability reaches its threshold, so the labels predicted are `classes[above_threshold]`). A run
+    with an unknown threshold adds `unknown_score` (float32 per image: 1 - the cosine similarity of
+    its pooled features to the nearest training image's, which the SavedModel holds) and `unknown`
+    (bool per image: the score is above the run's threshold)."""
     import keras
     import tensorflow as tf
 
     from tlkit.exporters._decode import decode_batch
+    from tlkit.models.calibration import with_features
     from tlkit.rundir.load import read_thresholds
 
     model, labels = run.model, tf.constant(run.labels)
     height, width = run.image_size
     channels = run.channels
+    threshold = run.unknown_threshold
+    scored = with_features(model) if threshold is not None else None
+    if scored is not None:
+        reference = tf.constant(run.reference.T.astype(np.float16))  # as reference.npy holds it: exact
 
     thresholds = tf.constant(read_thresholds(run)) if run.recipe.task == "multilabel" else None
 
@@ -45,7 +53,12 @@ def serving_archive(run: Run) -> keras.export.ExportArchive:
         return out
 
     def serve_images(images):
-        return outputs(model(images, training=False))
+        if scored is None:
+            return outputs(model(images, training=False))
+        probabilities, features = scored(images, training=False)
+        unit = tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)
+        score = 1.0 - tf.reduce_max(tf.matmul(unit, tf.cast(reference, tf.float32)), axis=-1)
+        return {**outputs(probabilities), "unknown_score": score, "unknown": score > threshold}
 
     def serve_bytes(image_bytes):
         return serve_images(decode_batch(image_bytes, (height, width), channels))

@@ -14,6 +14,7 @@ import numpy as np
 
 from tlkit._util.io import write_atomic
 from tlkit.errors import TlkitError
+from tlkit.exporters._export import calibration_note
 from tlkit.exporters._registry import FORMATS, Format
 from tlkit.exporters._tflite_metadata import image_classifier_metadata, with_metadata
 
@@ -62,7 +63,7 @@ def write(run: Run, target: Path, quantize: str, calibration) -> None:
         name=f"tlkit {run.path.name}",
         description=(f"Classifies {width}x{height} {colour} images into {len(run.labels)} classes "
                      f"({', '.join(run.labels[:10])}{', ...' if len(run.labels) > 10 else ''}); "
-                     f"base {run.recipe.base}, made with tlkit, quantization {quantize}."),
+                     f"base {run.recipe.base}, made with tlkit, quantization {quantize}. {calibration_note(run)}"),
         version=run.path.name,
         labels=run.labels,
         channels=run.channels,

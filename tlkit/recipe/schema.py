@@ -159,6 +159,9 @@ class Recipe:
     # batch_size is the global batch, split over the replicas; learning rates are not rescaled
     distribute: Distribute = "auto"
     jit: bool = False  # XLA compilation of the train step (jit_compile)
+    # after training: a temperature fitted on the validation split, inside the model (tlkit.models.calibration)
+    calibrate: bool = True
+    keep: float = 0.95  # share of the validation images under the unknown threshold
 
     def __post_init__(self):
         if isinstance(self.augment, bool):
@@ -187,6 +190,8 @@ class Recipe:
             return f"threshold must be between 0 and 1, not {self.threshold}"
         if not self.label_delimiter:
             return "label_delimiter must not be empty"
+        if not 0 < self.keep < 1:
+            return f"keep must be between 0 and 1 (the share of known images kept), not {self.keep}"
         if not 0 <= self.label_smoothing < 1:
             return f"label_smoothing must be in [0, 1), not {self.label_smoothing}"
         return None

@@ -12,6 +12,9 @@
     checkpoints/resume/      what a run that stopped goes on from; removed when it ends
     logs/              TensorBoard logs, one folder per stage
     curves.png         loss and accuracy per epoch over all stages (redrawn during training)
+    calibration.json   the temperature inside model.keras, ECE and NLL before and after, the unknown threshold
+    reference.npy      the training images' normalized pooled features, the unknown score's reference
+    calibration.png    the reliability diagram of the validation split, before and after calibration
     REPORT.md          what the run did, in words, with the validation report below
     report.json, predictions.csv, confusion.png, top_losses.png   the validation split's evaluation
     .lock              while a run writes the folder: its PID and host (tlkit.rundir.guard)
@@ -45,6 +48,7 @@ class RunDir:
     RESUME, RESUME_STATE = "checkpoints/resume", "checkpoints/resume/state.json"
     LOGS, CURVES, REPORT = "logs", "curves.png", "REPORT.md"
     LOCK, UNFINISHED = ".lock", ".unfinished"
+    CALIBRATION, REFERENCE, CALIBRATION_PLOT = "calibration.json", "reference.npy", "calibration.png"
     # any of these makes a folder a run directory (a finished, unfinished or pretrain run)
     MARKERS = (RECIPE, MODEL, CHECKPOINTS, BASE, UNFINISHED)
 
@@ -53,6 +57,7 @@ class RunDir:
     base, best, resume, resume_state = _file(BASE), _file(BEST), _file(RESUME), _file(RESUME_STATE)
     logs, curves, report = _file(LOGS), _file(CURVES), _file(REPORT)
     lock, unfinished = _file(LOCK), _file(UNFINISHED)
+    calibration, reference, calibration_plot = _file(CALIBRATION), _file(REFERENCE), _file(CALIBRATION_PLOT)
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))

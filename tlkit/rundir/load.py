@@ -66,6 +66,17 @@ class Run:
     checkpoint: str = "final"
     results: list = field(default_factory=list)  # tlkit.engine.results.StageResult, one per stage
     base: object = None  # the tlkit.bases.Base it trained
+    # calibration.json (temperature, ECE, NLL, unknown threshold) and reference.npy (the unknown
+    # score's training features), for the weights of model.keras; None for runs made before them
+    calibration: dict | None = None
+    reference: np.ndarray | None = None
+
+    @property
+    def unknown_threshold(self) -> float | None:
+        """Above this unknown score an image is `unknown`; None when the run cannot tell."""
+        if self.reference is None or self.calibration is None:
+            return None
+        return self.calibration.get("threshold")
 
     def describe(self) -> str:
         """Which weights these are, in one line: the file and the rule that chose it."""
@@ -120,7 +131,19 @@ def load_run(path: str | Path, checkpoint: str = "final") -> Run:
                          "name a line, in the order of the model's outputs")
     recipe_file = RunDir(folder).recipe
     recipe = Recipe.load(recipe_file) if recipe_file.is_file() else Recipe()
-    return Run(folder, model, labels, recipe, model_file, checkpoint)
+    return with_calibration(Run(folder, model, labels, recipe, model_file, checkpoint))
+
+
+def with_calibration(run: Run) -> Run:
+    """`run` with its calibration.json and reference.npy, when its model is the run's model.keras
+    (the reference features are of model.keras' base, which a finetune stage changes after
+    checkpoints/best.keras was saved)."""
+    files = RunDir(run.path)
+    if run.model_file is not None and run.model_file.resolve() == files.model.resolve() and files.calibration.is_file():
+        run.calibration = json.loads(files.calibration.read_text(encoding="utf-8"))
+        if files.reference.is_file():
+            run.reference = np.load(files.reference, allow_pickle=False).astype(np.float32)
+    return run
 
 
 def load_model(path: str | Path, safe_mode: bool = True) -> keras.Model:
