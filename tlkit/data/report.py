@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit._util.io import write_json_atomic
+from tlkit.data import curation
 from tlkit.data.checks import Progress, file_digests, printable
 from tlkit.data.folders import ImageSet, scan
 from tlkit.data.splits import split
@@ -48,6 +49,8 @@ class DataReport:
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (copy left out, file kept), same class
     overlap: list[tuple[str, str]] = field(default_factory=list)  # (training copy removed, validation file)
     train_digests: list[str] = field(default_factory=list, repr=False)  # SHA-256 of the training images
+    excluded: list[str] = field(default_factory=list)  # files left out by --exclude
+    relabeled: list[tuple[str, str, str]] = field(default_factory=list)  # (file, class, new class) by --relabel
 
     @classmethod
     def of(cls, train: ImageSet, val: ImageSet, *, val_data=None,
@@ -123,6 +126,12 @@ class DataReport:
             out.append(f"{len(self.skipped) - len(ambiguous)} bad {_files(len(self.skipped) - len(ambiguous))} "
                        "skipped (--skip-bad)"
                        + _examples(f"{p}: {why}" for p, why in self.skipped if not why.endswith("ambiguous label")))
+        if self.excluded:
+            out.append(f"{len(self.excluded)} {_files(len(self.excluded))} left out (--exclude)"
+                       + _examples(self.excluded))
+        if self.relabeled:
+            out.append(f"{len(self.relabeled)} {_files(len(self.relabeled))} relabelled (--relabel)"
+                       + _examples(f"{p}: {a} -> {b}" for p, a, b in self.relabeled))
         if self.overlap:
             out.append(f"{len(self.overlap)} training {_files(len(self.overlap))} left out: the same content is in "
                        "the validation folder" + _examples(f"{t} = {v}" for t, v in self.overlap))
@@ -144,7 +153,7 @@ class DataReport:
     @classmethod
     def from_json(cls, data: dict) -> DataReport:
         names = cls.__dataclass_fields__
-        return cls(**{k: [tuple(x) for x in v] if k in ("skipped", "duplicates", "overlap", "ignored") else v
+        return cls(**{k: [tuple(x) for x in v] if k in ("skipped", "duplicates", "overlap", "ignored", "relabeled") else v
                       for k, v in data.items() if k in names})
 
     def save(self, path: str | Path) -> None:
@@ -160,17 +169,27 @@ class DataReport:
 
 def prepare(data, *, val_data=None, val_split: float = 0.2, seed: int = 0, skip_bad: bool = False,
             classes: Sequence[str] | None = None, progress: Progress | None = None,
+            exclude: str | Path | None = None, relabel: str | Path | None = None,
             ) -> tuple[ImageSet, ImageSet, DataReport]:
     """Scan and check the data (every file, before any training), split it or scan `val_data`,
     and report. With `val_data`, training files whose content is also in the validation folder
-    are left out of training (and listed in the report)."""
+    are left out of training (and listed in the report). `exclude` and `relabel` (CSV files,
+    tlkit.data.curation) leave files of `data` out or change their class, before the split."""
     images = scan(data, skip_bad=skip_bad, classes=classes, progress=progress)
+    excluded, relabeled = [], []
+    if exclude:
+        images, excluded = curation.exclude(images, exclude)
+    if relabel:
+        images, relabeled = curation.relabel(images, relabel)
     if val_data:
         val = scan(val_data, skip_bad=skip_bad, classes=images.classes, progress=progress)
         train, overlap = without(images, val)
     else:
         (train, val), overlap = split(images, val_split, seed), []
-    return train, val, DataReport.of(train, val, val_data=val_data, overlap=overlap)
+    report = DataReport.of(train, val, val_data=val_data, overlap=overlap)
+    report.excluded = [printable(p) for p in excluded]
+    report.relabeled = [(printable(p), a, b) for p, a, b in relabeled]
+    return train, val, report
 
 
 def without(train: ImageSet, val: ImageSet) -> tuple[ImageSet, list[tuple[Path, Path]]]:

@@ -231,7 +231,7 @@ def load_data(recipe: Recipe, labelled: bool = True, progress: checks.Progress |
     else:
         train, val, report = datareport.prepare(
             recipe.data, val_data=recipe.val_data, val_split=recipe.val_split, seed=recipe.seed,
-            skip_bad=recipe.skip_bad, progress=progress)
+            skip_bad=recipe.skip_bad, progress=progress, exclude=recipe.exclude, relabel=recipe.relabel)
     report.log()
     return train.classes if labelled else [], train, val, report
 

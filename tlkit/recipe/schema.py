@@ -123,6 +123,8 @@ class Recipe:
     data: str | None = None
     val_data: str | None = None
     skip_bad: bool = False
+    exclude: str | None = None  # a CSV with a `path` column: files of `data` left out (tlkit.data.curation)
+    relabel: str | None = None  # a CSV of `path,label`: files of `data` given another class
     # How.
     image_size: int | None = None  # None: the base's default
     batch_size: int = 32
