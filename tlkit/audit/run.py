@@ -132,7 +132,7 @@ def out_of_fold(features: np.ndarray, labels: np.ndarray, folds: int, seed: int)
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     return cross_val_predict(head, features, labels, cv=cv, method="predict_proba")
 
@@ -142,7 +142,7 @@ def _label_issues(files, labels, probs, classes) -> list[dict]:
     from cleanlab.rank import get_label_quality_scores
 
     quality = get_label_quality_scores(labels, probs)
-    found = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    found = find_label_issues(labels, probs, filter_by="both", return_indices_ranked_by="self_confidence")
     return [{"path": files[i], "kind": "label_issue", "score": round(float(quality[i]), 4),
              "given": classes[labels[i]], "suggested": classes[int(probs[i].argmax())], "group": "",
              "detail": f"p(given) {probs[i, labels[i]]:.2f}, p(suggested) {probs[i].max():.2f}"} for i in found]
