@@ -56,7 +56,7 @@ def main() -> None:
     accuracy = {}
     for arm, extra in (("flipped", []), ("excluded", ["--exclude", work / "audit" / "issues.csv"])):
         tlkit("extract", "--data", train, "--val-data", val, "--out", work / arm, "--seed", args.seed, *common, *extra)
-        accuracy[arm] = json.loads((work / arm / "metrics.json").read_text())["val_accuracy"]
+        accuracy[arm] = json.loads((work / arm / "metrics.json").read_text())["stages"][-1]["val_accuracy"]
     print(json.dumps({"seed": args.seed, "flipped": len(flipped), "label_issues": len(found),
                       "true_flips_found": len(moved & set(found)), "audit_seconds_warm_cache": round(warm, 1),
                       "val_accuracy": accuracy}))
