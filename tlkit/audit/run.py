@@ -132,7 +132,7 @@ def out_of_fold(features: np.ndarray, labels: np.ndarray, folds: int, seed: int)
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.3))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     return cross_val_predict(head, features, labels, cv=cv, method="predict_proba")
 
