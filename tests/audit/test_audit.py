@@ -36,6 +36,8 @@ def run_audit(cli, data: Path, out: Path, cache: Path) -> tuple[list[dict], dict
     return rows, json.loads((out / "summary.json").read_text()), stdout
 
 
+@pytest.mark.xfail(strict=True, reason="issue 22, open: at 64 px the audit finds 21 of the 24 flips among 27 "
+                   "label issues (precision 0.78, recall 0.88); precision 0.8 is not yet reached")
 def test_flipped_labels_are_found(cli, tmp_path, feature_cache):
     root = photos(tmp_path)
     files = sorted(root.glob("*/*.jpg"))

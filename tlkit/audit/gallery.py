@@ -43,10 +43,10 @@ def draw(rows: list[dict], out: Path, kind: str) -> Path:
     """A gallery of `rows` (issues.csv rows of one kind) in `out`; a note alone when there are none."""
     shown = rows[:MAX_SHOWN]
     per_row = min(PER_ROW, max(len(shown), 1))
-    n_rows = max(math.ceil(len(shown) / per_row), 1)
+    n_rows = math.ceil(len(shown) / per_row)
     caption_h, title_h = 0.62, 0.5
     width = max(per_row * (TILE + 0.15) + 0.15, 6.0)
-    height = n_rows * (TILE + caption_h) + title_h
+    height = n_rows * (TILE + caption_h) + title_h + (0 if shown else 0.3)
     fig = Figure(figsize=(width, height), dpi=100, facecolor="white")
     more = f"; {len(rows) - len(shown)} more in issues.csv" if len(rows) > len(shown) else ""
     fig.suptitle(f"{len(rows)} {TITLES[kind]}{more}" if rows else f"no {kind.replace('_', ' ')}s found",
