@@ -42,9 +42,11 @@ def main() -> None:
             for f in chosen:
                 shutil.copy(f, folder / name / f.name)
     files = sorted(train.glob("*/*.jpg"))
-    flipped = rng.choice(files, len(files) // 10, replace=False)
-    for f in flipped:
-        f.rename(train / rng.choice([c for c in classes if c != f.parent.name]) / f.name)
+    moved = set()
+    for f in rng.choice(files, len(files) // 10, replace=False):
+        target = train / rng.choice([c for c in classes if c != f.parent.name]) / f.name
+        f.rename(target)
+        moved.add(str(target))
     common = ["--base", "efficientnet_lite0", "--image-size", args.image_size, "--cache", cache]
     tlkit("audit", "--data", train, "--out", work / "audit", *common)  # cold: fills the cache
     start = time.perf_counter()
@@ -52,12 +54,11 @@ def main() -> None:
     warm = time.perf_counter() - start
     found = [line.split(",")[0] for line in (work / "audit" / "issues.csv").read_text().splitlines()[1:]
              if ",label_issue," in line]
-    moved = {str(train / f.parent.name / f.name) for f in flipped}
     accuracy = {}
     for arm, extra in (("flipped", []), ("excluded", ["--exclude", work / "audit" / "issues.csv"])):
         tlkit("extract", "--data", train, "--val-data", val, "--out", work / arm, "--seed", args.seed, *common, *extra)
         accuracy[arm] = json.loads((work / arm / "metrics.json").read_text())["stages"][-1]["val_accuracy"]
-    print(json.dumps({"seed": args.seed, "flipped": len(flipped), "label_issues": len(found),
+    print(json.dumps({"seed": args.seed, "flipped": len(moved), "label_issues": len(found),
                       "true_flips_found": len(moved & set(found)), "audit_seconds_warm_cache": round(warm, 1),
                       "val_accuracy": accuracy}))
 
