@@ -26,6 +26,7 @@ _LAZY = {
     "run_recipe": "tlkit.jobs",  # jobs registers the stage kinds
     "resolve": "tlkit.jobs",
     "lr_find": "tlkit.lrfind",
+    "audit": "tlkit.audit",
     "predict": "tlkit.evaluation.predict",
     "evaluate": "tlkit.evaluation.predict",
     "export": "tlkit.exporters",

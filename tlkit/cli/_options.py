@@ -81,6 +81,10 @@ def training_options(command):
         click.option("--val-split", type=float, help="Fraction of each class held out for validation."),
         click.option("--val-data", type=click.Path(), help="A separate validation folder instead of a split."),
         click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them."),
+        click.option("--exclude", type=click.Path(dir_okay=False), metavar="CSV",
+                     help="Leave out the files a CSV's `path` column names (e.g. `tlkit audit`'s issues.csv)."),
+        click.option("--relabel", type=click.Path(dir_okay=False), metavar="CSV",
+                     help="Give the files of a `path,label` CSV the class in its label column."),
         click.option("--augment", type=click.Choice(AUGMENT_PRESETS), is_flag=False, flag_value="light", default=None,
                      help="Augmentation preset of the training images: none, light (flip, zoom, brightness; "
                           "--augment alone), standard (+ rotation), strong (RandAugment, erasing, MixUp/CutMix). "
@@ -150,6 +154,10 @@ def check_folders(settings: dict) -> None:
         if path is not None and not os.path.exists(path):
             raise TlkitError(f"data {'manifest' if path.lower().endswith(MANIFEST_SUFFIXES) else 'folder'} '{path}' "
                              "does not exist")
+    for name in ("exclude", "relabel"):
+        path = settings.get(name)
+        if path is not None and not os.path.isfile(path):
+            raise TlkitError(f"--{name} file '{path}' does not exist: give a CSV with a path column")
 
 
 def check_model(model: str) -> None:

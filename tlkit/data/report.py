@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit._util.io import write_json_atomic
-from tlkit.data import manifest
+from tlkit.data import curation, manifest
 from tlkit.data.checks import Progress, file_digests, printable
 from tlkit.data.folders import ImageSet, scan
 from tlkit.data.splits import split
@@ -52,6 +52,8 @@ class DataReport:
     train_digests: list[str] = field(default_factory=list, repr=False)  # SHA-256 of the training images
     # a multi-label set's label combinations ("a|b", "" for none) and their images, commonest first
     combinations: list[tuple[str, int]] | None = None
+    excluded: list[str] = field(default_factory=list)  # files left out by --exclude
+    relabeled: list[tuple[str, str, str]] = field(default_factory=list)  # (file, class, new class) by --relabel
 
     @classmethod
     def of(cls, train: ImageSet, val: ImageSet, *, val_data=None,
@@ -137,6 +139,12 @@ class DataReport:
             out.append(f"{len(self.skipped) - len(ambiguous)} bad {_files(len(self.skipped) - len(ambiguous))} "
                        "skipped (--skip-bad)"
                        + _examples(f"{p}: {why}" for p, why in self.skipped if not why.endswith("ambiguous label")))
+        if self.excluded:
+            out.append(f"{len(self.excluded)} {_files(len(self.excluded))} left out (--exclude)"
+                       + _examples(self.excluded))
+        if self.relabeled:
+            out.append(f"{len(self.relabeled)} {_files(len(self.relabeled))} relabelled (--relabel)"
+                       + _examples(f"{p}: {a} -> {b}" for p, a, b in self.relabeled))
         if self.overlap:
             out.append(f"{len(self.overlap)} training {_files(len(self.overlap))} left out: the same content is in "
                        "the validation folder" + _examples(f"{t} = {v}" for t, v in self.overlap))
@@ -158,8 +166,8 @@ class DataReport:
     @classmethod
     def from_json(cls, data: dict) -> DataReport:
         names = cls.__dataclass_fields__
-        return cls(**{k: [tuple(x) for x in v] if k in ("skipped", "duplicates", "overlap", "ignored", "combinations")
-                      and v is not None else v
+        return cls(**{k: [tuple(x) for x in v] if k in ("skipped", "duplicates", "overlap", "ignored", "combinations",
+                                                      "relabeled") and v is not None else v
                       for k, v in data.items() if k in names})
 
     def save(self, path: str | Path) -> None:
@@ -176,6 +184,7 @@ class DataReport:
 def prepare(data, *, val_data=None, val_split: float = 0.2, seed: int = 0, skip_bad: bool = False,
             classes: Sequence[str] | None = None, progress: Progress | None = None,
             image_root=None, columns: manifest.Columns = manifest.DEFAULT_COLUMNS, delimiter: str | None = None,
+            exclude: str | Path | None = None, relabel: str | Path | None = None,
             ) -> tuple[ImageSet, ImageSet, DataReport]:
     """Scan and check the data (a folder of class folders or a manifest; every file, before any
     training), split it or scan `val_data`, and report. With `val_data`, training files whose
@@ -183,7 +192,8 @@ def prepare(data, *, val_data=None, val_split: float = 0.2, seed: int = 0, skip_
     A manifest's split column decides the split when it names validation rows (its test rows are
     never trained on; rows without a split train). A `delimiter` makes the set multi-label: a
     manifest's label cells split by it, a folder's copies of one content in several class folders
-    one image with those labels."""
+    one image with those labels. `exclude` and `relabel` (CSV files, tlkit.data.curation) leave
+    files of `data` out or change their class, before the split."""
     def load(source, classes):
         if not manifest.is_manifest(source):
             return scan(source, skip_bad=skip_bad, classes=classes, progress=progress,
@@ -195,6 +205,17 @@ def prepare(data, *, val_data=None, val_split: float = 0.2, seed: int = 0, skip_
         return table.part("train", "val", ""), None
 
     images, val = load(data, classes)
+    excluded, relabeled = [], []
+    if exclude:
+        images, excluded = curation.exclude(images, exclude)
+        if val is not None:  # the manifest's own validation rows
+            val, more = curation.exclude(val, exclude)
+            excluded += more
+    if relabel:
+        images, relabeled = curation.relabel(images, relabel)
+        if val is not None:
+            val, more = curation.relabel(val, relabel)
+            relabeled += more
     if val is not None:
         train, overlap = without(images, val)
     elif val_data:
@@ -202,7 +223,10 @@ def prepare(data, *, val_data=None, val_split: float = 0.2, seed: int = 0, skip_
         train, overlap = without(images, val)
     else:
         (train, val), overlap = split(images, val_split, seed), []
-    return train, val, DataReport.of(train, val, val_data=val_data, overlap=overlap)
+    report = DataReport.of(train, val, val_data=val_data, overlap=overlap)
+    report.excluded = [printable(p) for p in excluded]
+    report.relabeled = [(printable(p), a, b) for p, a, b in relabeled]
+    return train, val, report
 
 
 def _combinations(train: ImageSet, val: ImageSet) -> list[tuple[str, int]]:

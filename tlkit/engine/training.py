@@ -247,7 +247,8 @@ def load_data(recipe: Recipe, labelled: bool = True, progress: checks.Progress |
         train, val, report = datareport.prepare(
             recipe.data, val_data=recipe.val_data, val_split=recipe.val_split, seed=recipe.seed,
             skip_bad=recipe.skip_bad, progress=progress, image_root=recipe.image_root,
-            columns=manifest.Columns.of(recipe), delimiter=recipe.label_delimiter if recipe.task == "multilabel" else None)
+            columns=manifest.Columns.of(recipe), delimiter=recipe.label_delimiter if recipe.task == "multilabel" else None,
+            exclude=recipe.exclude, relabel=recipe.relabel)
     report.log()
     return train.classes if labelled else [], train, val, report
 

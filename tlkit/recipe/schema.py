@@ -135,6 +135,8 @@ class Recipe:
     label_delimiter: str = "|"  # between the labels of a multi-label manifest's label cell
     threshold: float | None = None  # one threshold for every label; None: each label's, chosen on validation
     skip_bad: bool = False
+    exclude: str | None = None  # a CSV with a `path` column: files of `data` left out (tlkit.data.curation)
+    relabel: str | None = None  # a CSV of `path,label`: files of `data` given another class
     # How.
     image_size: int | None = None  # None: the base's default
     batch_size: int = 32
