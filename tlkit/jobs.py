@@ -16,9 +16,11 @@ import keras
 
 import tlkit.stages  # noqa: F401  (registers the stage kinds)
 from tlkit._util.io import save_model_atomic
+from tlkit._util.track import tracker_name
 from tlkit.bases import Base
 from tlkit.bases.zoo import zoo_input
 from tlkit.data import manifest
+from tlkit.engine import tracking
 from tlkit.engine.results import log_summary, write_results
 from tlkit.engine.resume import ResumeState, RunInterrupted
 from tlkit.engine.strategy import (
@@ -143,17 +145,20 @@ def resume(path: str | Path, *, verbose: str | int = "auto") -> Run:
 
 
 def run(recipe: Recipe, out: str | Path | None = None, *, job: str = "finetune", verbose: str | int = "auto",
-        overwrite: bool = False, resume: bool = False) -> Run:
+        overwrite: bool = False, resume: bool = False, track: str | None = None, hooks=()) -> Run:
     """Run the resolved `recipe` (`resolve`, done once per request: by the job functions above,
     or by the CLI, which checks it before TensorFlow loads) as `job` into `out` (default
-    runs/<base>-<time>); the finished run."""
+    runs/<base>-<time>); the finished run. `track`: "mlflow" logs the run there (default
+    $TLKIT_TRACK; tlkit.engine.tracking); a resumed run that was tracked goes on being tracked.
+    `hooks` make more callbacks for every stage (RunContext.hooks)."""
     if job == "pretrain" and [s.kind for s in recipe.stages] != ["autoencoder"]:
         raise TlkitError(f"recipe {recipe.name} is not one autoencoder stage: run recipes with more stages "
                          "through `tlkit finetune --recipe`")
     out = Path(out) if out else default_out("autoencoder" if job == "pretrain" else recipe.base or "run")
     build = _zoo_builder(recipe.base, recipe) if job == "train" else None
+    track = tracker_name(track) or ("mlflow" if resume and RunDir(out).tracking.is_file() else None)
     ctx = _run_resolved(recipe, None, out, build=build, verbose=verbose, job=job, resume=resume,
-                        overwrite=overwrite)
+                        overwrite=overwrite, track=track, hooks=hooks)
     # a pretrain run has no classifier: its model is the encoder, a base
     model, file = (ctx.classifier, RunDir(out).model) if ctx.classes else (ctx.base.model, RunDir(out).base)
     return with_calibration(Run(out, model, ctx.classes, ctx.recipe, file, results=ctx.results, base=ctx.base))
@@ -190,7 +195,7 @@ def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: ker
 
 def _run_resolved(recipe: Recipe, base: Base | None, out: Path, *, model: keras.Model | None = None,
                   build: BaseBuilder | None = None, data=None, verbose: str | int = "auto", job: str = "finetune",
-                  resume: bool = False, overwrite: bool = False) -> RunContext:
+                  resume: bool = False, overwrite: bool = False, track: str | None = None, hooks=()) -> RunContext:
     """`run_recipe` on a recipe already resolved."""
     # the strategy first: a multi-worker one can only be made before TensorFlow has run anything
     strategy = distribution_strategy(recipe.distribute)
@@ -216,7 +221,14 @@ def _run_resolved(recipe: Recipe, base: Base | None, out: Path, *, model: keras.
     lock = runguard.claim(out, overwrite=overwrite, resume=resume)
     try:
         return _run_recipe(recipe, base, Path(out), model=model, build=build, data=data, verbose=verbose, job=job,
-                           resume=resume, overwrite=overwrite, run_dir=run_dir)
+                           resume=resume, overwrite=overwrite, run_dir=run_dir, track=track if chief else None,
+                           hooks=hooks)
+    except Exception as err:
+        if not isinstance(err, RunInterrupted):  # an interrupted run is unfinished: it resumes
+            runguard.fail(Path(out), err)
+        if track and chief:
+            tracking.end_tracked(Path(out), "KILLED" if isinstance(err, RunInterrupted) else "FAILED")
+        raise
     finally:
         lock.release()
         if not chief and ResumeState.read(Path(out)) is None:  # it ended, or stopped with nothing to resume
@@ -224,7 +236,7 @@ def _run_resolved(recipe: Recipe, base: Base | None, out: Path, *, model: keras.
 
 
 def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, data, verbose, job, resume,
-                overwrite, run_dir: Path) -> RunContext:
+                overwrite, run_dir: Path, track: str | None = None, hooks=()) -> RunContext:
     """`run_recipe` writing into `out`: `run_dir` itself, or a worker's own copy of it."""
     state = ResumeState.read(out) if resume else None
     if resume and state is None:
@@ -237,6 +249,8 @@ def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, d
     ctx.job, ctx.resume = job, state
     classes, train, val, resolved = ctx.classes, ctx.train, ctx.val, ctx.recipe
     runguard.start(out, overwrite=overwrite, resume=resume)
+    tracker = tracking.MlflowTracker.start(out, resolved, job, resume) if track else None
+    ctx.hooks = [*hooks, *([tracker.callback] if tracker else [])]
     if labelled:
         log.info("%d training and %d validation images in %d classes; base %s (%s, weights %s); run directory %s",
                  len(train), len(val), len(classes), ctx.base.name, ctx.base.source, ctx.base.weights, out)
@@ -268,10 +282,13 @@ def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, d
         RunDir(out).write_blocks(ctx.base.blocks)
         save_model_atomic(ctx.classifier, RunDir(out).model)
     write_results(ctx)
+    tracking.write_hparams(ctx)
     shutil.rmtree(RunDir(out).resume, ignore_errors=True)  # finished: nothing to resume
     if labelled:
         write_run_report(out, ctx.classifier, classes, train, val, resolved, ctx.results)
         log_summary(ctx)
+    if tracker:
+        tracker.finish()
     runguard.finish(out)
     return ctx
 

@@ -63,6 +63,11 @@ def manifest_options(command):
     return functools.reduce(lambda cmd, option: option(cmd), reversed(MANIFEST_OPTIONS), command)
 
 
+TRACK = click.option("--track", type=click.Choice(["mlflow", "none"]), default=None,
+                     help="Log the run to MLflow: parameters, per-epoch metrics, figures, files; the store is "
+                          "$MLFLOW_TRACKING_URI, else runs-folder/mlflow.db (default $TLKIT_TRACK, else none).")
+
+
 def training_options(command):
     """Options every training command shares; they override the recipe's settings."""
     options = [

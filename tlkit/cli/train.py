@@ -12,6 +12,7 @@ from tlkit.cli._app import cli, disk_full, import_tensorflow, os_error_line
 from tlkit.cli._options import (
     DISTRIBUTE,
     OVERWRITE,
+    TRACK,
     check_folders,
     finetune_options,
     finetune_settings,
@@ -29,10 +30,11 @@ JOB_RECIPES = {"finetune": "classic", "extract": "extract", "train": "scratch", 
 
 
 def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, resume=None, overwrite=None,
-             **settings) -> None:
+             track=None, **settings) -> None:
     """Resolve the job's recipe with every option over it (tlkit.recipe.kinds.resolve: no
     TensorFlow, so a mistake is told at once), then import TensorFlow and run that recipe."""
     import tlkit.stages  # noqa: F401  (registers the stage kinds; imports no TensorFlow)
+    from tlkit._util.track import tracker_name
     from tlkit.recipe.kinds import needs_base, resolve
     from tlkit.rundir.guard import check_out
 
@@ -60,11 +62,12 @@ def _run_job(job: str, obj: dict, *args, recipe=None, stages=None, out=None, res
     check_folders(settings)
     if out:
         check_out(out, overwrite=bool(overwrite))
+    tracker_name(track)  # MLflow missing: told before TensorFlow loads
     import_tensorflow(resolved.distribute)
     from tlkit import jobs
 
     with _run_faults(obj):  # the recipe as resolved above: once per command
-        jobs.run(resolved, out, job=job, verbose=obj["fit_verbose"], overwrite=bool(overwrite))
+        jobs.run(resolved, out, job=job, verbose=obj["fit_verbose"], overwrite=bool(overwrite), track=track)
 
 
 @contextlib.contextmanager
@@ -101,6 +104,7 @@ def _what_was_saved(run: Path) -> str:
 @finetune_options
 @click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
               help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
+@TRACK
 @click.pass_obj
 def finetune(obj, **options):
     """Fine-tune a pretrained base: train a new head, then unfreeze the top blocks."""
@@ -145,6 +149,7 @@ for _param in lr_find.params:
 @click.option("--lr", "learning_rate", type=float, help="Learning rate of the train stage.")
 @click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
               help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
+@TRACK
 @click.pass_obj
 def train(obj, arch, epochs, learning_rate, **options):
     """Train a classic CNN from scratch (recipe: scratch)."""
@@ -163,6 +168,7 @@ def train(obj, arch, epochs, learning_rate, **options):
               "else ~/.cache/tlkit/features).")
 @click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
               help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
+@TRACK
 @click.pass_obj
 def extract(obj, epochs, learning_rate, **options):
     """Feature extraction: run the frozen base once (features cached on disk), train a head on them."""
@@ -191,6 +197,7 @@ def extract(obj, epochs, learning_rate, **options):
 @DISTRIBUTE
 @click.option("--resume", type=click.Path(file_okay=False), metavar="RUN",
               help="Go on with the run in RUN from its last saved epoch (after a crash or Ctrl-C).")
+@TRACK
 @click.pass_obj
 def pretrain(obj, decoder, noise, channels, epochs, learning_rate, **options):
     """Pretrain a convolutional autoencoder on unlabeled images; its encoder becomes a base."""

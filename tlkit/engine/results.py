@@ -40,7 +40,9 @@ def log_summary(ctx) -> None:
 
 def write_results(ctx) -> None:
     """history.json and metrics.json of a finished run."""
-    write_json_atomic(RunDir(ctx.out).history, [{"kind": r.kind, **r.history} for r in ctx.results])
+    # a stage's seconds in history.json, not metrics.json: the same seed gives the same metrics.json
+    write_json_atomic(RunDir(ctx.out).history, [{"kind": r.kind, "seconds": round(r.seconds, 3), **r.history}
+                                                for r in ctx.results])
     write_json_atomic(RunDir(ctx.out).metrics, {
         "stages": [
             {"stage": i, "kind": r.kind, "epochs": r.stage.epochs, "learning_rate": r.stage.learning_rate,

@@ -57,6 +57,8 @@ class RunContext:
     class_weight: dict[int, float] | None = None  # fit's class_weight (recipe.class_weight), for every stage
     job: str = "finetune"  # the job that made the run, for the command that resumes it
     resume: ResumeState | None = None  # where a resumed run goes on
+    # makers of more callbacks for every stage, (ctx, stage index, kind) -> callback: tracking, a tuner's pruning
+    hooks: list[Callable] = field(default_factory=list)
 
     @property
     def classifier(self) -> keras.Model:
@@ -172,7 +174,8 @@ class RunContext:
         rates, best, stopping = self._stage_callbacks(checkpoint)
         callbacks: list[keras.callbacks.Callback] = [
             rates, keras.callbacks.TensorBoard(str(RunDir(self.out).logs / f"{index}-{kind}"), update_freq="batch"),
-            self.curves.stage(f"{index} {kind}"), *(c for c in (best, stopping) if c is not None)]
+            self.curves.stage(f"{index} {kind}"), *(c for c in (best, stopping) if c is not None),
+            *(hook(self, index, kind) for hook in self.hooks)]
         done, earlier = 0, {}
         if self.resume is not None and self.resume.stage == index:
             with self.strategy.scope():  # the optimizer's variables are built here: mirrored like the model's

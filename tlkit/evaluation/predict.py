@@ -227,10 +227,10 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
     run = _loaded(model, checkpoint)
     multi = run.recipe.task == "multilabel"
     if unknown_data is not None and (multi or run.unknown_threshold is None):
-        why = ("a multi-label run: its images may carry no label at all" if multi else
-               f"no {RunDir.REFERENCE} for it: a run made before tlkit had one, --checkpoint best, or a model "
-               "without pooled features; train it again")
-        raise TlkitError(f"{run.describe()} cannot evaluate --unknown-data ({why})")
+        why = ("a multi-label run is not calibrated and its images may carry no label at all" if multi else
+               f"no {RunDir.REFERENCE} for it: a run made before tlkit had one, --checkpoint best, or a model without "
+               "pooled features; train it again to evaluate --unknown-data")
+        raise TlkitError(f"{run.describe()} has no unknown score ({why})")
     if run.recipe.data and manifest.is_manifest(data) and not manifest.is_frame(data) and \
             Path(data).resolve() == Path(run.recipe.data):  # the run's own manifest: read as the run read it
         image_root = run.recipe.image_root if image_root is None else image_root

@@ -223,6 +223,14 @@ class Recipe:
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
 
+    def flat(self) -> dict:
+        """The recipe as one level of names: its fields, and each stage's as `stage2.learning_rate`
+        (what MLflow, TensorBoard's HParams and `tlkit runs diff` take)."""
+        data = self.to_dict()
+        stages = data.pop("stages")
+        return {**data, **{f"stage{i}.{key}": value for i, stage in enumerate(stages, start=1)
+                           for key, value in stage.items()}}
+
     @classmethod
     def from_toml(cls, text: str, source: str = "recipe") -> Recipe:
         try:

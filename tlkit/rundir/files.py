@@ -19,6 +19,9 @@
     report.json, predictions.csv, confusion.png, top_losses.png   the validation split's evaluation
     .lock              while a run writes the folder: its PID and host (tlkit.rundir.guard)
     .unfinished        from a run's first file to its last: the run has not finished
+    .failed            a run that stopped on an error: the error, one line (`tlkit runs` says "failed")
+    tracking.json      the MLflow tracking URI and run id a run logs to, so that a resumed run goes on in it
+    trial.json         a run made as a trial of `tlkit tune`: its study, number, parameters and state
 
 A pretrain run (and a base folder) holds base.keras and blocks.json instead of a classifier.
 """
@@ -47,8 +50,9 @@ class RunDir:
     BASE, CHECKPOINTS, BEST = "base.keras", "checkpoints", "checkpoints/best.keras"
     RESUME, RESUME_STATE = "checkpoints/resume", "checkpoints/resume/state.json"
     LOGS, CURVES, REPORT = "logs", "curves.png", "REPORT.md"
-    LOCK, UNFINISHED = ".lock", ".unfinished"
+    LOCK, UNFINISHED, FAILED = ".lock", ".unfinished", ".failed"
     CALIBRATION, REFERENCE, CALIBRATION_PLOT = "calibration.json", "reference.npy", "calibration.png"
+    TRACKING, TRIAL = "tracking.json", "trial.json"
     # any of these makes a folder a run directory (a finished, unfinished or pretrain run)
     MARKERS = (RECIPE, MODEL, CHECKPOINTS, BASE, UNFINISHED)
 
@@ -56,8 +60,9 @@ class RunDir:
     history, metrics, data_report, thresholds = _file(HISTORY), _file(METRICS), _file(DATA_REPORT), _file(THRESHOLDS)
     base, best, resume, resume_state = _file(BASE), _file(BEST), _file(RESUME), _file(RESUME_STATE)
     logs, curves, report = _file(LOGS), _file(CURVES), _file(REPORT)
-    lock, unfinished = _file(LOCK), _file(UNFINISHED)
+    lock, unfinished, failed = _file(LOCK), _file(UNFINISHED), _file(FAILED)
     calibration, reference, calibration_plot = _file(CALIBRATION), _file(REFERENCE), _file(CALIBRATION_PLOT)
+    tracking, trial = _file(TRACKING), _file(TRIAL)
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))

@@ -12,7 +12,8 @@ runs, imports Keras).
 - `start`/`finish`: RUN/.unfinished is written before a run's first file and removed after its
   last. With `overwrite`, the old run's files go at that moment (after the base has loaded and
   the data was scanned, so a mistake found before leaves the old run as it was): a failure
-  half-way leaves a new run marked unfinished, never old files beside new ones.
+  half-way leaves a new run marked unfinished, never old files beside new ones; `fail` marks
+  a run that stopped on an error (RUN/.failed).
 - While a run holds its lock, SIGTERM (`kill`, `docker stop`, a scheduler's pre-emption) stops it
   as Ctrl-C does: `Terminated`, a KeyboardInterrupt, is raised in the main thread, so the run
   says what it saved and how to go on, instead of dying silently.
@@ -196,8 +197,19 @@ def start(out: Path, *, overwrite: bool = False, resume: bool = False) -> None:
                 entry.unlink()
         log.info("--overwrite: removed the run that was in %s", out)
     out.mkdir(parents=True, exist_ok=True)
+    RunDir(out).failed.unlink(missing_ok=True)
     RunDir(out).unfinished.write_text("this run has not finished: its model.keras is missing or not its last\n",
                                   encoding="utf-8")
+
+
+def fail(out: Path, err: BaseException) -> None:
+    """A run that had started stopped on `err`: RUN/.failed holds its line, for `tlkit runs`."""
+    if RunDir(out).unfinished.is_file():
+        line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        try:
+            RunDir(out).failed.write_text(f"{type(err).__name__}: {line}\n", encoding="utf-8")
+        except OSError:  # a full disk, say: `err` is what the user must see; the run stays marked unfinished
+            pass
 
 
 def finish(out: Path) -> None:
