@@ -55,7 +55,7 @@ class DataReport:
     excluded: list[str] = field(default_factory=list)  # files left out by --exclude
     relabeled: list[tuple[str, str, str]] = field(default_factory=list)  # (file, class, new class) by --relabel
     split_column: bool = False  # the manifest's `val` rows are the validation set (no seeded split)
-    images: tuple[int, int] | None = None  # (training, validation) images: of a multi-label set, not the label sum
+    images: list[int] | None = None  # [training, validation] images: of a multi-label set, not the label sum
 
     @classmethod
     def of(cls, train: ImageSet, val: ImageSet, *, val_data=None,
@@ -73,7 +73,7 @@ class DataReport:
             overlap=[(printable(a), printable(b)) for a, b in overlap],
             train_digests=sorted(train.digests),
             combinations=_combinations(train, val) if train.multilabel else None,
-            images=(len(train), len(val)),
+            images=[len(train), len(val)],
         )
 
     @property
