@@ -128,8 +128,9 @@ def plot_top_losses(model: keras.Model, classes: Sequence[str], files: Sequence[
         y0 = height - 0.5 - (k + 1) * (tile + 0.6) + 0.05
         pictures = [(np.broadcast_to(image / 255.0, (*image.shape[:2], 3)), "the image")]
         if heats:
-            pictures += [(overlay(image, heats[r][k]), f"{_short(classes[c], 14)} {probabilities[k, c]:.2f}")
-                         for r, c in enumerate(labels)]
+            none_above = not (probabilities[k] >= thresholds).any()  # the most probable label, though below
+            pictures += [(overlay(image, heats[r][k]), ("below threshold: " if none_above else "")
+                          + f"{_short(classes[c], 14)} {probabilities[k, c]:.2f}") for r, c in enumerate(labels)]
         for m, (picture, title) in enumerate(pictures):
             ax = fig.add_axes(((0.15 + m * tile) / fig_w, (y0 + 0.2) / height, (tile - 0.08) / fig_w,
                                (tile - 0.4) / height))
