@@ -58,7 +58,7 @@ def test_the_split_column_decides_train_and_validation_and_evaluate_takes_the_te
     table.write_text(table.read_text().replace(",", "\t"))
     columns = ("--path-column", "file", "--label-column", "class", "--split-column", "part", "--image-root", tiny_images)
     train, val, report = prepare(str(table), image_root=tiny_images, columns=manifest.Columns("file", "class", "part"))
-    assert report.train == [6, 6, 6] and report.val == [1, 1, 1]
+    assert report.train == [6, 6, 6] and report.val == [1, 1, 1] and report.split_column
     assert {f.name for f in val.files} == {"0.png"} and not {f.name for f in train.files} & {"0.png", "1.png"}
 
     code, _, err = cli("finetune", "--base", "lenet5", "--weights", "none", "--recipe", "head_only", "--pooling",
@@ -66,6 +66,9 @@ def test_the_split_column_decides_train_and_validation_and_evaluate_takes_the_te
                        "--out", tmp_path / "run")
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["val_images"] == 3
+    what = (tmp_path / "run" / "REPORT.md").read_text()
+    assert "the validation images are the rows the manifest's `part` column names `val`" in what
+    assert "seeded" not in what.split("## Data")[0]
     code, out, err = cli("evaluate", "--model", tmp_path / "run", "--data", table, *columns, "--out", tmp_path / "eval")
     assert code == 0, err
     evaluated = [r["path"] for r in csv.DictReader(open(tmp_path / "eval" / "predictions.csv"))]
@@ -161,6 +164,8 @@ def test_a_multilabel_manifest_splits_every_label_and_reports_combinations(tmp_p
     assert report.combinations[:3] == [("", 40), ("astronaut", 40), ("cat", 40)]
     assert ("coffee|round", 40) in report.combinations
     assert "6 label combinations, 40 images without a label" in report.lines()[0]
+    # the last row counts images (240 = 192 + 48), not the label sum (224 + 56): an image may have two labels
+    assert report.table()[-1].split() == ["images", "192", "48"] and not report.split_column
 
 
 @pytest.mark.integration

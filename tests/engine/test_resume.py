@@ -122,3 +122,55 @@ def test_stages_on_the_frozen_layers_outputs_resume_the_same(tiny_images, tmp_pa
     np.testing.assert_allclose(np.array(metrics, float), np.array(expected_metrics, float), atol=1e-6)
     for stage, expected in zip(history, expected_history):
         np.testing.assert_allclose(np.array(stage, float), np.array(expected, float), atol=1e-6)
+
+
+@pytest.mark.integration
+def test_multilabel_run_killed_then_resumed_gives_the_same_multilabel_metrics(tiny_images, tmp_path):
+    import signal
+
+    # the colour of each tiny image, and "warm" on two of the three colours: a second label per image
+    rows = [{"path": str(f), "label": f.parent.name + ("|warm" if f.parent.name in ("red", "green") else "")}
+            for f in sorted(tiny_images.glob("*/*.png"))]
+    tags = tmp_path / "tags.jsonl"
+    tags.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [*ARGS, "--data", str(tags), "--image-root", "/", "--task", "multilabel"]
+    runs = {}
+    for name, stop in (("whole", None), ("killed", (2, 1, signal.SIGKILL))):
+        runs[name] = tmp_path / name
+        done = tlkit_process([*args, "--out", str(runs[name])], stop=stop)
+        assert done.returncode == (-signal.SIGKILL if stop else 0), done.stderr[-3000:]
+    resumed = tlkit_process(["finetune", "--resume", str(runs["killed"])])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stage 2 resumed after epoch 1 of 3" in resumed.stdout
+
+    (metrics, history), (expected_metrics, expected_history) = results(runs["killed"]), results(runs["whole"])
+    np.testing.assert_allclose(np.array(metrics, float), np.array(expected_metrics, float), atol=1e-6)
+    for stage, expected in zip(history, expected_history):
+        np.testing.assert_allclose(np.array(stage, float), np.array(expected, float), atol=1e-6)
+    thresholds = [json.loads((runs[n] / "thresholds.json").read_text()) for n in ("killed", "whole")]
+    assert thresholds[0] == pytest.approx(thresholds[1], abs=1e-6)
+    # the multi-label metrics evaluate prints: per label, micro/macro/samples F1, mAP, exact match
+    reports = []
+    for name in ("killed", "whole"):
+        main(["evaluate", "--model", str(runs[name]), "--data", str(tags), "--image-root", "/",
+              "--out", str(tmp_path / f"eval-{name}")])
+        reports.append(json.loads((tmp_path / f"eval-{name}" / "report.json").read_text()))
+    assert all((tmp_path / "eval-killed" / f).stat().st_size > 10_000 for f in reports[0]["files"].values() if f.endswith(".png"))
+    assert set(reports[0]["files"]) == {"predictions", "pr_curves", "cooccurrence", "top_losses"}
+    assert reports[0]["task"] == "multilabel" and reports[0]["per_label"].keys() == {"red", "green", "blue", "warm"}
+    got, expected = (numbers(r, ("exact_match", "micro_f1", "macro_f1", "samples_f1", "mAP", "per_label"))
+                     for r in reports)
+    assert got.keys() == expected.keys() and len(got) > 20
+    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), atol=1e-6)
+
+
+def numbers(report: dict, keys, prefix: str = "") -> dict[str, float]:
+    """The numbers under `keys` of a nested report, by their dotted path."""
+    flat = {}
+    for key in keys:
+        value = report[key]
+        if isinstance(value, dict):
+            flat |= numbers(value, value.keys(), f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = float(value)
+    return flat

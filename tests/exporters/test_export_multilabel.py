@@ -45,3 +45,21 @@ def test_savedmodel_serves_the_labels_above_their_thresholds(multilabel_run, tin
     probabilities = got["probabilities"].numpy()[0]
     assert list(above) == [p >= thresholds[c] for c, p in zip(classes, probabilities)]
     assert np.all(np.diff(probabilities) <= 0) and len(classes) == 4
+
+
+def test_onnx_and_tflite_carry_the_thresholds_in_their_metadata(multilabel_run, tmp_path):
+    import onnx
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    thresholds = json.loads((multilabel_run / "thresholds.json").read_text())
+    proto = onnx.load(export(multilabel_run, tmp_path / "onnx", "onnx", check=False))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["thresholds"]) == pytest.approx(thresholds, abs=1e-6)
+    assert "sigmoid" in props["output"]
+
+    data = export(multilabel_run, tmp_path / "tflite", "tflite", check=False).read_bytes()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+    (entry,) = [m for m in model.metadata if m.name == b"TFLITE_METADATA"]
+    metadata = bytes(model.buffers[entry.buffer].data).decode("utf-8", "replace")
+    carried = json.loads(metadata[metadata.index("validation: {") + len("validation: "):].split("}")[0] + "}")
+    assert carried == pytest.approx(thresholds, abs=1e-6)

@@ -54,6 +54,8 @@ class DataReport:
     combinations: list[tuple[str, int]] | None = None
     excluded: list[str] = field(default_factory=list)  # files left out by --exclude
     relabeled: list[tuple[str, str, str]] = field(default_factory=list)  # (file, class, new class) by --relabel
+    split_column: bool = False  # the manifest's `val` rows are the validation set (no seeded split)
+    images: list[int] | None = None  # [training, validation] images: of a multi-label set, not the label sum
 
     @classmethod
     def of(cls, train: ImageSet, val: ImageSet, *, val_data=None,
@@ -71,6 +73,7 @@ class DataReport:
             overlap=[(printable(a), printable(b)) for a, b in overlap],
             train_digests=sorted(train.digests),
             combinations=_combinations(train, val) if train.multilabel else None,
+            images=[len(train), len(val)],
         )
 
     @property
@@ -101,7 +104,10 @@ class DataReport:
         width = max(len("total"), *(len(c) for c in self.classes))
         rows = [f"  {'class':<{width}}  {'train':>6}  {'val':>6}"]
         rows += [f"  {c:<{width}}  {t:>6}  {v:>6}" for c, t, v in zip(self.classes, self.train, self.val)]
-        rows.append(f"  {'total':<{width}}  {sum(self.train):>6}  {sum(self.val):>6}")
+        if self.combinations is None or self.images is None:
+            rows.append(f"  {'total':<{width}}  {sum(self.train):>6}  {sum(self.val):>6}")
+        else:  # an image with several labels is in several rows: the images, not the sum
+            rows.append(f"  {'images':<{width}}  {self.images[0]:>6}  {self.images[1]:>6}")
         return rows
 
     def lines(self) -> list[str]:
@@ -216,6 +222,7 @@ def prepare(data, *, val_data=None, val_split: float = 0.2, seed: int = 0, skip_
         if val is not None:
             val, more = curation.relabel(val, relabel)
             relabeled += more
+    split_column = val is not None
     if val is not None:
         train, overlap = without(images, val)
     elif val_data:
@@ -226,6 +233,7 @@ def prepare(data, *, val_data=None, val_split: float = 0.2, seed: int = 0, skip_
     report = DataReport.of(train, val, val_data=val_data, overlap=overlap)
     report.excluded = [printable(p) for p in excluded]
     report.relabeled = [(printable(p), a, b) for p, a, b in relabeled]
+    report.split_column = split_column
     return train, val, report
 
 

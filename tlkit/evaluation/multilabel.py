@@ -47,13 +47,18 @@ def average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
     """The area under the precision-recall curve as a step function (scikit-learn's AP)."""
     if not truth.any():
         return 0.0
+    precision, recall = pr_curve(truth, scores)
+    return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
+
+
+def pr_curve(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall at each distinct score taken as the threshold, highest score first
+    (recall rising); `truth` must hold a positive."""
     order = np.argsort(-scores, kind="stable")
     scores, hits = scores[order], truth[order] > 0
     last = np.flatnonzero(np.append(scores[1:] < scores[:-1], True))  # one point per distinct score
     true_positives = np.cumsum(hits)[last]
-    precision = true_positives / (last + 1)
-    recall = true_positives / hits.sum()
-    return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
+    return true_positives / (last + 1), true_positives / hits.sum()
 
 
 def report(classes: Sequence[str], truth: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray) -> dict:
@@ -97,12 +102,13 @@ def format_report(metrics: dict) -> str:
 
 
 def write_evaluation(out: str | Path, classes: Sequence[str], files: Sequence[Path], truth: np.ndarray,
-                     probabilities: np.ndarray, thresholds: np.ndarray, extra: dict | None = None) -> dict:
-    """report.json (the metrics, `extra` merged in) and predictions.csv (path, true and predicted
-    labels joined by |, each label's probability) in `out`; returns the report."""
+                     probabilities: np.ndarray, thresholds: np.ndarray, extra: dict | None = None,
+                     pictures: Sequence[str] = ()) -> dict:
+    """report.json (the metrics, `extra` merged in, `pictures` named) and predictions.csv (path,
+    true and predicted labels joined by |, each label's probability) in `out`; returns the report."""
     out = Path(out)
     metrics = {**(extra or {}), **report(classes, truth, probabilities, thresholds), "labels": list(classes),
-               "files": {"predictions": "predictions.csv"}}
+               "files": {"predictions": "predictions.csv", **{Path(p).stem: p for p in pictures}}}
     rows = [["path", "true", "predicted", *(f"p_{c}" for c in classes)]]
     rows += [[str(f), "|".join(c for c, on in zip(classes, t) if on),
               "|".join(c for c, v, cut in zip(classes, p, thresholds) if v >= cut), *(f"{v:.6f}" for v in p)]

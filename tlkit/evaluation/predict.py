@@ -19,7 +19,7 @@ from tlkit.data import checks, folders, manifest
 from tlkit.data import pipeline as tldata
 from tlkit.data.report import training_overlap_warning
 from tlkit.errors import TlkitError
-from tlkit.evaluation import multilabel
+from tlkit.evaluation import multilabel, multilabel_plots
 from tlkit.evaluation.metrics import evaluation_report, write_predictions
 from tlkit.models import calibration
 from tlkit.rundir.files import RunDir
@@ -248,8 +248,15 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
     extra = {"model": str(run.model_file), "checkpoint": run.checkpoint, "data": str(data),
              "skipped": [[str(p), why] for p, why in images.skipped], "out": str(out)}
     if multi:
-        return multilabel.write_evaluation(out, run.labels, images.files, images.multi_hot(), probs,
-                                           read_thresholds(run), extra)
+        truth, thresholds = images.multi_hot(), read_thresholds(run)
+        multilabel_plots.plot_pr_curves(run.labels, truth, probs, thresholds, out / "pr_curves.png")
+        multilabel_plots.plot_cooccurrence(run.labels, truth, probs >= thresholds, out / "cooccurrence.png")
+        worst = np.argsort(-multilabel_plots.losses(truth, probs), kind="stable")[:top_losses]
+        multilabel_plots.plot_top_losses(run.model, run.labels, [images.files[i] for i in worst], truth[worst],
+                                         probs[worst], thresholds, out / "top_losses.png",
+                                         RunDir(run.path).read_blocks())
+        return multilabel.write_evaluation(out, run.labels, images.files, truth, probs, thresholds, extra,
+                                           pictures=("pr_curves.png", "cooccurrence.png", "top_losses.png"))
     if unknown_data is not None:
         paths = image_files(unknown_data)
         bad = {path for path, _ in checks.check_images(paths)}  # not what is measured here: left out

@@ -15,6 +15,7 @@ import numpy as np
 from tlkit._util.io import write_json_atomic, write_text_atomic
 from tlkit.data.augment import of as augmentation_of
 from tlkit.data.pipeline import make_dataset
+from tlkit.data.report import DataReport
 from tlkit.engine.curves import plot_curves
 from tlkit.evaluation import multilabel
 from tlkit.evaluation.metrics import evaluation_report
@@ -70,7 +71,9 @@ def run_markdown(out: Path, classes, train, val, recipe, results, evaluation: di
     """REPORT.md: what the run did and how well, in words and pictures; `blocks` is the base's
     block map (RUN/blocks.json), for the blocks a finetune stage unfroze; `calibration` is
     calibration.json's content."""
-    md = [f"# Run {out.name}", "", _what_was_trained(recipe, classes, train, val), "", *_data(classes, train, val), "",
+    data_report = RunDir(out).data_report
+    split_column = data_report.is_file() and DataReport.load(data_report).split_column
+    md = [f"# Run {out.name}", "", _what_was_trained(recipe, classes, train, val, split_column), "", *_data(classes, train, val), "",
           *_recipe(out, recipe, len(classes), list(blocks or [])), "", *_results(results, curves)]
     if evaluation is not None and evaluation.get("task") == "multilabel":
         md += ["## On the validation images", "", f"With `model.keras`, each label cut at its threshold "
@@ -87,7 +90,7 @@ def _trained_from_scratch(recipe) -> bool:
     return any(stage.kind == "train" for stage in recipe.stages)  # `tlkit train`: a zoo model, its own top
 
 
-def _what_was_trained(recipe, classes, train, val) -> str:
+def _what_was_trained(recipe, classes, train, val, split_column: bool = False) -> str:
     weights = {"imagenet": "ImageNet weights", "none": "random weights (no pretraining)"}.get(
         recipe.weights, f"weights from {recipe.weights}")
     what = (f"Architecture **{recipe.base}** trained from scratch" if _trained_from_scratch(recipe)
@@ -95,6 +98,8 @@ def _what_was_trained(recipe, classes, train, val) -> str:
     return (f"{what}, input {recipe.image_size}x{recipe.image_size}, on "
             f"{len(train)} training and {len(val)} validation images in {len(classes)} classes from `{recipe.data}`"
             + (f" (validation images from `{recipe.val_data}`)." if recipe.val_data else
+               f" (the validation images are the rows the manifest's `{recipe.split_column}` column names `val`)."
+               if split_column else
                f" (a seeded split stratified over the labels, holding out {recipe.val_split:g} of the images, "
                f"seed {recipe.seed}; several labels an image)." if train.multilabel else
                f" (a seeded, stratified split holding out {recipe.val_split:g} of each class, seed {recipe.seed})."))

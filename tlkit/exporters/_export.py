@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import json
 import logging
 import os
 import sys
@@ -108,6 +109,26 @@ def calibration_note(run) -> str:
                  "features to the nearest training image's; that score is served by the SavedModel export only "
                  "(unknown_score, unknown).")
     return note
+
+
+def label_thresholds(run) -> dict[str, float] | None:
+    """A multi-label run's threshold of each label, for formats that carry them as metadata (the
+    SavedModel applies them itself); None for a single-label run."""
+    if run.recipe.task != "multilabel":
+        return None
+    from tlkit.rundir.load import read_thresholds  # Keras: see the module docstring
+
+    return {label: round(float(t), 6) for label, t in zip(run.labels, read_thresholds(run))}
+
+
+def output_note(run) -> str:
+    """The output tensor, in words: softmax over classes, or one sigmoid per label and the
+    thresholds that turn it into the labels predicted."""
+    thresholds = label_thresholds(run)
+    if thresholds is None:
+        return "Probability of each class, in the order of the labels (they sum to 1)."
+    return ("Multi-label: an independent (sigmoid) probability of each label, in the order of the labels; a label "
+            f"is predicted when its probability reaches its threshold, chosen on validation: {json.dumps(thresholds)}")
 
 
 def _split(run, needed_for: str | None):

@@ -17,7 +17,7 @@ import numpy as np
 
 from tlkit._util.io import write_atomic
 from tlkit.errors import TlkitError
-from tlkit.exporters._export import calibration_note
+from tlkit.exporters._export import calibration_note, label_thresholds, output_note
 from tlkit.exporters._registry import FORMATS, Format
 
 if TYPE_CHECKING:
@@ -55,10 +55,11 @@ def write(run: Run, target: Path, quantize: str, calibration) -> None:
                      f"{'RGB' if run.channels == 3 else 'greyscale'} pixels in [0, 255] (not [0, 1], not centred), "
                      "resized bilinearly (half-pixel centres, no antialiasing) without keeping the aspect ratio",
             "input_range": "[0, 255]",
-            "output": "probabilities: float32 (batch, classes), in the order of labels",
+            "output": f"probabilities: float32 (batch, classes). {output_note(run)}",
             "source": f"tlkit run {run.path.name}, base {run.recipe.base}",
             "calibration": calibration_note(run),
             **({"temperature": str((run.calibration or {}).get("temperature"))} if run.calibration else {}),
+            **({"thresholds": json.dumps(label_thresholds(run))} if run.recipe.task == "multilabel" else {}),
             **({"unknown_threshold": str(run.unknown_threshold)} if run.unknown_threshold is not None else {}),
         })
         onnx.checker.check_model(proto)

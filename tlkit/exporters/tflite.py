@@ -14,7 +14,7 @@ import numpy as np
 
 from tlkit._util.io import write_atomic
 from tlkit.errors import TlkitError
-from tlkit.exporters._export import calibration_note
+from tlkit.exporters._export import calibration_note, output_note
 from tlkit.exporters._registry import FORMATS, Format
 from tlkit.exporters._tflite_metadata import image_classifier_metadata, with_metadata
 
@@ -69,7 +69,7 @@ def write(run: Run, target: Path, quantize: str, calibration) -> None:
         channels=run.channels,
         input_description=(f"{colour} image, float32 pixels in [0, 255] (not [0, 1], not centred), "
                            f"{width}x{height}, resized bilinearly without keeping the aspect ratio."),
-        output_description="Probability of each class, in the order of the labels (they sum to 1).",
+        output_description=output_note(run),
     )
     data = with_metadata(convert(run, quantize, calibration), metadata, run.labels)
     write_atomic(target, lambda tmp: tmp.write_bytes(data))
