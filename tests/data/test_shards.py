@@ -78,3 +78,16 @@ def test_shards_feed_the_images_and_labels_the_folder_feeds(tiny_images):
     assert sorted(map(key, from_shards)) == sorted(map(key, from_folder))  # bit for bit
     halves = [list(shards.dataset(out, (24, 24), num_workers=2, worker_index=i).as_numpy_iterator()) for i in (0, 1)]
     assert sorted(map(key, halves[0] + halves[1])) == sorted(map(key, from_shards)) and all(halves)
+
+
+def test_a_pack_is_the_image_set_and_split_of_its_folder(tiny_images):
+    from tlkit.data.splits import split
+
+    out = "ram://packs/set"
+    shards.pack(tiny_images, out, seed=3, shard_bytes=4000)
+    packed, folder = shards.image_set(out), folders.scan(tiny_images)
+    assert (packed.classes, packed.labels, packed.digests) == (folder.classes, folder.labels, folder.digests)
+    assert sorted(f.name for f in packed.files) == sorted(
+        f"{shard['file']}#{n}" for shard in shards.read_index(out)["shards"] for n in range(1, len(shard["labels"]) + 1))
+    for a, b in zip(split(packed, 0.25, 7), split(folder, 0.25, 7)):
+        assert (a.labels, a.digests) == (b.labels, b.digests)

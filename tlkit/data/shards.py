@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from tlkit.data.checks import Progress, printable
 from tlkit.data.decode import decode_image
-from tlkit.data.folders import scan
+from tlkit.data.folders import ImageSet, scan
 from tlkit.errors import TlkitError
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def pack(data, out: str, *, skip_bad: bool = False, seed: int = 0, shard_bytes: 
         if writer is None or (size + len(encoded) > shard_bytes and shards[-1]["labels"]):
             if writer:
                 writer.close()
-            shards.append({"file": f"shard-{len(shards):05d}.tfrecord", "labels": [], "digests": []})
+            shards.append({"file": f"shard-{len(shards):05d}.tfrecord", "labels": [], "digests": [], "positions": []})
             writer, size = tf.io.TFRecordWriter(f"{out}/{shards[-1]['file']}"), 0
         writer.write(tf.train.Example(features=tf.train.Features(feature={
             "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
@@ -53,6 +54,7 @@ def pack(data, out: str, *, skip_bad: bool = False, seed: int = 0, shard_bytes: 
         size += len(encoded)
         shards[-1]["labels"].append(images.labels[i])
         shards[-1]["digests"].append(images.digests[i])
+        shards[-1]["positions"].append(int(i))  # the scan's order, so that a split of the pack is the folder's
     writer.close()
     index = {
         "classes": images.classes, "shards": shards,
@@ -75,6 +77,23 @@ def read_index(folder: str) -> dict:
         raise TlkitError(f"'{folder}' has no {INDEX}: it is not a folder of shards written by `tlkit pack`")
     with tf.io.gfile.GFile(path) as f:
         return json.loads(f.read())
+
+
+def image_set(folder: str) -> ImageSet:
+    """The ImageSet the scan of the packed folder made (its classes, labels, digests and skipped
+    files, in scan order, so `splits.split` divides it as it divides the folder), each file named
+    `<shard>#<record>` (the record's 1-based number in its shard)."""
+    folder = str(folder).rstrip("/")
+    index = read_index(folder)
+    rows = sorted((position, f"{folder}/{shard['file']}#{n}", label, digest)
+                  for shard in index["shards"]
+                  for n, (position, label, digest) in enumerate(
+                      zip(shard["positions"], shard["labels"], shard["digests"]), start=1))
+    report = index["report"]
+    return ImageSet(root=Path(folder), classes=index["classes"], files=[Path(row[1]) for row in rows],
+                    labels=[row[2] for row in rows], digests=[row[3] for row in rows],
+                    skipped=[(Path(p), why) for p, why in report["skipped"]],
+                    duplicates=[(Path(copy), Path(kept)) for copy, kept in report["duplicates"]])
 
 
 def dataset(folder: str, image_size: tuple[int, int], *, channels: int = 3, num_workers: int = 1,
