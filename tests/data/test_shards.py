@@ -91,3 +91,17 @@ def test_a_pack_is_the_image_set_and_split_of_its_folder(tiny_images):
         f"{shard['file']}#{n}" for shard in shards.read_index(out)["shards"] for n in range(1, len(shard["labels"]) + 1))
     for a, b in zip(split(packed, 0.25, 7), split(folder, 0.25, 7)):
         assert (a.labels, a.digests) == (b.labels, b.digests)
+
+
+def test_the_data_report_path_and_pipeline_read_a_pack_as_its_folder(tiny_images, tmp_path):
+    from tlkit.data.pipeline import make_dataset
+    from tlkit.data.report import prepare
+
+    out = str(tmp_path / "packed")
+    shards.pack(tiny_images, out, shard_bytes=4000)
+    (ptrain, pval, _), (ftrain, fval, _) = (prepare(d, val_split=0.25, seed=1) for d in (out, tiny_images))
+    assert (ptrain.digests, pval.digests) == (ftrain.digests, fval.digests)
+    for cache in ("none", "memory"):
+        batches = [list(make_dataset(s, (24, 24), 4, shuffle=True, seed=2, cache=cache).as_numpy_iterator())
+                   for s in (ptrain, ftrain)]
+        assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(*batches))

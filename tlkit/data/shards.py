@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 INDEX = "index.json"
 SHARD_BYTES = 150 << 20  # 100-200 MB: large reads for a bucket, enough shards to interleave and share out
+_RECORD = re.compile(r"shard-\d{5}\.tfrecord#\d+")
 _FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 
 
@@ -70,6 +72,10 @@ def pack(data, out: str, *, skip_bad: bool = False, seed: int = 0, shard_bytes: 
     return index
 
 
+def is_pack(folder) -> bool:
+    return tf.io.gfile.exists(f"{str(folder).rstrip('/')}/{INDEX}")
+
+
 def read_index(folder: str) -> dict:
     """The index of a pack; a folder without one is not a (finished) pack."""
     path = f"{str(folder).rstrip('/')}/{INDEX}"
@@ -94,6 +100,26 @@ def image_set(folder: str) -> ImageSet:
                     labels=[row[2] for row in rows], digests=[row[3] for row in rows],
                     skipped=[(Path(p), why) for p, why in report["skipped"]],
                     duplicates=[(Path(copy), Path(kept)) for copy, kept in report["duplicates"]])
+
+
+def is_record(path) -> bool:
+    """Whether `path` names a record of a pack (as `image_set` names them)."""
+    return _RECORD.fullmatch(Path(path).name) is not None
+
+
+def record_bytes(files) -> list[bytes]:
+    """The encoded image of each record `image_set` named, in the order of `files`; each shard is
+    read once, whatever the order."""
+    wanted: dict[str, dict[int, int]] = {}
+    for at, ref in enumerate(files):
+        shard, n = str(ref).rsplit("#", 1)
+        wanted.setdefault(shard, {})[int(n)] = at
+    found: list[bytes] = [b""] * len(files)
+    for shard, numbers in wanted.items():
+        for n, record in enumerate(tf.data.TFRecordDataset(shard).as_numpy_iterator(), start=1):
+            if n in numbers:
+                found[numbers[n]] = tf.io.parse_single_example(record, _FEATURES)["image"].numpy()
+    return found
 
 
 def dataset(folder: str, image_size: tuple[int, int], *, channels: int = 3, num_workers: int = 1,
