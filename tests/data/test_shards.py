@@ -105,3 +105,24 @@ def test_the_data_report_path_and_pipeline_read_a_pack_as_its_folder(tiny_images
         batches = [list(make_dataset(s, (24, 24), 4, shuffle=True, seed=2, cache=cache).as_numpy_iterator())
                    for s in (ptrain, ftrain)]
         assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(*batches))
+
+
+@pytest.mark.integration
+def test_training_from_a_pack_of_the_sample_photos_gives_the_folder_runs_metrics(tmp_path):
+    import json
+    from pathlib import Path
+
+    import tlkit
+
+    photos = Path(__file__).parents[2] / "data_samples" / "photos"
+    shards.pack(photos, str(tmp_path / "packed"))
+    metrics = []
+    for name, data in (("folder", photos), ("shards", tmp_path / "packed")):
+        run = tlkit.finetune("lenet5", recipe="head_only", weights="none", pooling="flatten", data=str(data),
+                             image_size=32, batch_size=16, seed=5, stages={"head": {"epochs": 2}},
+                             out=tmp_path / name, verbose=0)
+        metrics.append(json.loads((Path(run.path) / "metrics.json").read_text()))
+    assert metrics[0].keys() == metrics[1].keys()
+    numbers = [[v for v in json.dumps(m, sort_keys=True).replace(",", " ").split() if v[0].isdigit()] for m in metrics]
+    assert numbers[0] and len(numbers[0]) == len(numbers[1])
+    assert all(abs(float(a.strip("}]")) - float(b.strip("}]"))) <= 1e-6 for a, b in zip(*numbers))

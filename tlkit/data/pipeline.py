@@ -11,7 +11,7 @@ import tensorflow as tf
 from tlkit.data import augment as augmentation
 from tlkit.data import imagecache, shards
 from tlkit.data.checks import check_images, file_digests
-from tlkit.data.decode import decode_image, decoded_dataset, load_file, tf_paths
+from tlkit.data.decode import decode_image, load_file, tf_paths
 from tlkit.data.folders import ImageSet, bad_files_message
 from tlkit.errors import TlkitError
 
@@ -21,10 +21,10 @@ def load_images(paths: Sequence, image_size: tuple[int, int], channels: int = 3)
     paths = [Path(p) for p in paths]
     if not paths:
         return np.zeros((0, *image_size, channels), np.float32)
-    problems = check_images(paths)
+    problems = [] if shards.is_record(paths[0]) else check_images(paths)  # a pack's records were verified by pack
     if problems:
         raise TlkitError(bad_files_message(problems, ""))
-    return np.concatenate([batch.numpy() for batch in decoded_dataset(paths, image_size, channels).batch(64)])
+    return np.stack(list(_decode_files(paths, image_size, channels)))
 
 
 def load_image(path, image_size: tuple[int, int], channels: int = 3) -> np.ndarray:
