@@ -122,7 +122,9 @@ def test_training_from_a_pack_of_the_sample_photos_gives_the_folder_runs_metrics
                              image_size=32, batch_size=16, seed=5, stages={"head": {"epochs": 2}},
                              out=tmp_path / name, verbose=0)
         metrics.append(json.loads((Path(run.path) / "metrics.json").read_text()))
-    assert metrics[0].keys() == metrics[1].keys()
+        evaluated = tlkit.evaluate(run.path, str(data), tmp_path / f"{name}.json")
+        metrics[-1]["evaluated"] = {k: v for k, v in evaluated.items() if isinstance(v, float)}
+    assert metrics[0].keys() == metrics[1].keys() and metrics[0]["evaluated"]
     numbers = [[v for v in json.dumps(m, sort_keys=True).replace(",", " ").split() if v[0].isdigit()] for m in metrics]
     assert numbers[0] and len(numbers[0]) == len(numbers[1])
     assert all(abs(float(a.strip("}]")) - float(b.strip("}]"))) <= 1e-6 for a, b in zip(*numbers))

@@ -85,18 +85,24 @@ def read_index(folder: str) -> dict:
         return json.loads(f.read())
 
 
-def image_set(folder: str) -> ImageSet:
+def image_set(folder: str, classes: list[str] | None = None) -> ImageSet:
     """The ImageSet the scan of the packed folder made (its classes, labels, digests and skipped
     files, in scan order, so `splits.split` divides it as it divides the folder), each file named
-    `<shard>#<record>` (the record's 1-based number in its shard)."""
+    `<shard>#<record>` (the record's 1-based number in its shard). With `classes` (a model's), the
+    labels are its; a class of the pack outside it is an error, as a folder's."""
     folder = str(folder).rstrip("/")
     index = read_index(folder)
-    rows = sorted((position, f"{folder}/{shard['file']}#{n}", label, digest)
+    packed, classes = index["classes"], classes or index["classes"]
+    unknown = [name for name in packed if name not in classes]
+    if unknown:
+        raise TlkitError(f"class '{unknown[0]}' of the pack '{folder}' is not one of the model's classes "
+                         f"({', '.join(classes)}): pack a folder with only those classes")
+    rows = sorted((position, f"{folder}/{shard['file']}#{n}", classes.index(packed[label]), digest)
                   for shard in index["shards"]
                   for n, (position, label, digest) in enumerate(
                       zip(shard["positions"], shard["labels"], shard["digests"]), start=1))
     report = index["report"]
-    return ImageSet(root=Path(folder), classes=index["classes"], files=[Path(row[1]) for row in rows],
+    return ImageSet(root=Path(folder), classes=list(classes), files=[Path(row[1]) for row in rows],
                     labels=[row[2] for row in rows], digests=[row[3] for row in rows],
                     skipped=[(Path(p), why) for p, why in report["skipped"]],
                     duplicates=[(Path(copy), Path(kept)) for copy, kept in report["duplicates"]])
