@@ -78,3 +78,53 @@ def test_shards_feed_the_images_and_labels_the_folder_feeds(tiny_images):
     assert sorted(map(key, from_shards)) == sorted(map(key, from_folder))  # bit for bit
     halves = [list(shards.dataset(out, (24, 24), num_workers=2, worker_index=i).as_numpy_iterator()) for i in (0, 1)]
     assert sorted(map(key, halves[0] + halves[1])) == sorted(map(key, from_shards)) and all(halves)
+
+
+def test_a_pack_is_the_image_set_and_split_of_its_folder(tiny_images):
+    from tlkit.data.splits import split
+
+    out = "ram://packs/set"
+    shards.pack(tiny_images, out, seed=3, shard_bytes=4000)
+    packed, folder = shards.image_set(out), folders.scan(tiny_images)
+    assert (packed.classes, packed.labels, packed.digests) == (folder.classes, folder.labels, folder.digests)
+    assert sorted(f.name for f in packed.files) == sorted(
+        f"{shard['file']}#{n}" for shard in shards.read_index(out)["shards"] for n in range(1, len(shard["labels"]) + 1))
+    for a, b in zip(split(packed, 0.25, 7), split(folder, 0.25, 7)):
+        assert (a.labels, a.digests) == (b.labels, b.digests)
+
+
+def test_the_data_report_path_and_pipeline_read_a_pack_as_its_folder(tiny_images, tmp_path):
+    from tlkit.data.pipeline import make_dataset
+    from tlkit.data.report import prepare
+
+    out = str(tmp_path / "packed")
+    shards.pack(tiny_images, out, shard_bytes=4000)
+    (ptrain, pval, _), (ftrain, fval, _) = (prepare(d, val_split=0.25, seed=1) for d in (out, tiny_images))
+    assert (ptrain.digests, pval.digests) == (ftrain.digests, fval.digests)
+    for cache in ("none", "memory"):
+        batches = [list(make_dataset(s, (24, 24), 4, shuffle=True, seed=2, cache=cache).as_numpy_iterator())
+                   for s in (ptrain, ftrain)]
+        assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(*batches))
+
+
+@pytest.mark.integration
+def test_training_from_a_pack_of_the_sample_photos_gives_the_folder_runs_metrics(tmp_path):
+    import json
+    from pathlib import Path
+
+    import tlkit
+
+    photos = Path(__file__).parents[2] / "data_samples" / "photos"
+    shards.pack(photos, str(tmp_path / "packed"))
+    metrics = []
+    for name, data in (("folder", photos), ("shards", tmp_path / "packed")):
+        run = tlkit.finetune("lenet5", recipe="head_only", weights="none", pooling="flatten", data=str(data),
+                             image_size=32, batch_size=16, seed=5, stages={"head": {"epochs": 2}},
+                             out=tmp_path / name, verbose=0)
+        metrics.append(json.loads((Path(run.path) / "metrics.json").read_text()))
+        evaluated = tlkit.evaluate(run.path, str(data), tmp_path / f"{name}.json")
+        metrics[-1]["evaluated"] = {k: v for k, v in evaluated.items() if isinstance(v, float)}
+    assert metrics[0].keys() == metrics[1].keys() and metrics[0]["evaluated"]
+    numbers = [[v for v in json.dumps(m, sort_keys=True).replace(",", " ").split() if v[0].isdigit()] for m in metrics]
+    assert numbers[0] and len(numbers[0]) == len(numbers[1])
+    assert all(abs(float(a.strip("}]")) - float(b.strip("}]"))) <= 1e-6 for a, b in zip(*numbers))

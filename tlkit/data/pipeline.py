@@ -9,9 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit.data import augment as augmentation
-from tlkit.data import imagecache
+from tlkit.data import imagecache, shards
 from tlkit.data.checks import check_images, file_digests
-from tlkit.data.decode import decoded_dataset, load_file, tf_paths
+from tlkit.data.decode import decode_image, load_file, tf_paths
 from tlkit.data.folders import ImageSet, bad_files_message
 from tlkit.errors import TlkitError
 
@@ -21,10 +21,10 @@ def load_images(paths: Sequence, image_size: tuple[int, int], channels: int = 3)
     paths = [Path(p) for p in paths]
     if not paths:
         return np.zeros((0, *image_size, channels), np.float32)
-    problems = check_images(paths)
+    problems = [] if shards.is_record(paths[0]) else check_images(paths)  # a pack's records were verified by pack
     if problems:
         raise TlkitError(bad_files_message(problems, ""))
-    return np.concatenate([batch.numpy() for batch in decoded_dataset(paths, image_size, channels).batch(64)])
+    return np.stack(list(_decode_files(paths, image_size, channels)))
 
 
 def load_image(path, image_size: tuple[int, int], channels: int = 3) -> np.ndarray:
@@ -58,10 +58,8 @@ def make_dataset(
         cache = decode_once(images, image_size, channels, cache)
     labels = targets(images)
     if cache is None:
-        ds = tf.data.Dataset.from_tensor_slices((tf_paths(images.files), labels))
-
-        def load(path):
-            return load_file(path, image_size, channels)
+        sources, load = _sources(images.files, image_size, channels)
+        ds = tf.data.Dataset.from_tensor_slices((sources, labels))
     else:
         if len(cache) != len(images) or cache.shape != (*image_size, channels):
             raise ValueError(f"decoded images of {len(cache)} x {cache.shape}, not of these {len(images)} images "
@@ -93,5 +91,15 @@ def decode_once(images: ImageSet, image_size: tuple[int, int], channels: int = 3
 
 
 def _decode_files(files: list[Path], image_size, channels: int):
-    for batch in decoded_dataset(files, image_size, channels).batch(64):
+    sources, load = _sources(files, image_size, channels)
+    ds = tf.data.Dataset.from_tensor_slices(sources).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    for batch in ds.batch(64):
         yield from batch.numpy()
+
+
+def _sources(files: list[Path], image_size, channels: int):
+    """What a pipeline of `files` starts from, and what decodes one: the files' paths, or of a
+    pack's records (shards.image_set) their encoded bytes, decoded by the same decoder."""
+    if files and shards.is_record(files[0]):
+        return shards.record_bytes(files), lambda encoded: decode_image(encoded, image_size, channels)
+    return tf_paths(files), lambda path: load_file(path, image_size, channels)

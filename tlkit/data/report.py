@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit._util.io import write_json_atomic
-from tlkit.data import curation, manifest
+from tlkit.data import curation, manifest, shards
 from tlkit.data.checks import Progress, file_digests, printable
 from tlkit.data.folders import ImageSet, scan
 from tlkit.data.splits import split
@@ -201,6 +201,8 @@ def prepare(data, *, val_data=None, val_split: float = 0.2, seed: int = 0, skip_
     one image with those labels. `exclude` and `relabel` (CSV files, tlkit.data.curation) leave
     files of `data` out or change their class, before the split."""
     def load(source, classes):
+        if shards.is_pack(source):
+            return shards.image_set(source), None
         if not manifest.is_manifest(source):
             return scan(source, skip_bad=skip_bad, classes=classes, progress=progress,
                         multilabel=delimiter is not None), None

@@ -11,19 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from tlkit.data.checks import Progress, printable
 from tlkit.data.decode import decode_image
-from tlkit.data.folders import scan
+from tlkit.data.folders import ImageSet, scan
 from tlkit.errors import TlkitError
 
 log = logging.getLogger(__name__)
 
 INDEX = "index.json"
 SHARD_BYTES = 150 << 20  # 100-200 MB: large reads for a bucket, enough shards to interleave and share out
+_RECORD = re.compile(r"shard-\d{5}\.tfrecord#\d+")
 _FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 
 
@@ -44,7 +47,7 @@ def pack(data, out: str, *, skip_bad: bool = False, seed: int = 0, shard_bytes: 
         if writer is None or (size + len(encoded) > shard_bytes and shards[-1]["labels"]):
             if writer:
                 writer.close()
-            shards.append({"file": f"shard-{len(shards):05d}.tfrecord", "labels": [], "digests": []})
+            shards.append({"file": f"shard-{len(shards):05d}.tfrecord", "labels": [], "digests": [], "positions": []})
             writer, size = tf.io.TFRecordWriter(f"{out}/{shards[-1]['file']}"), 0
         writer.write(tf.train.Example(features=tf.train.Features(feature={
             "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
@@ -53,6 +56,7 @@ def pack(data, out: str, *, skip_bad: bool = False, seed: int = 0, shard_bytes: 
         size += len(encoded)
         shards[-1]["labels"].append(images.labels[i])
         shards[-1]["digests"].append(images.digests[i])
+        shards[-1]["positions"].append(int(i))  # the scan's order, so that a split of the pack is the folder's
     writer.close()
     index = {
         "classes": images.classes, "shards": shards,
@@ -68,6 +72,10 @@ def pack(data, out: str, *, skip_bad: bool = False, seed: int = 0, shard_bytes: 
     return index
 
 
+def is_pack(folder) -> bool:
+    return tf.io.gfile.exists(f"{str(folder).rstrip('/')}/{INDEX}")
+
+
 def read_index(folder: str) -> dict:
     """The index of a pack; a folder without one is not a (finished) pack."""
     path = f"{str(folder).rstrip('/')}/{INDEX}"
@@ -75,6 +83,49 @@ def read_index(folder: str) -> dict:
         raise TlkitError(f"'{folder}' has no {INDEX}: it is not a folder of shards written by `tlkit pack`")
     with tf.io.gfile.GFile(path) as f:
         return json.loads(f.read())
+
+
+def image_set(folder: str, classes: list[str] | None = None) -> ImageSet:
+    """The ImageSet the scan of the packed folder made (its classes, labels, digests and skipped
+    files, in scan order, so `splits.split` divides it as it divides the folder), each file named
+    `<shard>#<record>` (the record's 1-based number in its shard). With `classes` (a model's), the
+    labels are its; a class of the pack outside it is an error, as a folder's."""
+    folder = str(folder).rstrip("/")
+    index = read_index(folder)
+    packed, classes = index["classes"], classes or index["classes"]
+    unknown = [name for name in packed if name not in classes]
+    if unknown:
+        raise TlkitError(f"class '{unknown[0]}' of the pack '{folder}' is not one of the model's classes "
+                         f"({', '.join(classes)}): pack a folder with only those classes")
+    rows = sorted((position, f"{folder}/{shard['file']}#{n}", classes.index(packed[label]), digest)
+                  for shard in index["shards"]
+                  for n, (position, label, digest) in enumerate(
+                      zip(shard["positions"], shard["labels"], shard["digests"]), start=1))
+    report = index["report"]
+    return ImageSet(root=Path(folder), classes=list(classes), files=[Path(row[1]) for row in rows],
+                    labels=[row[2] for row in rows], digests=[row[3] for row in rows],
+                    skipped=[(Path(p), why) for p, why in report["skipped"]],
+                    duplicates=[(Path(copy), Path(kept)) for copy, kept in report["duplicates"]])
+
+
+def is_record(path) -> bool:
+    """Whether `path` names a record of a pack (as `image_set` names them)."""
+    return _RECORD.fullmatch(Path(path).name) is not None
+
+
+def record_bytes(files) -> list[bytes]:
+    """The encoded image of each record `image_set` named, in the order of `files`; each shard is
+    read once, whatever the order."""
+    wanted: dict[str, dict[int, int]] = {}
+    for at, ref in enumerate(files):
+        shard, n = str(ref).rsplit("#", 1)
+        wanted.setdefault(shard, {})[int(n)] = at
+    found: list[bytes] = [b""] * len(files)
+    for shard, numbers in wanted.items():
+        for n, record in enumerate(tf.data.TFRecordDataset(shard).as_numpy_iterator(), start=1):
+            if n in numbers:
+                found[numbers[n]] = tf.io.parse_single_example(record, _FEATURES)["image"].numpy()
+    return found
 
 
 def dataset(folder: str, image_size: tuple[int, int], *, channels: int = 3, num_workers: int = 1,

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from tlkit._util.io import cache_root, write_atomic, write_json_atomic
 from tlkit.bases import Base
-from tlkit.data import folders, imagecache
+from tlkit.data import folders, imagecache, shards
 from tlkit.data import pipeline as tldata
 from tlkit.data.checks import file_digests
 from tlkit.engine.classifier import BASE_LAYER, HEAD_POOLING
@@ -137,7 +137,8 @@ def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, p
     """Pooled features (len(files), D) of `files`, in their order: from the cache when an entry for
     this base, pooling and these contents exists, else by running the base once and storing them."""
     files = [Path(f) for f in files]
-    digests = file_digests(files)
+    digests = ([hashlib.sha256(encoded).hexdigest() for encoded in shards.record_bytes(files)]
+               if files and shards.is_record(files[0]) else file_digests(files))
     distinct = sorted(set(digests))
     key = hashlib.sha256(json.dumps({
         "format": FORMAT,

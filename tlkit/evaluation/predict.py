@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit._util.io import write_json_atomic
-from tlkit.data import checks, folders, manifest
+from tlkit.data import checks, folders, manifest, shards
 from tlkit.data import pipeline as tldata
 from tlkit.data.report import training_overlap_warning
 from tlkit.errors import TlkitError
@@ -235,8 +235,11 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
             Path(data).resolve() == Path(run.recipe.data):  # the run's own manifest: read as the run read it
         image_root = run.recipe.image_root if image_root is None else image_root
         columns = manifest.Columns.of(run.recipe) if columns == manifest.DEFAULT_COLUMNS else columns
-    images = manifest.evaluation_set(data, classes=run.labels, skip_bad=skip_bad, image_root=image_root,
-                                     columns=columns, delimiter=run.recipe.label_delimiter if multi else None)
+    if shards.is_pack(data):
+        images = shards.image_set(data, classes=run.labels)
+    else:
+        images = manifest.evaluation_set(data, classes=run.labels, skip_bad=skip_bad, image_root=image_root,
+                                         columns=columns, delimiter=run.recipe.label_delimiter if multi else None)
     if multi and not images.multilabel:
         raise TlkitError(f"'{data}' is not a multi-label manifest, and the run is multi-label: give a .csv, .tsv "
                          "or .jsonl manifest whose label cells list each image's labels")
