@@ -92,6 +92,9 @@ def image_set(folder: str, classes: list[str] | None = None) -> ImageSet:
     labels are its; a class of the pack outside it is an error, as a folder's."""
     folder = str(folder).rstrip("/")
     index = read_index(folder)
+    if any("positions" not in shard for shard in index["shards"]):
+        raise TlkitError(f"the pack '{folder}' was written before packs kept the scan's order, which training from "
+                         "it needs: pack the folder again with tlkit pack")
     packed, classes = index["classes"], classes or index["classes"]
     unknown = [name for name in packed if name not in classes]
     if unknown:
