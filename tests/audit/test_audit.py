@@ -97,8 +97,6 @@ def test_planted_copies_and_outliers(cli, tmp_path, feature_cache):
     assert kinds.get(str(blank)) == "blank", kinds
 
 
-@pytest.mark.xfail(strict=True, reason="issue 22, open: at 64 px a digit is not far from the photos in "
-                   "efficientnet_lite0's features (robust z 3.1, a photo's 3.2); the kNN outlier rule misses it")
 def test_digit_among_photos_is_an_outlier(cli, tmp_path, feature_cache):
     root = photos(tmp_path)
     digit = root / "coffee" / "digit.png"

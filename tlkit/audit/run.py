@@ -7,7 +7,8 @@
 - near-duplicates: perceptual hashes at most DUPLICATE_BITS apart, grouped; groups across the
   train/validation split first, then across classes; the scan's exact copies beside them;
 - outliers: the mean cosine distance to the K_NEIGHBOURS nearest images in feature space, far
-  above the rest's (a robust z-score over OUTLIER_Z); blank: images of nearly one grey level.
+  above the rest's (a robust z-score over OUTLIER_Z), and grey images among colour ones
+  (colourfulness); blank: images of nearly one grey level.
 
 It writes OUT/issues.csv, OUT/summary.json and a gallery per kind (tlkit.audit.gallery).
 """
@@ -37,6 +38,12 @@ DUPLICATE_BITS = 10  # of 64: re-saved, resized, brightened copies are within; d
 K_NEIGHBOURS = 5
 OUTLIER_Z = 6.0  # robust z-score (median, 1.4826 MAD) of the neighbour distance above which an image is an outlier
 BLANK_STD = 0.02  # an image whose grey levels vary less than this (of the full range) is blank
+# A grey image (a scan, a digit, a screenshot) among colour photos is from another domain even where
+# the base's features place it near them: colourfulness (Hasler & Suesstrunk 2003, 0-255 scale)
+# under GREY_COLOURFULNESS while the median image's is over COLOUR_MEDIAN. The sample photos' least
+# colourful is 2.6, their median far above 20; a grey image's is 0.
+GREY_COLOURFULNESS = 1.0
+COLOUR_MEDIAN = 20.0
 KINDS = ("label_issue", "duplicate", "outlier", "blank")
 COLUMNS = ("path", "kind", "score", "given", "suggested", "group", "split", "detail")
 
@@ -94,11 +101,12 @@ def audit(data, *, base: str | None = None, model: str | None = None, out="audit
     features = frozen.extract(the_base, files, size, cache=cache, batch_size=batch_size,
                               verbose=verbose)
     grey = _grey(files, progress)
+    colour = colourfulness(files)
     probs = out_of_fold(features, labels, folds, seed)
     out = Path(out)
     rows = (_label_issues(files, labels, probs, classes)
             + _duplicates(files, labels, sides, classes, phash(grey), copies)
-            + _outliers(files, labels, features, grey, classes))
+            + _outliers(files, labels, features, grey, colour, classes))
     side_of = dict(zip(files, sides))
     for row in rows:
         row.setdefault("split", side_of.get(row["path"], ""))
@@ -109,6 +117,7 @@ def audit(data, *, base: str | None = None, model: str | None = None, out="audit
         "out_of_fold_accuracy": round(float(np.mean(probs.argmax(1) == labels)), 4),
         "counts": result.counts(), "seconds": round(time.perf_counter() - start, 1),
         "settings": {"duplicate_bits": DUPLICATE_BITS, "neighbours": K_NEIGHBOURS, "outlier_z": OUTLIER_Z,
+                     "grey_colourfulness": GREY_COLOURFULNESS,
                      "blank_std": BLANK_STD},
     }
     _write(result, files, classes)
@@ -203,6 +212,18 @@ def _grey(files, progress: Progress | None) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, SIZE, SIZE))
 
 
+def colourfulness(files) -> np.ndarray:
+    """Hasler and Suesstrunk's colourfulness of each image (0 for a grey one), on SIZE-px thumbnails."""
+    values = []
+    for first in range(0, len(files), 256):
+        rgb = load_images(files[first:first + 256], (SIZE, SIZE), 3).astype(np.float64)
+        rgb = rgb.reshape(len(rgb), -1, 3)
+        rg = rgb[..., 0] - rgb[..., 1]
+        yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+        values.append(np.hypot(rg.std(1), yb.std(1)) + 0.3 * np.hypot(rg.mean(1), yb.mean(1)))
+    return np.concatenate(values) if values else np.zeros(0)
+
+
 def neighbour_distance(features: np.ndarray, k: int = K_NEIGHBOURS) -> np.ndarray:
     """Each image's mean cosine distance to its k nearest other images."""
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
@@ -222,7 +243,7 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return (values - median) / max(spread, 1e-12)
 
 
-def _outliers(files, labels, features, grey, classes) -> list[dict]:
+def _outliers(files, labels, features, grey, colour, classes) -> list[dict]:
     std = grey.reshape(len(grey), -1).std(axis=1)
     blank = std < BLANK_STD
     distance = neighbour_distance(features)
@@ -238,6 +259,12 @@ def _outliers(files, labels, features, grey, classes) -> list[dict]:
         rows.append({"path": files[i], "kind": "outlier", "score": round(float(distance[i]), 4),
                      "given": classes[labels[i]], "suggested": "", "group": "",
                      "detail": f"{z_all[i]:.1f} robust standard deviations farther from its nearest images"})
+    grey_among_colour = (colour < GREY_COLOURFULNESS) & (np.median(colour) > COLOUR_MEDIAN) if len(colour) else far
+    for i in np.flatnonzero(~blank & ~far & grey_among_colour):
+        rows.append({"path": files[i], "kind": "outlier", "score": round(float(distance[i]), 4),
+                     "given": classes[labels[i]], "suggested": "", "group": "",
+                     "detail": f"grey among colour images (colourfulness {colour[i]:.1f}, the median "
+                               f"{np.median(colour):.0f})"})
     return rows
 
 
