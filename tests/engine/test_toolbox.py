@@ -272,11 +272,13 @@ def test_smoothing_and_the_steepest_point():
 
 
 def test_lr_find_leaves_nothing_but_the_plot(tiny_images, tmp_path, monkeypatch):
-    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path / "cache"))  # the scan's cache: not in the working folder
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
     result = lr_find("lenet5", str(tiny_images), "head_only", weights="none", image_size=32, out="sweep",
                      steps=40, batch_size=8, verbose=0)
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["sweep", "sweep/lr_find.png"]
+    assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*")) == ["sweep", "sweep/lr_find.png"]
     assert result.flag.startswith("--lr-head ") and result.suggestion in result.learning_rates
     assert result.learning_rates[0] == pytest.approx(1e-7)
     assert np.all(np.diff(np.log(result.learning_rates)) == pytest.approx(np.log(10 / 1e-7) / 39))

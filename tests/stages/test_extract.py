@@ -51,9 +51,10 @@ def recipe(data: Path, cache: Path, **changes) -> Recipe:
 
 @pytest.fixture(scope="module")
 def extracted(tiny_images, tmp_path_factory, spy):
-    """An extract run of resnet18 (random weights, BatchNorm inside) on the tiny images."""
+    """An extract run of resnet18 (random weights, BatchNorm inside) on the tiny images; not
+    calibrated, so that its classifier is the model the stage trained (metrics.json's)."""
     root = tmp_path_factory.mktemp("extract")
-    r = recipe(tiny_images, root / "cache")
+    r = recipe(tiny_images, root / "cache", calibrate=False)
     configure(r)
     base = load_base("resnet18", "none", SIZE)
     ctx = run_recipe(r, base, root / "run", verbose=0)

@@ -28,16 +28,24 @@ TEMPERATURE_LAYER = "temperature"
 
 
 def with_temperature(model: keras.Model, temperature: float) -> keras.Model | None:
-    """`model` giving softmax(logits / T): its last layer's softmax taken off (its logits out), then
-    a Rescaling by 1/T and a softmax, core Keras layers, so the model still loads with Keras alone.
+    """`model` giving softmax(logits / T): a copy of its last layer without the softmax (its logits
+    out), then a Rescaling by 1/T and a softmax, core Keras layers, so the model still loads with Keras alone.
     None for a model whose last layer is not a softmax (it has no logits to divide)."""
     last = model.layers[-1]
     if getattr(getattr(last, "activation", None), "__name__", None) != "softmax":
         return None
-    last.activation = keras.activations.linear  # the functional graph calls it again: logits now
-    x = keras.layers.Rescaling(1.0 / temperature, dtype="float32", name=TEMPERATURE_LAYER)(model.output)
+    # a copy of the last layer giving logits, so that the trained model keeps its softmax (its
+    # callers hold it); the copy keeps the layer's name, a name the calibrated model has once
+    logits = type(last).from_config({**last.get_config(), "activation": "linear"})
+    output = logits(last.input)
+    logits.set_weights(last.get_weights())
+    x = keras.layers.Rescaling(1.0 / temperature, dtype="float32", name=TEMPERATURE_LAYER)(output)
     outputs = keras.layers.Activation("softmax", dtype="float32", name="calibrated")(x)
-    return keras.Model(model.inputs, outputs, name=model.name)
+    calibrated = keras.Model(model.inputs, outputs, name=model.name)
+    compiled = model.get_compile_config()
+    if compiled:  # its loss and metrics saved with it, as the uncalibrated model's were
+        calibrated.compile_from_config(compiled)
+    return calibrated
 
 
 def temperature_of(model: keras.Model) -> float | None:
@@ -116,11 +124,13 @@ def features_output(model: keras.Model):
         return model.get_layer(FEATURES_LAYER).output
     except ValueError:
         pass
-    try:
-        output = model.get_layer("base").output
-    except ValueError:
+    # a nested base's own `output` is a tensor of its inner graph: what it gives this model is the
+    # input of the layer after it (the head's first), called once, in this model
+    names = [layer.name for layer in model.layers]
+    if "base" not in names or names[-1] == "base":
         return None
-    return output if len(output.shape) == 2 else None
+    output = model.layers[names.index("base") + 1].input
+    return output if not isinstance(output, (list, tuple)) and len(output.shape) == 2 else None
 
 
 def normalized(features: np.ndarray) -> np.ndarray:
