@@ -118,6 +118,7 @@ def finetuned(saved_model, tiny_images, tmp_path_factory):
     return ctx, after_head, hub_variables(ctx.classifier), out
 
 
+@pytest.mark.integration
 def test_head_keeps_and_finetune_trains_the_savedmodel_variables(saved_model, finetuned):
     ctx, after_head, after_finetune, _ = finetuned
     reference = tf.saved_model.load(str(saved_model))
@@ -132,6 +133,7 @@ def test_head_keeps_and_finetune_trains_the_savedmodel_variables(saved_model, fi
     assert ctx.results[0].history["loss"] and ctx.results[1].history["loss"]
 
 
+@pytest.mark.integration
 def test_finetuned_classifier_reloads_predicts_and_exports_when_trusted(finetuned, saved_model, tiny_images, tmp_path,
                                                                          monkeypatch):
     ctx, _, after_finetune, out = finetuned
@@ -159,6 +161,7 @@ def test_finetuned_classifier_reloads_predicts_and_exports_when_trusted(finetune
                                atol=1e-6)
 
 
+@pytest.mark.integration
 def test_cli_finetune_hub(saved_model, tiny_images, tmp_path):
     out = tmp_path / "run"
     main(["finetune", "--base", f"hub:{saved_model}", "--hub-range", "-1,1", "--data", str(tiny_images),

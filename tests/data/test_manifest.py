@@ -30,6 +30,7 @@ def photo_rows():
     return [(p.relative_to(PHOTOS).as_posix(), p.parent.name) for p in sorted(PHOTOS.glob("*/*.jpg"))]
 
 
+@pytest.mark.integration
 def test_a_manifest_of_the_sample_photos_trains_to_the_folder_s_metrics(tmp_path):
     # rows reversed: a manifest's order does not change the run
     table = write_csv(tmp_path / "labels.csv", photo_rows()[::-1])

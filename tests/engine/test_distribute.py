@@ -287,6 +287,7 @@ def test_a_replica_left_an_empty_batch_on_cpus_is_refused_in_one_line(monkeypatc
     check_replica_batches(two, 8, {"training": 17, "validation": 6})
 
 
+@pytest.mark.integration
 def test_jit_compiles_the_train_step_and_trains_the_same(tiny_images, tmp_path):
     from tlkit.jobs import finetune
 

@@ -21,6 +21,8 @@ from tlkit.jobs import extract
 from tlkit.models.calibration import temperature_of
 from tlkit.rundir.files import RunDir
 
+pytestmark = pytest.mark.integration  # a calibrated run of the sample photos and unknown images: each test is a whole run or more
+
 SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
 TEXTURES = ("brick", "grass", "gravel")  # scikit-image's, 512x512 greyscale
 

@@ -8,6 +8,8 @@ import pytest
 from tlkit import jobs
 from tlkit.engine.resume import RunInterrupted
 
+pytestmark = pytest.mark.integration  # four whole runs, one stopped and one failed, before the first test: over a minute on 2 cores
+
 
 @pytest.fixture(scope="module")
 def runs_folder(tiny_images, tmp_path_factory, tiny_run):

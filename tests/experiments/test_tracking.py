@@ -19,6 +19,7 @@ def no_mlflow_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.mark.integration
 def test_a_resumed_tracked_run_is_one_mlflow_run_with_its_recipe_and_every_epoch(tiny_images, tmp_path, tiny_run,
                                                                                    no_mlflow_env, monkeypatch):
     tiny_recipe, stop_at = tiny_run
@@ -54,6 +55,7 @@ def test_a_resumed_tracked_run_is_one_mlflow_run_with_its_recipe_and_every_epoch
     assert list((out / "logs" / "hparams").iterdir())
 
 
+@pytest.mark.integration
 def test_a_tracking_store_that_cannot_be_reached_costs_one_warning(tiny_images, tmp_path, tiny_run, monkeypatch,
                                                                      caplog, no_mlflow_env):
     tiny_recipe, _ = tiny_run

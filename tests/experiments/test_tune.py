@@ -47,6 +47,7 @@ def trials(study) -> list:
     return optuna.load_study(study_name="tlkit", storage=f"sqlite:///{study / 'study.db'}").trials
 
 
+@pytest.mark.integration
 def test_a_seeded_study_gives_the_same_trials_twice_and_resume_adds_to_it(studies):
     root, before = studies
     first, second = before, trials(root / "b")
@@ -66,6 +67,7 @@ def test_a_seeded_study_gives_the_same_trials_twice_and_resume_adds_to_it(studie
     assert set(importance) == {"lr_head", "dropout"}
 
 
+@pytest.mark.integration
 def test_the_best_trials_recipe_repeats_its_metrics(studies, cli, tmp_path, monkeypatch):
     root, _ = studies
     study = optuna.load_study(study_name="tlkit", storage=f"sqlite:///{root / 'a' / 'study.db'}")
@@ -80,6 +82,7 @@ def test_the_best_trials_recipe_repeats_its_metrics(studies, cli, tmp_path, monk
     assert expected[-1]["val_accuracy"] == pytest.approx(study.best_value)
 
 
+@pytest.mark.integration
 def test_tune_runs_show_in_the_runs_table(studies, cli):
     root, _ = studies
     code, out, err = cli("runs", root / "a", "--json")

@@ -111,6 +111,7 @@ def run_elsewhere(tmp_path, files, image_size, exports):
         return [out[f"arr_{i}"] for i in range(len(exports))]
 
 
+@pytest.mark.integration
 def test_every_format_agrees_with_keras_in_its_own_runtime(trained_run, exports, tmp_path):
     files = validation_files(trained_run)
     run = load_run(trained_run)
@@ -127,6 +128,7 @@ def test_every_format_agrees_with_keras_in_its_own_runtime(trained_run, exports,
         np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=5e-5 if kind == "tflite" else 0, err_msg=kind)
 
 
+@pytest.mark.integration
 def test_savedmodel_serves_raw_bytes_and_sorts_its_answer(trained_run, exports, tiny_images):
     target = exports["savedmodel"]
     assert target.name == "1" and (target / "saved_model.pb").is_file()
@@ -173,6 +175,7 @@ def test_quantization_is_for_tflite_only(trained_run, tmp_path):
     assert QUANTIZATIONS == FORMATS.get("tflite").quantizations
 
 
+@pytest.mark.integration
 def test_the_check_compares_on_the_validation_images(trained_run, exports):
     for name, target in exports.items():
         check = check_export(trained_run, target, name)
@@ -184,6 +187,7 @@ def test_the_check_compares_on_the_validation_images(trained_run, exports):
     assert size["savedmodel"] < 1.3 * size["tflite"]  # the weights are saved once
 
 
+@pytest.mark.integration
 def test_onnx_names_its_output_batch_and_labels(exports):
     import onnx
 
@@ -198,6 +202,7 @@ def test_onnx_names_its_output_batch_and_labels(exports):
     assert {o.domain: o.version for o in proto.opset_import}[""] == 17
 
 
+@pytest.mark.integration
 def test_openvino_is_checked_at_float32_whatever_the_cpu_defaults_to(trained_run, exports):
     import openvino
 
@@ -211,6 +216,7 @@ def test_openvino_is_checked_at_float32_whatever_the_cpu_defaults_to(trained_run
     print(f"openvino: {check_export(trained_run, exports['openvino'], 'openvino')}")
 
 
+@pytest.mark.integration
 def test_tflite_carries_metadata_and_labels(exports):
     import zipfile
 
@@ -230,6 +236,7 @@ def test_tflite_carries_metadata_and_labels(exports):
     assert [t.name for t in signature.inputs] == [b"images"]
 
 
+@pytest.mark.integration
 def test_export_files_get_the_modes_of_ordinary_files(exports):
     paths = [p for target in exports.values() for p in [target.parent, *target.parent.rglob("*")]]
     assert len(paths) > 10
@@ -324,6 +331,7 @@ MEDIAPIPE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None, reason="MediaPipe is not installed")
 def test_mediapipe_image_classifier_names_the_classes(trained_run, exports, tmp_path):
     """MediaPipe Tasks reads the labels and the input normalisation from the metadata alone."""

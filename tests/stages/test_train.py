@@ -9,6 +9,8 @@ import pytest
 from tlkit.evaluation.predict import evaluate, predict
 from tlkit.jobs import train
 
+pytestmark = pytest.mark.integration  # LeNet-5 trained 15 epochs on the 1,797 digits: over a minute on 2 cores
+
 DIGITS = Path(__file__).resolve().parents[2] / "data_samples" / "digits"
 
 
