@@ -68,74 +68,81 @@ TRACK = click.option("--track", type=click.Choice(["mlflow", "none"]), default=N
                           "$MLFLOW_TRACKING_URI, else runs-folder/mlflow.db (default $TLKIT_TRACK, else none).")
 
 
+DATA_OPTIONS = [
+    click.option("--data", type=click.Path(), help="Folder with one sub-folder of images per class, or a "
+                 "manifest: a .csv, .tsv or .jsonl table of path,label[,split]."),
+    *MANIFEST_OPTIONS,
+    click.option("--task", type=click.Choice(typing.get_args(typing.get_type_hints(Recipe)["task"])),
+                 help="single (one label an image, the default) or multilabel (any number: a sigmoid per label)."),
+    click.option("--label-delimiter", metavar="TEXT", help="Between the labels of a multi-label manifest's "
+                 "label cell (default |)."),
+    click.option("--threshold", type=float, help="A multi-label run's one threshold for every label "
+                 "(default: each label's, chosen on the validation split to maximise its F1)."),
+    click.option("--recipe", help="A built-in recipe name (see `tlkit recipes`) or a .toml file."),
+    click.option("--out", type=click.Path(), help="Run directory (default runs/<name>-<time>)."),
+    OVERWRITE,
+    click.option("--val-split", type=float, help="Fraction of each class held out for validation."),
+    click.option("--val-data", type=click.Path(), help="A separate validation folder instead of a split."),
+    click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them."),
+    click.option("--exclude", type=click.Path(dir_okay=False), metavar="CSV",
+                 help="Leave out the files a CSV's `path` column names (e.g. `tlkit audit`'s issues.csv)."),
+    click.option("--relabel", type=click.Path(dir_okay=False), metavar="CSV",
+                 help="Give the files of a `path,label` CSV the class in its label column."),
+]
+AUGMENT_OPTIONS = [
+    click.option("--augment", type=click.Choice(AUGMENT_PRESETS), is_flag=False, flag_value="light", default=None,
+                 help="Augmentation preset of the training images: none, light (flip, zoom, brightness; "
+                      "--augment alone), standard (+ rotation), strong (RandAugment, erasing, MixUp/CutMix). "
+                      "Default: the recipe's (none)."),
+    click.option("--no-augment", is_flag=True, default=None, help="The same as --augment none."),
+    click.option("--rotate", type=float, metavar="DEG", help="Random rotation up to DEG degrees either way "
+                 "(default: the preset's; standard 10)."),
+    click.option("--randaugment", metavar="N,M", help="RandAugment: N ops per image at magnitude M of 10 "
+                 "(default: the preset's; strong 2,9; 0 is off)."),
+    click.option("--erasing", type=float, metavar="P", help="Random erasing of a rectangle with probability P "
+                 "(default: the preset's; strong 0.25)."),
+    click.option("--mixup", type=float, metavar="ALPHA", help="MixUp with Beta(ALPHA, ALPHA) weights (default: "
+                 "the preset's; strong 0.2; 0 is off)."),
+    click.option("--cutmix", type=float, metavar="ALPHA", help="CutMix with Beta(ALPHA, ALPHA) areas (default: "
+                 "the preset's; strong 1; 0 is off). With MixUp too, each batch gets one of them."),
+    click.option("--label-smoothing", type=float, metavar="A", help="Cross-entropy against (1 - A) y + A / K "
+                 "(default 0)."),
+]
+FIT_OPTIONS = [
+    click.option("--class-weight", metavar="balanced|none|FILE", help="Weigh the loss per class: balanced "
+                 "(n / (K n_c)), none, or a TOML/JSON file of class = weight (default none)."),
+    click.option("--schedule", type=click.Choice(typing.get_args(typing.get_type_hints(StageParams)["schedule"])),
+                 help="Learning-rate schedule of every stage: "
+                 "constant, cosine (decay to 0) or onecycle (fastai's) (default: the recipe's; constant)."),
+    click.option("--warmup-epochs", type=float, metavar="E", help="Every stage's rate rises to its value "
+                 "over its first E epochs (default: the recipe's; 0)."),
+    click.option("--batch-size", type=int),
+    click.option("--image-size", type=int, help="Square input side in pixels (default: the base's)."),
+    click.option("--seed", type=int),
+    click.option("--early-stopping", type=int, metavar="PATIENCE", help="Stop a stage after PATIENCE epochs without a better val_loss."),
+    click.option("--mixed-precision", is_flag=True, default=None, help="mixed_float16 compute, float32 output (GPU)."),
+    click.option("--dropout", type=float, help="Dropout before the new head's dense layer."),
+    click.option("--cache-images", type=click.Choice(typing.get_args(typing.get_type_hints(Recipe)["cache_images"])),
+                 help="Keep the decoded, resized images for later epochs: in memory when they fit a budget, on "
+                      "disk (under $TLKIT_CACHE), or not (default auto)."),
+    DISTRIBUTE,
+    click.option("--jit/--no-jit", default=None, help="XLA-compile the train step (jit_compile; off by default)."),
+    click.option("--pooling", type=click.Choice(POOLINGS),
+                 help="How the new head reduces the base's feature map: avg, or flatten, which keeps the layout "
+                      "(default: what the base asks for, flatten for an autoencoder's encoder, else avg)."),
+    click.option("--calibrate/--no-calibrate", default=None, help="After training, fit a temperature on the "
+                 "validation split, inside the model, for probabilities that are right as often as they say "
+                 "(default on)."),
+    click.option("--keep", type=float, metavar="SHARE", help="The unknown threshold keeps this share of the "
+                 "validation images (default 0.95); `predict` answers `unknown` above it."),
+    click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE:KEY=VALUE",
+                 help="Set a parameter of one stage, named by kind or number: 3:unfreeze=2, finetune:epochs=4."),
+]
+
+
 def training_options(command):
-    """Options every training command shares; they override the recipe's settings."""
-    options = [
-        click.option("--data", type=click.Path(), help="Folder with one sub-folder of images per class, or a "
-                     "manifest: a .csv, .tsv or .jsonl table of path,label[,split]."),
-        *MANIFEST_OPTIONS,
-        click.option("--task", type=click.Choice(typing.get_args(typing.get_type_hints(Recipe)["task"])),
-                     help="single (one label an image, the default) or multilabel (any number: a sigmoid per label)."),
-        click.option("--label-delimiter", metavar="TEXT", help="Between the labels of a multi-label manifest's "
-                     "label cell (default |)."),
-        click.option("--threshold", type=float, help="A multi-label run's one threshold for every label "
-                     "(default: each label's, chosen on the validation split to maximise its F1)."),
-        click.option("--recipe", help="A built-in recipe name (see `tlkit recipes`) or a .toml file."),
-        click.option("--out", type=click.Path(), help="Run directory (default runs/<name>-<time>)."),
-        OVERWRITE,
-        click.option("--val-split", type=float, help="Fraction of each class held out for validation."),
-        click.option("--val-data", type=click.Path(), help="A separate validation folder instead of a split."),
-        click.option("--skip-bad", is_flag=True, default=None, help="Skip corrupt or unreadable images and report them."),
-        click.option("--exclude", type=click.Path(dir_okay=False), metavar="CSV",
-                     help="Leave out the files a CSV's `path` column names (e.g. `tlkit audit`'s issues.csv)."),
-        click.option("--relabel", type=click.Path(dir_okay=False), metavar="CSV",
-                     help="Give the files of a `path,label` CSV the class in its label column."),
-        click.option("--augment", type=click.Choice(AUGMENT_PRESETS), is_flag=False, flag_value="light", default=None,
-                     help="Augmentation preset of the training images: none, light (flip, zoom, brightness; "
-                          "--augment alone), standard (+ rotation), strong (RandAugment, erasing, MixUp/CutMix). "
-                          "Default: the recipe's (none)."),
-        click.option("--no-augment", is_flag=True, default=None, help="The same as --augment none."),
-        click.option("--rotate", type=float, metavar="DEG", help="Random rotation up to DEG degrees either way "
-                     "(default: the preset's; standard 10)."),
-        click.option("--randaugment", metavar="N,M", help="RandAugment: N ops per image at magnitude M of 10 "
-                     "(default: the preset's; strong 2,9; 0 is off)."),
-        click.option("--erasing", type=float, metavar="P", help="Random erasing of a rectangle with probability P "
-                     "(default: the preset's; strong 0.25)."),
-        click.option("--mixup", type=float, metavar="ALPHA", help="MixUp with Beta(ALPHA, ALPHA) weights (default: "
-                     "the preset's; strong 0.2; 0 is off)."),
-        click.option("--cutmix", type=float, metavar="ALPHA", help="CutMix with Beta(ALPHA, ALPHA) areas (default: "
-                     "the preset's; strong 1; 0 is off). With MixUp too, each batch gets one of them."),
-        click.option("--label-smoothing", type=float, metavar="A", help="Cross-entropy against (1 - A) y + A / K "
-                     "(default 0)."),
-        click.option("--class-weight", metavar="balanced|none|FILE", help="Weigh the loss per class: balanced "
-                     "(n / (K n_c)), none, or a TOML/JSON file of class = weight (default none)."),
-        click.option("--schedule", type=click.Choice(typing.get_args(typing.get_type_hints(StageParams)["schedule"])),
-                     help="Learning-rate schedule of every stage: "
-                     "constant, cosine (decay to 0) or onecycle (fastai's) (default: the recipe's; constant)."),
-        click.option("--warmup-epochs", type=float, metavar="E", help="Every stage's rate rises to its value "
-                     "over its first E epochs (default: the recipe's; 0)."),
-        click.option("--batch-size", type=int),
-        click.option("--image-size", type=int, help="Square input side in pixels (default: the base's)."),
-        click.option("--seed", type=int),
-        click.option("--early-stopping", type=int, metavar="PATIENCE", help="Stop a stage after PATIENCE epochs without a better val_loss."),
-        click.option("--mixed-precision", is_flag=True, default=None, help="mixed_float16 compute, float32 output (GPU)."),
-        click.option("--dropout", type=float, help="Dropout before the new head's dense layer."),
-        click.option("--cache-images", type=click.Choice(typing.get_args(typing.get_type_hints(Recipe)["cache_images"])),
-                     help="Keep the decoded, resized images for later epochs: in memory when they fit a budget, on "
-                          "disk (under $TLKIT_CACHE), or not (default auto)."),
-        DISTRIBUTE,
-        click.option("--jit/--no-jit", default=None, help="XLA-compile the train step (jit_compile; off by default)."),
-        click.option("--pooling", type=click.Choice(POOLINGS),
-                     help="How the new head reduces the base's feature map: avg, or flatten, which keeps the layout "
-                          "(default: what the base asks for, flatten for an autoencoder's encoder, else avg)."),
-        click.option("--calibrate/--no-calibrate", default=None, help="After training, fit a temperature on the "
-                     "validation split, inside the model, for probabilities that are right as often as they say "
-                     "(default on)."),
-        click.option("--keep", type=float, metavar="SHARE", help="The unknown threshold keeps this share of the "
-                     "validation images (default 0.95); `predict` answers `unknown` above it."),
-        click.option("--stage-option", "stage_option", multiple=True, metavar="STAGE:KEY=VALUE",
-                     help="Set a parameter of one stage, named by kind or number: 3:unfreeze=2, finetune:epochs=4."),
-    ]
+    """Options every training command shares (data, augmentation, fitting); they override the recipe's settings."""
+    options = [*DATA_OPTIONS, *AUGMENT_OPTIONS, *FIT_OPTIONS]
     return functools.reduce(lambda cmd, option: option(cmd), reversed(options), command)
 
 
