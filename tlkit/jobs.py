@@ -160,7 +160,7 @@ def run(recipe: Recipe, out: str | Path | None = None, *, job: str = "finetune",
     ctx = _run_resolved(recipe, None, out, build=build, verbose=verbose, job=job, resume=resume,
                         overwrite=overwrite, track=track, hooks=hooks)
     # a pretrain run has no classifier: its model is the encoder, a base
-    model, file = (ctx.classifier, RunDir(out).model) if ctx.classes else (ctx.base.model, RunDir(out).base)
+    model, file = (ctx.served, RunDir(out).model) if ctx.classes else (ctx.base.model, RunDir(out).base)
     return with_calibration(Run(out, model, ctx.classes, ctx.recipe, file, results=ctx.results, base=ctx.base))
 
 
@@ -277,15 +277,15 @@ def _run_recipe(recipe: Recipe, base: Base | None, out: Path, *, model, build, d
     if state is not None and state.stage > len(kinds) and classes:  # every stage had ended: the last one's weights
         state.restore(ctx.classifier, None, None, None, None)
     if labelled:
-        ctx.model = calibrate_run(out, ctx.classifier, train, val, resolved)
+        ctx.calibrated = calibrate_run(out, ctx.classifier, train, val, resolved, base=ctx.base)
         # after the stages: an autoencoder stage replaces the base
         RunDir(out).write_blocks(ctx.base.blocks)
-        save_model_atomic(ctx.classifier, RunDir(out).model)
+        save_model_atomic(ctx.served, RunDir(out).model)
     write_results(ctx)
     tracking.write_hparams(ctx)
     shutil.rmtree(RunDir(out).resume, ignore_errors=True)  # finished: nothing to resume
     if labelled:
-        write_run_report(out, ctx.classifier, classes, train, val, resolved, ctx.results)
+        write_run_report(out, ctx.served, classes, train, val, resolved, ctx.results)
         log_summary(ctx)
     if tracker:
         tracker.finish()

@@ -120,7 +120,7 @@ def test_run_directory_holds_everything_to_repeat_the_run(tiny_images, tmp_path)
     assert all(0.0 <= s["val_accuracy"] <= 1.0 for s in metrics["stages"])
     reloaded = keras.models.load_model(out / "model.keras", safe_mode=True)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(reloaded.predict(x, verbose=0), ctx.classifier.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), ctx.served.predict(x, verbose=0), atol=1e-6)
 
 
 def test_data_is_validated_before_any_training(bad_images):

@@ -17,8 +17,11 @@ from tlkit.data import pipeline as tldata
 from tlkit.engine import frozen as features
 from tlkit.engine.classifier import BASE_LAYER
 from tlkit.engine.strategy import configure
+from tlkit.evaluation.calibrate import calibrate_run
 from tlkit.jobs import resolve, run_recipe
+from tlkit.models.calibration import TEMPERATURE_LAYER
 from tlkit.recipe.schema import Recipe, Stage
+from tlkit.rundir.files import RunDir
 
 SIZE = (64, 64)
 
@@ -51,10 +54,9 @@ def recipe(data: Path, cache: Path, **changes) -> Recipe:
 
 @pytest.fixture(scope="module")
 def extracted(tiny_images, tmp_path_factory, spy):
-    """An extract run of resnet18 (random weights, BatchNorm inside) on the tiny images; not
-    calibrated, so that its classifier is the model the stage trained (metrics.json's)."""
+    """An extract run of resnet18 (random weights, BatchNorm inside) on the tiny images."""
     root = tmp_path_factory.mktemp("extract")
-    r = recipe(tiny_images, root / "cache", calibrate=False)
+    r = recipe(tiny_images, root / "cache")
     configure(r)
     base = load_base("resnet18", "none", SIZE)
     ctx = run_recipe(r, base, root / "run", verbose=0)
@@ -65,7 +67,7 @@ def test_the_assembled_classifier_predicts_on_images_what_the_head_predicts_on_c
     ctx, root, _ = extracted
     files = ctx.train.files + ctx.val.files
     cached = features.extract(ctx.base, files, SIZE, cache=root / "cache")
-    head = features.feature_head(ctx.classifier, BASE_LAYER)
+    head = features.feature_head(ctx.classifier)
     images = tldata.load_images(files, SIZE)
     np.testing.assert_allclose(ctx.classifier.predict(images, verbose=0), head.predict(cached, verbose=0), atol=1e-5)
     # a head that tells the images apart sharply, so that 1e-5 is a strict bound
@@ -95,8 +97,13 @@ def test_the_head_trains_on_features_and_the_run_directory_is_a_finetune_one(ext
     assert (loss, accuracy) == pytest.approx((metrics["val_loss"], metrics["val_accuracy"]), abs=1e-5)
     model = keras.models.load_model(out / "model.keras", safe_mode=True)
     best = keras.models.load_model(out / "checkpoints" / "best.keras", safe_mode=True)
-    assert [layer.name for layer in model.layers] == [layer.name for layer in best.layers] == [
+    # the classifier as trained, and the run's model: the same with its temperature
+    assert [layer.name for layer in best.layers] == [layer.name for layer in ctx.classifier.layers] == [
         "image", BASE_LAYER, "head_pool", "head_dense"]
+    assert [layer.name for layer in model.layers] == [layer.name for layer in best.layers] + [
+        TEMPERATURE_LAYER, "calibrated"]
+    images = tldata.load_images(ctx.val.files, SIZE)
+    np.testing.assert_allclose(model.predict(images, verbose=0), ctx.served.predict(images, verbose=0), atol=1e-6)
     assert best.input_shape == model.input_shape == (None, *SIZE, 3)
     assert Recipe.load(out / "recipe.toml").stages == [
         Stage("extract", epochs=3, learning_rate=1e-2, schedule="constant", warmup_epochs=0)]
@@ -111,6 +118,23 @@ def test_a_second_run_on_the_same_data_does_not_run_the_base_again(extracted, sp
     assert len(spy.calls) == calls
     assert "from the cache" in caplog.text
     assert len(list((root / "cache").glob("*.npz"))) == 1
+
+
+def test_calibration_reads_the_features_of_the_cache_and_finds_what_the_images_give(extracted, tmp_path, caplog):
+    ctx, root, _ = extracted
+    images, cached = tmp_path / "images", tmp_path / "cached"
+    images.mkdir(), cached.mkdir()
+    calibrate_run(images, ctx.classifier, ctx.train, ctx.val, ctx.recipe)  # no base: from the images
+    assert "from the feature cache" not in caplog.text
+    calibrate_run(cached, ctx.classifier, ctx.train, ctx.val, ctx.recipe, base=ctx.base)
+    assert "from the feature cache" in caplog.text
+    summary = json.loads(RunDir(cached).calibration.read_text())
+    assert json.loads(RunDir(root / "run").calibration.read_text()) == summary  # the run's own calibration
+    from_images = json.loads(RunDir(images).calibration.read_text())
+    assert summary.keys() == from_images.keys()
+    for name, value in from_images.items():
+        assert summary[name] == (pytest.approx(value, rel=1e-4, abs=1e-5) if isinstance(value, float) else value), name
+    np.testing.assert_allclose(np.load(RunDir(cached).reference), np.load(RunDir(images).reference), atol=2e-3)
 
 
 def test_the_command_line_reuses_the_cache(tiny_images, tmp_path, spy):
@@ -231,7 +255,7 @@ def test_the_head_pooling_is_the_cached_pooling(tiny_images, tmp_path, spy, pool
     files = ctx.train.files + ctx.val.files
     cached = features.extract(ctx.base, files, (32, 32), pooling=pooling, cache=tmp_path / "cache")
     assert cached.shape == (24, width)
-    head = features.feature_head(ctx.classifier, BASE_LAYER)
+    head = features.feature_head(ctx.classifier)
     np.testing.assert_allclose(ctx.classifier.predict(tldata.load_images(files, (32, 32), 1), verbose=0),
                                head.predict(cached, verbose=0), atol=1e-5)
     # each pooling is an entry of its own

@@ -7,6 +7,8 @@ out a model server running as its own user, `docker run --user`, or a colleague 
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -76,6 +78,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_csv_atomic(path: str | Path, rows) -> None:
+    """A CSV file of `rows` (lists; the first the header), with "\\n" line ends."""
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def save_model_atomic(model, path: str | Path) -> None:

@@ -31,12 +31,12 @@ from tlkit.bases._registry import Base
 from tlkit.bases.zoo import load_zoo
 from tlkit.errors import TlkitError, unknown_name
 from tlkit.models.blocks import Block, build_block_map, single_block
+from tlkit.models.features import features_in, nested_base
 from tlkit.recipe.schema import POOLINGS, Recipe
 from tlkit.rundir.files import RunDir
 from tlkit.rundir.load import model_file_error, register_keras_hub
 
 META_FILE = "base.json"
-CLASSIFIER_BASE = "base"  # the layer name of the base inside a tlkit classifier (engine.BASE_LAYER)
 
 
 def load_local(path: str | Path, weights: str = "imagenet", image_size: tuple[int, int] | None = None,
@@ -62,11 +62,14 @@ def load_local(path: str | Path, weights: str = "imagenet", image_size: tuple[in
                 f"or a folder with {RunDir.BASE} and {RunDir.BLOCKS}"
             )
     model = _load_keras(file)
-    nested = _nested_base(model)
+    nested = nested_base(model)
     if nested:
         model = nested
     elif not base_layer:
-        model = keras.Model(_image_input(model), features_output(model, file))
+        features = features_in(model, pooled=False)
+        if features is None:
+            raise TlkitError(f"cannot tell where the classifier of {file} begins: pass --base-layer NAME")
+        model = keras.Model(_image_input(model), features)
     return _finish(path, model, RunDir(file.parent).blocks, image_size, base_layer)
 
 
@@ -111,12 +114,6 @@ def _load_keras(path: Path) -> keras.Model:
         raise model_file_error(path, err) from err
 
 
-def _nested_base(model: keras.Model) -> keras.Model | None:
-    """The base inside a tlkit classifier, or None for any other model."""
-    layer = next((layer for layer in model.layers if layer.name == CLASSIFIER_BASE), None)
-    return layer if isinstance(layer, keras.Model) else None
-
-
 def _image_input(model: keras.Model):
     """The one input of `model` as a tensor (a list of one would make every call warn)."""
     if len(model.inputs) != 1:
@@ -127,20 +124,6 @@ def _image_input(model: keras.Model):
 def _size(model: keras.Model) -> tuple[int, int] | None:
     height, width = model.input_shape[1:3]
     return (height, width) if height and width else None
-
-
-def features_output(model: keras.Model, path: Path):
-    """The output of `model` before its classifier (see the module)."""
-    maps = [
-        layer for layer in model.layers
-        if not isinstance(layer, keras.layers.InputLayer) and len(layer.output.shape) == 4
-    ]
-    if maps:
-        return maps[-1].output
-    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    if not dense:
-        raise TlkitError(f"cannot tell where the classifier of {path} begins: pass --base-layer NAME")
-    return dense[-1].input
 
 
 def blocks_from_file(model: keras.Model, path: Path) -> list[Block]:

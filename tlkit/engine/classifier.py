@@ -8,12 +8,10 @@ import keras
 
 from tlkit._util.keras_internals import keep_inference_mode, keeps_inference_mode
 from tlkit.bases import Base
+from tlkit.models.features import BASE_LAYER, POOL_LAYER
 from tlkit.recipe.schema import POOLINGS, Recipe
 
 log = logging.getLogger(__name__)
-
-
-BASE_LAYER = "base"
 
 
 HEAD_POOLING = dict(zip(POOLINGS, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D,
@@ -44,7 +42,7 @@ def head_layers(features, num_classes: int, dropout: float, pooling: str = "avg"
     "flatten", which keeps where each feature is (small maps of small images: digits)."""
     x = features
     if len(x.shape) == 4:
-        x = HEAD_POOLING[pooling](name="head_pool")(x)
+        x = HEAD_POOLING[pooling](name=POOL_LAYER)(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     # float32 output under mixed precision, for a numerically stable softmax and loss

@@ -43,6 +43,7 @@ from tlkit.data import folders, imagecache, shards
 from tlkit.data import pipeline as tldata
 from tlkit.data.checks import file_digests
 from tlkit.engine.classifier import BASE_LAYER, HEAD_POOLING
+from tlkit.models.features import features_in
 from tlkit.models.preprocessing import NAME as PREPROCESSING
 
 log = logging.getLogger(__name__)
@@ -137,19 +138,7 @@ def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, p
     """Pooled features (len(files), D) of `files`, in their order: from the cache when an entry for
     this base, pooling and these contents exists, else by running the base once and storing them."""
     files = [Path(f) for f in files]
-    digests = ([hashlib.sha256(encoded).hexdigest() for encoded in shards.record_bytes(files)]
-               if files and shards.is_record(files[0]) else file_digests(files))
-    distinct = sorted(set(digests))
-    key = hashlib.sha256(json.dumps({
-        "format": FORMAT,
-        "base": base.name,
-        "model": model_fingerprint(base.model),
-        "image_size": list(image_size),
-        "channels": base.channels,
-        "pooling": pooling,
-        "files": distinct,
-    }).encode()).hexdigest()
-    entry = cache_dir(cache) / f"{key}.npz"
+    entry, digests, distinct = _entry(base, files, image_size, pooling, cache)
     features = _read(entry, distinct)
     if features is None:
         path_of = dict(zip(digests, files))
@@ -173,6 +162,34 @@ def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, p
     else:
         log.info("features of %d images from the cache: %s", len(distinct), entry)
     return np.stack([features[d] for d in digests])
+
+
+def cached(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, pooling: str = "avg",
+           cache: str | Path | None = None) -> np.ndarray | None:
+    """What `extract` gives for these arguments when the cache holds it, else None (nothing is run
+    or written)."""
+    files = [Path(f) for f in files]
+    entry, digests, distinct = _entry(base, files, image_size, pooling, cache)
+    features = _read(entry, distinct)
+    return None if features is None else np.stack([features[d] for d in digests])
+
+
+def _entry(base: Base, files: list[Path], image_size, pooling: str, cache) -> tuple[Path, list[str], list[str]]:
+    """The cache entry of the features of `files` (its key: see the module), the SHA-256 of each
+    file's content, and the distinct ones sorted (the entry's rows)."""
+    digests = ([hashlib.sha256(encoded).hexdigest() for encoded in shards.record_bytes(files)]
+               if files and shards.is_record(files[0]) else file_digests(files))
+    distinct = sorted(set(digests))
+    key = hashlib.sha256(json.dumps({
+        "format": FORMAT,
+        "base": base.name,
+        "model": model_fingerprint(base.model),
+        "image_size": list(image_size),
+        "channels": base.channels,
+        "pooling": pooling,
+        "files": distinct,
+    }).encode()).hexdigest()
+    return cache_dir(cache) / f"{key}.npz", digests, distinct
 
 
 def _read(entry: Path, digests: list[str]) -> dict[str, np.ndarray] | None:
@@ -273,7 +290,7 @@ def frozen_split(classifier: keras.Model, base_layer: str,
     by position)."""
     base = classifier.get_layer(base_layer)
     if not base.trainable_weights:
-        frozen, rest = pooled_model(base, pooling), feature_head(classifier, base_layer)
+        frozen, rest = pooled_model(base, pooling), feature_head(classifier)
     else:
         split = _split_base(classifier, base)
         if split is None:
@@ -334,20 +351,19 @@ def outputs(model: keras.Model, images: tf.data.Dataset) -> np.ndarray:
     return _through(forward, images, model.output_shape[1:], model.output.dtype)
 
 
-def feature_head(classifier: keras.Model, base_layer: str, pool_layer: str = "head_pool") -> keras.Model:
-    """The classifier's head on feature vectors: its layers after the base but the pooling. The
-    layers are shared, not copied, so training this model trains the classifier's head."""
-    base = classifier.get_layer(base_layer)
-    after = classifier.layers[classifier.layers.index(base) + 1:]
-    pooled = next((layer for layer in after if layer.name == pool_layer), base)  # a vector base has no pooling
-    inputs = keras.Input(pooled.output.shape[1:], name="features")
-    return _with_head(classifier, base, inputs, inputs, "head", skip=pooled)
+def feature_head(classifier: keras.Model) -> keras.Model:
+    """The classifier's head on its pooled features (tlkit.models.features): its layers after them,
+    shared, not copied, so training this model trains the classifier's head."""
+    features = features_in(classifier)
+    if features is None:
+        raise ValueError(f"{classifier.name} has no pooled features to train a head on")
+    # a functional model from an inner tensor takes its input there, through the same layers
+    return keras.Model(features, classifier.output, name="head")
 
 
-def _with_head(classifier: keras.Model, base, inputs, x, name: str, skip=None) -> keras.Model:
-    """The model from `inputs` that takes `x` through the classifier's layers after `base` but
-    `skip`, shared, not copied."""
+def _with_head(classifier: keras.Model, base, inputs, x, name: str) -> keras.Model:
+    """The model from `inputs` that takes `x` through the classifier's layers after `base`, shared,
+    not copied."""
     for layer in classifier.layers[classifier.layers.index(base) + 1:]:
-        if layer is not skip:
-            x = layer(x)
+        x = layer(x)
     return keras.Model(inputs, x, name=name)

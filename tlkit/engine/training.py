@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunContext:
-    """What the stages of one run share. `model` is built on first use from `base`, so a stage
-    that replaces the base (autoencoder) can run before the head is made."""
+    """What the stages of one run share. `model`, the classifier the stages train, is built on
+    first use from `base`, so a stage that replaces the base (autoencoder) can run before the head
+    is made. `calibrated`: the classifier with its temperature inside, made at the run's end."""
 
     recipe: Recipe
     base: Base
@@ -50,6 +51,7 @@ class RunContext:
     strategy: tf.distribute.Strategy
     verbose: str | int = "auto"
     model: keras.Model | None = None
+    calibrated: keras.Model | None = None
     results: list[StageResult] = field(default_factory=list)
     best: float = np.inf  # the lowest validation loss of the classifier so far, over all stages
     decoded: dict = field(default_factory=dict)  # the decode-once image cache of each split, for every stage
@@ -67,6 +69,11 @@ class RunContext:
                 self.model = build_classifier(self.base, len(self.classes), self.recipe.dropout, self.recipe.pooling,
                                               "sigmoid" if self.multilabel else "softmax")
         return self.model
+
+    @property
+    def served(self) -> keras.Model:
+        """The model the run ends with (model.keras): the calibrated classifier, else the classifier."""
+        return self.calibrated if self.calibrated is not None else self.classifier
 
     @property
     def multilabel(self) -> bool:

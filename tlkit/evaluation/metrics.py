@@ -7,8 +7,6 @@ with confusion.png and top_losses.png from `plots`):
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tlkit._util.io import write_json_atomic, write_text_atomic
+from tlkit._util.io import write_csv_atomic, write_json_atomic
 from tlkit.evaluation.plots import TOP_LOSSES, plot_confusion, plot_top_losses
 
 log = logging.getLogger(__name__)
@@ -147,13 +145,12 @@ def write_predictions(path: Path, files: Sequence[Path], probabilities: np.ndarr
     """predictions.csv: path, true class (when known), predicted class, its probability, with
     `unknown` (the images' unknown scores and the run's threshold) whether each is unknown and its
     score, then the probability of every class, one row per image in the order given."""
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", *(["true"] if truth is not None else []), "predicted", "probability",
-                     *(["unknown", "unknown_score"] if unknown is not None else []), *(f"p_{c}" for c in classes)])
+    header = ["path", *(["true"] if truth is not None else []), "predicted", "probability",
+              *(["unknown", "unknown_score"] if unknown is not None else []), *(f"p_{c}" for c in classes)]
+    rows = []
     for k, (f, p) in enumerate(zip(files, probabilities)):
         top = int(p.argmax())
         flag = [str(bool(unknown[0][k] > unknown[1])).lower(), f"{unknown[0][k]:.6f}"] if unknown is not None else []
-        writer.writerow([str(f), *([classes[truth[k]]] if truth is not None else []), classes[top], f"{p[top]:.6f}",
-                         *flag, *(f"{v:.6f}" for v in p)])
-    write_text_atomic(path, text.getvalue())
+        rows.append([str(f), *([classes[truth[k]]] if truth is not None else []), classes[top], f"{p[top]:.6f}",
+                     *flag, *(f"{v:.6f}" for v in p)])
+    write_csv_atomic(path, [header, *rows])

@@ -5,14 +5,12 @@ precision; micro, macro and samples F1; mAP; exact-match ratio), computed as sci
 nothing is 0)."""
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from tlkit._util.io import write_json_atomic, write_text_atomic
+from tlkit._util.io import write_csv_atomic, write_json_atomic
 
 DEFAULT_THRESHOLD = 0.5  # a label with no positive image in validation, where F1 cannot choose
 
@@ -113,13 +111,7 @@ def write_evaluation(out: str | Path, classes: Sequence[str], files: Sequence[Pa
     rows += [[str(f), "|".join(c for c, on in zip(classes, t) if on),
               "|".join(c for c, v, cut in zip(classes, p, thresholds) if v >= cut), *(f"{v:.6f}" for v in p)]
              for f, t, p in zip(files, truth, probabilities)]
-    write_rows(out / "predictions.csv", rows)
+    write_csv_atomic(out / "predictions.csv", rows)
     write_json_atomic(out / "report.json", metrics)
     return metrics
 
-
-def write_rows(path: Path, rows: list[list]) -> None:
-    """A CSV file of `rows` (the first the header), written atomically."""
-    text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows(rows)
-    write_text_atomic(path, text.getvalue())

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tlkit._util.io import write_json_atomic
+from tlkit._util.io import write_csv_atomic, write_json_atomic
 from tlkit.data import checks, folders, manifest, shards
 from tlkit.data import pipeline as tldata
 from tlkit.data.report import training_overlap_warning
@@ -72,6 +72,18 @@ def image_files(paths) -> list[Path]:
         else:
             raise TlkitError(f"'{p}' does not exist: pass image files or folders of images")
     return found
+
+
+def good_images(paths, skip_bad: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files named by `paths` (`image_files`) that decode, and the others (path, why),
+    which are an error naming them unless `skip_bad`."""
+    found = image_files(paths)
+    problems = checks.check_images(found)
+    if problems and not skip_bad:
+        listed = "\n".join(f"  {path}: {why}" for path, why in problems[:50])
+        raise TlkitError(f"{len(problems)} bad image file(s); remove them or pass --skip-bad:\n{listed}")
+    bad = {path for path, _ in problems}
+    return [p for p in found if p not in bad], problems
 
 
 def _walk_images(folder: Path) -> list[Path]:
@@ -140,13 +152,7 @@ def predict(model: str | Path | Run, images, top: int = 3, batch_size: int = 32,
     if out is not None:  # told now, not after every image was predicted
         _predictions_format(out)
     run = _loaded(model, checkpoint)
-    paths = image_files(images)
-    problems = checks.check_images(paths)
-    if problems and not skip_bad:
-        listed = "\n".join(f"  {path}: {why}" for path, why in problems[:50])
-        raise TlkitError(f"{len(problems)} bad image file(s); remove them or pass --skip-bad:\n{listed}")
-    bad = {path for path, _ in problems}
-    paths = [p for p in paths if p not in bad]
+    paths, problems = good_images(images, skip_bad)
     if not paths:
         raise TlkitError("no image left to predict")
     found = folders.ImageSet(Path("."), run.labels, paths, [0] * len(paths))
@@ -196,7 +202,7 @@ def write_predictions_file(out: str | Path, results: list[Prediction], labels: l
         rows = [["path", "labels", *(f"p_{c}" for c in labels), *(["unknown", "unknown_score"] if scored else [])]]
         rows += [[str(r.path), "|".join(c for c, _ in r.top), *(f"{v:.6f}" for v in r.probabilities),
                   *([str(r.unknown).lower(), f"{r.unknown_score:.6f}"] if scored else [])] for r in results]
-        multilabel.write_rows(out, rows)
+        write_csv_atomic(out, rows)
     elif _predictions_format(out) == ".csv":
         unknown = (np.array([r.unknown_score for r in results]), threshold) if scored else None
         write_predictions(out, [r.path for r in results], np.stack([r.probabilities for r in results]), labels,
@@ -261,9 +267,7 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
         return multilabel.write_evaluation(out, run.labels, images.files, truth, probs, thresholds, extra,
                                            pictures=("pr_curves.png", "cooccurrence.png", "top_losses.png"))
     if unknown_data is not None:
-        paths = image_files(unknown_data)
-        bad = {path for path, _ in checks.check_images(paths)}  # not what is measured here: left out
-        paths = [p for p in paths if p not in bad]
+        paths, _ = good_images(unknown_data)  # a bad file is not what is measured here: left out
         strangers = folders.ImageSet(Path(unknown_data), run.labels, paths, [0] * len(paths))
         _, _, unknown_scores = probabilities(run, strangers, batch_size, tta, progress)
         extra["unknown"] = unknown_report(scores, probs.argmax(axis=1) == np.asarray(images.labels), unknown_scores,

@@ -20,6 +20,8 @@ import math
 import keras
 import numpy as np
 
+from tlkit.models.features import features_in
+
 ECE_BINS = 15
 _TINY = 1e-30  # a probability that underflowed to 0: its log stays finite
 
@@ -114,25 +116,6 @@ def ece(probabilities: np.ndarray, truth: np.ndarray, bins: int = ECE_BINS) -> f
     return float((count[filled] * np.abs(accuracy[filled] - mean_conf[filled])).sum() / max(count.sum(), 1))
 
 
-FEATURES_LAYER = "head_pool"  # the classifier's pooled features (tlkit.engine.classifier)
-
-
-def features_output(model: keras.Model):
-    """The pooled features inside `model` (the output of its head's pooling, else of a base that
-    ends in vectors), or None for a model without them (a zoo model with its own top)."""
-    try:
-        return model.get_layer(FEATURES_LAYER).output
-    except ValueError:
-        pass
-    # a nested base's own `output` is a tensor of its inner graph: what it gives this model is the
-    # input of the layer after it (the head's first), called once, in this model
-    names = [layer.name for layer in model.layers]
-    if "base" not in names or names[-1] == "base":
-        return None
-    output = model.layers[names.index("base") + 1].input
-    return output if not isinstance(output, (list, tuple)) and len(output.shape) == 2 else None
-
-
 def normalized(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
@@ -140,7 +123,7 @@ def normalized(features: np.ndarray) -> np.ndarray:
 def with_features(model: keras.Model) -> keras.Model | None:
     """`model` with two outputs, its probabilities and its pooled features; None for a model
     without pooled features."""
-    features = features_output(model)
+    features = features_in(model)
     return None if features is None else keras.Model(model.inputs, [model.output, features])
 
 

@@ -25,7 +25,6 @@ def run(ctx, index: int, params: Extract):
     # TensorFlow: imported when a stage runs, so checking a recipe stays fast
     from tlkit.data.pipeline import targets
     from tlkit.engine import frozen as features
-    from tlkit.engine.classifier import BASE_LAYER
 
     model, detail = prepare(ctx, params)  # the head stage's: the base frozen
     if ctx.augmentation.active:
@@ -37,7 +36,7 @@ def run(ctx, index: int, params: Extract):
                              batch_size=r.batch_size, cache=r.cache, verbose=ctx.verbose)
     train, val = found[:len(ctx.train)], found[len(ctx.train):]
     with ctx.strategy.scope():  # a model fitted under a strategy is made in its scope
-        head = features.feature_head(ctx.classifier, BASE_LAYER)
+        head = features.feature_head(ctx.classifier)
     return ctx.fit(index, "extract", params, head, (
         features.dataset(train, targets(ctx.train), r.batch_size, shuffle=True, seed=r.seed),
         features.dataset(val, targets(ctx.val), r.batch_size),
