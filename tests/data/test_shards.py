@@ -128,3 +128,38 @@ def test_training_from_a_pack_of_the_sample_photos_gives_the_folder_runs_metrics
     numbers = [[v for v in json.dumps(m, sort_keys=True).replace(",", " ").split() if v[0].isdigit()] for m in metrics]
     assert numbers[0] and len(numbers[0]) == len(numbers[1])
     assert all(abs(float(a.strip("}]")) - float(b.strip("}]"))) <= 1e-6 for a, b in zip(*numbers))
+
+
+def test_each_of_two_workers_reads_only_its_own_shard_files(tiny_images, tmp_path, monkeypatch):
+    from tlkit.data.pipeline import make_dataset
+    from tlkit.data.splits import split
+    from tlkit.engine.strategy import per_worker_input
+
+    out = str(tmp_path / "packed")
+    index = shards.pack(tiny_images, out, shard_bytes=15000)
+    train, _ = split(shards.image_set(out), 0.25, 1)
+    files = [f"{out}/{shard['file']}" for shard in index["shards"]]
+    assert len(files) % 2 == 1  # an odd share out, so the shares differ before padding
+    opened = []
+    reader = tf.data.TFRecordDataset
+    monkeypatch.setattr(tf.data, "TFRecordDataset", lambda path, *a, **k: opened.append(str(path)) or reader(path, *a, **k))
+    dataset_fn = per_worker_input(train, 6, lambda share, batch: make_dataset(share, (24, 24), batch))
+    shares = []
+    for worker in (0, 1):
+        opened.clear()
+        batches = list(dataset_fn(tf.distribute.InputContext(2, worker, 2)).as_numpy_iterator())
+        assert sorted(set(opened)) == files[worker::2]  # its own files, and only they
+        assert {len(y) for _, y in batches[:-1]} == {3}  # half of each global batch of 6
+        share = shards.worker_share(train, 2, worker)
+        assert sum(len(y) for _, y in batches) == len(share)
+        assert {str(f).rsplit("#", 1)[0] for f in share.files} == set(files[worker::2])
+        shares.append(share)
+    assert len(shares[0]) == len(shares[1])  # as many steps on each worker
+    assert not set(shares[0].files) & set(shares[1].files)
+    assert set(shares[0].files) | set(shares[1].files) == set(train.files)
+
+
+def test_more_workers_than_shards_is_one_line(tiny_images):
+    shards.pack(tiny_images, "ram://packs/one", shard_bytes=1 << 20)
+    with pytest.raises(TlkitError, match="in 1 shard\\(s\\), fewer than the 2 workers"):
+        shards.worker_share(shards.image_set("ram://packs/one"), 2, 0)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,25 @@ def image_set(folder: str, classes: list[str] | None = None) -> ImageSet:
                     duplicates=[(Path(copy), Path(kept)) for copy, kept in report["duplicates"]])
 
 
+def worker_share(images: ImageSet, num_workers: int, index: int) -> ImageSet:
+    """What worker `index` of `num_workers` trains on of `images` (records of one pack, as
+    `image_set` names them): the images in its own shard files, every `num_workers`-th of the
+    files holding any of them from the `index`-th (as `Dataset.shard` of the file list, and
+    tf.data's AutoShardPolicy.FILE, deal them out), so it reads no other worker's files. Every
+    share is cycled to the largest one's length, as torch's DistributedSampler pads: the workers'
+    steps meet in collectives, so each must run as many steps an epoch."""
+    shard_of = [str(f).rsplit("#", 1)[0] for f in images.files]
+    counts = Counter(shard_of)
+    files = sorted(counts)
+    if len(files) < num_workers:
+        raise TlkitError(f"these {len(images)} images lie in {len(files)} shard(s), fewer than the {num_workers} "
+                         "workers, each of which reads its own: pack the data again with a smaller --shard-mb")
+    mine = set(files[index::num_workers])
+    longest = max(sum(counts[f] for f in files[w::num_workers]) for w in range(num_workers))
+    own = [i for i, shard in enumerate(shard_of) if shard in mine]
+    return images.subset([own[i % len(own)] for i in range(longest)])
+
+
 def is_record(path) -> bool:
     """Whether `path` names a record of a pack (as `image_set` names them)."""
     return _RECORD.fullmatch(Path(path).name) is not None
@@ -119,15 +139,15 @@ def is_record(path) -> bool:
 def record_bytes(files) -> list[bytes]:
     """The encoded image of each record `image_set` named, in the order of `files`; each shard is
     read once, whatever the order."""
-    wanted: dict[str, dict[int, int]] = {}
+    wanted: dict[str, dict[int, list[int]]] = {}
     for at, ref in enumerate(files):
         shard, n = str(ref).rsplit("#", 1)
-        wanted.setdefault(shard, {})[int(n)] = at
+        wanted.setdefault(shard, {}).setdefault(int(n), []).append(at)  # a record may come twice (worker_share)
     found: list[bytes] = [b""] * len(files)
     for shard, numbers in wanted.items():
         for n, record in enumerate(tf.data.TFRecordDataset(shard).as_numpy_iterator(), start=1):
-            if n in numbers:
-                found[numbers[n]] = tf.io.parse_single_example(record, _FEATURES)["image"].numpy()
+            for at in numbers.get(n, ()):
+                found[at] = tf.io.parse_single_example(record, _FEATURES)["image"].numpy()
     return found
 
 
