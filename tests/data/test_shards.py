@@ -163,3 +163,40 @@ def test_more_workers_than_shards_is_one_line(tiny_images):
     shards.pack(tiny_images, "ram://packs/one", shard_bytes=1 << 20)
     with pytest.raises(TlkitError, match="in 1 shard\\(s\\), fewer than the 2 workers"):
         shards.worker_share(shards.image_set("ram://packs/one"), 2, 0)
+
+
+@pytest.mark.integration
+def test_audit_of_a_pack_finds_what_the_audit_of_its_folder_finds(cli, tmp_path):
+    import csv
+    import hashlib
+    import json
+    import shutil
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    shutil.copytree(Path(__file__).parents[2] / "data_samples" / "photos", root, ignore=shutil.ignore_patterns("*.csv"))
+    for k, original in enumerate(sorted(root.glob("*/*.jpg"))[::80]):  # near-copies for the perceptual hash
+        Image.open(original).convert("RGB").resize((48, 48)).save(root / "cat" / f"copy_{k}.jpg", quality=60)
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(root / "cat" / "blank.png")  # an outlier
+    shutil.copy(sorted((root / "coffee").iterdir())[0], root / "coffee" / "exact.jpg")  # left out by the scan
+    index = shards.pack(root, str(tmp_path / "packed"), shard_bytes=1 << 20)
+    digest_of = {f"{tmp_path / 'packed'}/{shard['file']}#{n}": digest
+                 for shard in index["shards"] for n, digest in enumerate(shard["digests"], start=1)}
+
+    found = []
+    for name, data in (("folder", root), ("pack", tmp_path / "packed")):
+        code, _, err = cli("audit", "--base", "efficientnet_lite0", "--data", data, "--out", tmp_path / name,
+                           "--image-size", "64", "--cache", tmp_path / f"cache-{name}")  # each decodes its own
+        assert code == 0, err
+        with open(tmp_path / name / "issues.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:  # an image by its content: a file's path, a record's shard#number
+            path = row.pop("path")
+            row["image"] = digest_of.get(path) or hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            row.pop("detail")  # names the files of a group
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        found.append((sorted(map(json.dumps, rows)), summary["counts"], summary["images"]))
+    assert found[0] == found[1]
+    assert found[0][1]["duplicate"] >= 4 and found[0][1]["blank"] == 1

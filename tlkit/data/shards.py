@@ -59,11 +59,13 @@ def pack(data, out: str, *, skip_bad: bool = False, seed: int = 0, shard_bytes: 
         shards[-1]["digests"].append(images.digests[i])
         shards[-1]["positions"].append(int(i))  # the scan's order, so that a split of the pack is the folder's
     writer.close()
+    position = {path: i for i, path in enumerate(images.files)}
     index = {
         "classes": images.classes, "shards": shards,
         "report": {"source": printable(images.root), "counts": images.counts(),
                    "skipped": [[printable(p), why] for p, why in images.skipped],
-                   "duplicates": [[printable(copy), printable(kept)] for copy, kept in images.duplicates]},
+                   # with the kept file's place in the scan's order, so that image_set names its record
+                   "duplicates": [[printable(copy), printable(kept), position[kept]] for copy, kept in images.duplicates]},
     }
     verify(out, index)
     with tf.io.gfile.GFile(f"{out}/{INDEX}", "w") as f:
@@ -106,10 +108,12 @@ def image_set(folder: str, classes: list[str] | None = None) -> ImageSet:
                   for n, (position, label, digest) in enumerate(
                       zip(shard["positions"], shard["labels"], shard["digests"]), start=1))
     report = index["report"]
+    # a copy's kept file as its record (a pack written before the place was kept names the file)
+    duplicates = [(Path(copy), Path(rows[kept[1]][1] if len(kept) > 1 else kept[0]))
+                  for copy, *kept in report["duplicates"]]
     return ImageSet(root=Path(folder), classes=list(classes), files=[Path(row[1]) for row in rows],
                     labels=[row[2] for row in rows], digests=[row[3] for row in rows],
-                    skipped=[(Path(p), why) for p, why in report["skipped"]],
-                    duplicates=[(Path(copy), Path(kept)) for copy, kept in report["duplicates"]])
+                    skipped=[(Path(p), why) for p, why in report["skipped"]], duplicates=duplicates)
 
 
 def worker_share(images: ImageSet, num_workers: int, index: int) -> ImageSet:
@@ -131,6 +135,12 @@ def worker_share(images: ImageSet, num_workers: int, index: int) -> ImageSet:
     return images.subset([own[i % len(own)] for i in range(longest)])
 
 
+def scan_or_read(data, *, classes: list[str] | None = None, **options) -> ImageSet:
+    """The ImageSet of `data`: a pack's (`image_set`), else the scan of its folder (`folders.scan`,
+    with `options`), so a command reads `--data shards/` as the folder packed into it."""
+    return image_set(data, classes) if is_pack(data) else scan(data, classes=classes, **options)
+
+
 def is_record(path) -> bool:
     """Whether `path` names a record of a pack (as `image_set` names them)."""
     return _RECORD.fullmatch(Path(path).name) is not None
@@ -138,12 +148,17 @@ def is_record(path) -> bool:
 
 def record_bytes(files) -> list[bytes]:
     """The encoded image of each record `image_set` named, in the order of `files`; each shard is
-    read once, whatever the order."""
+    read once, whatever the order. A path among them that is not a record is read as a file: the
+    copy the scan left out of a pack, which an audit shows beside its kept record."""
     wanted: dict[str, dict[int, list[int]]] = {}
+    found: list[bytes] = [b""] * len(files)
     for at, ref in enumerate(files):
+        if not is_record(ref):
+            with tf.io.gfile.GFile(str(ref), "rb") as f:
+                found[at] = f.read()
+            continue
         shard, n = str(ref).rsplit("#", 1)
         wanted.setdefault(shard, {}).setdefault(int(n), []).append(at)  # a record may come twice (worker_share)
-    found: list[bytes] = [b""] * len(files)
     for shard, numbers in wanted.items():
         for n, record in enumerate(tf.data.TFRecordDataset(shard).as_numpy_iterator(), start=1):
             for at in numbers.get(n, ()):
