@@ -33,19 +33,52 @@ def test_pack_refuses_a_folder_that_is_not_empty(tiny_images, tmp_path):
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
-def test_a_corrupt_shard_is_named_by_file_and_record(tiny_images, tmp_path):
-    out = tmp_path / "packed"
-    index = shards.pack(tiny_images, str(out), shard_bytes=4000)
-    first = index["shards"][0]
-    path = out / first["file"]
+def record_data(path) -> list[tuple[int, int]]:
+    """(start, end) of each record's data in a TFRecord file: a uint64 length and its CRC, the
+    data, the data's CRC."""
+    data, at, spans = path.read_bytes(), 0, []
+    while at < len(data):
+        length = int.from_bytes(data[at:at + 8], "little")
+        spans.append((at + 12, at + 12 + length))
+        at += 16 + length
+    return spans
+
+
+def corrupt(path, how: str) -> None:
+    """Damage the second record of the shard `path`: a byte of its data flipped (its CRC no longer
+    matches), or the file cut in the middle of its data."""
+    start, end = record_data(path)[1]
     data = bytearray(path.read_bytes())
-    data[-20] ^= 0xFF  # inside the last record's image bytes: its checksum no longer matches
+    if how == "flipped":
+        data[(start + end) // 2] ^= 0xFF
+    else:
+        del data[(start + end) // 2:]
     path.write_bytes(bytes(data))
-    with pytest.raises(TlkitError) as error:
-        shards.verify(str(out))
-    message = str(error.value)
-    assert f"shard '{path}' is corrupt at record {len(first['labels'])} " in message
-    assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize("how", ["flipped", "truncated"])
+def test_a_corrupt_shard_is_named_by_file_and_record(tiny_images, tmp_path, how):
+    out = tmp_path / "packed"
+    index = shards.pack(tiny_images, str(out), shard_bytes=15000)
+    path = out / index["shards"][0]["file"]
+    corrupt(path, how)
+    for read in (shards.verify, lambda folder: shards.record_bytes(shards.image_set(folder).files)):
+        with pytest.raises(TlkitError) as error:
+            read(str(out))
+        message = str(error.value)
+        assert message.startswith(f"shard '{path}' is corrupt at record 2 (") and len(message.splitlines()) == 1
+
+
+def test_training_from_a_corrupt_pack_names_the_shard_and_record_without_a_traceback(cli, tiny_images, tmp_path):
+    for how in ("flipped", "truncated"):
+        out = tmp_path / how
+        index = shards.pack(tiny_images, str(out), shard_bytes=15000)
+        path = out / index["shards"][-1]["file"]
+        corrupt(path, how)
+        code, _, err = cli("finetune", "--base", "lenet5", "--weights", "none", "--image-size", "32", "--data", out,
+                           "--out", tmp_path / f"run-{how}", "--epochs-head", "1", "--epochs-finetune", "1")
+        assert code != 0 and "Traceback" not in err, err
+        assert f"shard '{path}' is corrupt at record 2 (" in err.strip().splitlines()[-1]
 
 
 def test_a_folder_without_an_index_is_not_a_pack(tmp_path):

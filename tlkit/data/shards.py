@@ -160,9 +160,9 @@ def record_bytes(files) -> list[bytes]:
         shard, n = str(ref).rsplit("#", 1)
         wanted.setdefault(shard, {}).setdefault(int(n), []).append(at)  # a record may come twice (worker_share)
     for shard, numbers in wanted.items():
-        for n, record in enumerate(tf.data.TFRecordDataset(shard).as_numpy_iterator(), start=1):
+        for n, encoded, _ in _records(shard):
             for at in numbers.get(n, ()):
-                found[at] = tf.io.parse_single_example(record, _FEATURES)["image"].numpy()
+                found[at] = encoded
     return found
 
 
@@ -196,17 +196,26 @@ def verify(folder: str, index: dict | None = None) -> None:
     for shard in index["shards"]:
         path = f"{folder}/{shard['file']}"
         n = 0
-        try:
-            for n, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator(), start=1):
-                example = tf.io.parse_single_example(record, _FEATURES)
-                digest = hashlib.sha256(example["image"].numpy()).hexdigest()
-                if n > len(shard["digests"]) or digest != shard["digests"][n - 1] \
-                        or int(example["label"]) != shard["labels"][n - 1]:
-                    raise TlkitError(f"shard '{path}', record {n}: not the image the index lists "
-                                     f"(its bytes or label differ): pack the data again")
-        except tf.errors.OpError as error:  # DataLossError: a bad checksum or length; a bad Example
-            raise TlkitError(f"shard '{path}' is corrupt at record {n + 1} "
-                             f"({error.message.splitlines()[0]}): pack the data again") from None
+        for n, encoded, label in _records(path):
+            if n > len(shard["digests"]) or hashlib.sha256(encoded).hexdigest() != shard["digests"][n - 1] \
+                    or label != shard["labels"][n - 1]:
+                raise TlkitError(f"shard '{path}', record {n}: not the image the index lists "
+                                 f"(its bytes or label differ): pack the data again")
         if n != len(shard["digests"]):
             raise TlkitError(f"shard '{path}' holds {n} records, its index {len(shard['digests'])}: "
                              "pack the data again")
+
+
+def _records(path: str):
+    """(1-based number, encoded image, label) of each record of the shard `path`; a record that
+    cannot be read (TFRecord's length or data checksum wrong, the file cut short, not an Example
+    of an image and a label) a TlkitError naming the shard and the record."""
+    n = 0
+    try:
+        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            example = tf.io.parse_single_example(record, _FEATURES)
+            n += 1
+            yield n, example["image"].numpy(), int(example["label"])
+    except tf.errors.OpError as error:  # DataLossError: a bad checksum or length; InvalidArgumentError: a bad Example
+        raise TlkitError(f"shard '{path}' is corrupt at record {n + 1} "
+                         f"({error.message.splitlines()[0]}): pack the data again") from None
