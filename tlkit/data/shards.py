@@ -146,12 +146,14 @@ def is_record(path) -> bool:
     return _RECORD.fullmatch(Path(path).name) is not None
 
 
-def record_bytes(files) -> list[bytes]:
+def record_bytes(files) -> np.ndarray:
     """The encoded image of each record `image_set` named, in the order of `files`; each shard is
     read once, whatever the order. A path among them that is not a record is read as a file: the
-    copy the scan left out of a pack, which an audit shows beside its kept record."""
+    copy the scan left out of a pack, which an audit shows beside its kept record. An array of
+    objects: as a list, `from_tensor_slices` would pad every image to the longest (a fixed-width
+    NumPy array on the way), several times the bytes."""
     wanted: dict[str, dict[int, list[int]]] = {}
-    found: list[bytes] = [b""] * len(files)
+    found = np.full(len(files), b"", object)
     for at, ref in enumerate(files):
         if not is_record(ref):
             with tf.io.gfile.GFile(str(ref), "rb") as f:
