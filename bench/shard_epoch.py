@@ -1,11 +1,17 @@
 """An epoch of images from TFRecord shards against one from the folder (issue 27).
 
 The folder of bench/scan_rate.py (N distinct 320x240 JPEGs in 4 classes, generated if missing) is
-packed with `tlkit.data.shards.pack`; then, side by side, each pipeline is iterated to its end at
-96x96, batch 64, --repeats times in turn, and the best of each is kept:
+packed by `tlkit pack` in a child process (its time, and its peak RSS: pack streams, so this stays
+flat as N grows); then, side by side, each pipeline is iterated to its end at 96x96, batch 64,
+--repeats times in turn, and the best of each is kept:
 
   folder:  `tlkit.data.pipeline.make_dataset` (file names -> read -> decode), no image cache;
-  shards:  `tlkit.data.shards.dataset` (interleaved TFRecord reads -> decode), batched and prefetched.
+  shards:  `tlkit.data.shards.dataset` (interleaved TFRecord reads -> decode), batched and prefetched;
+  pack:    `make_dataset` over `shards.image_set`, what `--data shards/` trains on (the records'
+           bytes read into memory first, so the split's order and the image cache are the folder's).
+
+The peak RSS of this process is printed after each first epoch. The shards are deleted at the end
+(and the generated folder, unless --keep names it).
 
     PYTHONPATH=. python bench/shard_epoch.py --images 10000 [--keep DIR]
 """
@@ -13,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,24 +52,36 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="generate into (and reuse) this folder")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="shard_epoch."))
-    root = args.keep or work / "data"
-    generate(root, args.images)
-    images = folders.scan(root)
-    start = time.perf_counter()
-    index = shards.pack(root, str(work / "shards"))
-    print(f"{len(images)} JPEGs of 320x240, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
-          f"packed into {len(index['shards'])} shards in {time.perf_counter() - start:.1f} s")
-    pipelines = {
-        "folder": lambda: make_dataset(images, SIZE, BATCH, cache="none"),
-        "shards": lambda: shards.dataset(str(work / "shards"), SIZE).batch(BATCH).prefetch(tf.data.AUTOTUNE),
-    }
-    best = {name: 0.0 for name in pipelines}
-    for _ in range(args.repeats):
-        for name, make in pipelines.items():
-            best[name] = max(best[name], epoch(make()))
-    for name, rate in best.items():
-        print(f"epoch from the {name}: {rate:,.0f} images/s (best of {args.repeats})")
-    print(f"shards / folder = {best['shards'] / best['folder']:.2f}; load average {os.getloadavg()[0]:.1f}")
+    try:
+        root = args.keep or work / "data"
+        generate(root, args.images)
+        packed = str(work / "shards")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "tlkit.cli", "pack", "--data", str(root), "--out", packed], check=True,
+                       stdout=subprocess.DEVNULL)
+        took, rss = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss >> 10
+        index = shards.read_index(packed)
+        print(f"{args.images} JPEGs of 320x240, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+              f"tlkit pack: {len(index['shards'])} shards in {took:.1f} s, peak RSS {rss} MB")
+        images = folders.scan(root)
+        pipelines = {
+            "folder": lambda: make_dataset(images, SIZE, BATCH, cache="none"),
+            "shards": lambda: shards.dataset(packed, SIZE).batch(BATCH).prefetch(tf.data.AUTOTUNE),
+            "pack": lambda: make_dataset(shards.image_set(packed), SIZE, BATCH, cache="none"),
+        }
+        best = {name: 0.0 for name in pipelines}
+        for repeat in range(args.repeats):
+            for name, make in pipelines.items():
+                best[name] = max(best[name], epoch(make()))
+                if not repeat:
+                    print(f"  after the first epoch from the {name}: peak RSS "
+                          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10} MB", flush=True)
+        for name, rate in best.items():
+            print(f"epoch from the {name}: {rate:,.0f} images/s (best of {args.repeats}); "
+                  f"/ folder = {rate / best['folder']:.2f}")
+        print(f"load average {os.getloadavg()[0]:.1f}")
+    finally:
+        shutil.rmtree(work)
 
 
 if __name__ == "__main__":

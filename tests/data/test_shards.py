@@ -33,19 +33,52 @@ def test_pack_refuses_a_folder_that_is_not_empty(tiny_images, tmp_path):
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
-def test_a_corrupt_shard_is_named_by_file_and_record(tiny_images, tmp_path):
-    out = tmp_path / "packed"
-    index = shards.pack(tiny_images, str(out), shard_bytes=4000)
-    first = index["shards"][0]
-    path = out / first["file"]
+def record_data(path) -> list[tuple[int, int]]:
+    """(start, end) of each record's data in a TFRecord file: a uint64 length and its CRC, the
+    data, the data's CRC."""
+    data, at, spans = path.read_bytes(), 0, []
+    while at < len(data):
+        length = int.from_bytes(data[at:at + 8], "little")
+        spans.append((at + 12, at + 12 + length))
+        at += 16 + length
+    return spans
+
+
+def corrupt(path, how: str) -> None:
+    """Damage the second record of the shard `path`: a byte of its data flipped (its CRC no longer
+    matches), or the file cut in the middle of its data."""
+    start, end = record_data(path)[1]
     data = bytearray(path.read_bytes())
-    data[-20] ^= 0xFF  # inside the last record's image bytes: its checksum no longer matches
+    if how == "flipped":
+        data[(start + end) // 2] ^= 0xFF
+    else:
+        del data[(start + end) // 2:]
     path.write_bytes(bytes(data))
-    with pytest.raises(TlkitError) as error:
-        shards.verify(str(out))
-    message = str(error.value)
-    assert f"shard '{path}' is corrupt at record {len(first['labels'])} " in message
-    assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize("how", ["flipped", "truncated"])
+def test_a_corrupt_shard_is_named_by_file_and_record(tiny_images, tmp_path, how):
+    out = tmp_path / "packed"
+    index = shards.pack(tiny_images, str(out), shard_bytes=15000)
+    path = out / index["shards"][0]["file"]
+    corrupt(path, how)
+    for read in (shards.verify, lambda folder: shards.record_bytes(shards.image_set(folder).files)):
+        with pytest.raises(TlkitError) as error:
+            read(str(out))
+        message = str(error.value)
+        assert message.startswith(f"shard '{path}' is corrupt at record 2 (") and len(message.splitlines()) == 1
+
+
+def test_training_from_a_corrupt_pack_names_the_shard_and_record_without_a_traceback(cli, tiny_images, tmp_path):
+    for how in ("flipped", "truncated"):
+        out = tmp_path / how
+        index = shards.pack(tiny_images, str(out), shard_bytes=15000)
+        path = out / index["shards"][-1]["file"]
+        corrupt(path, how)
+        code, _, err = cli("finetune", "--base", "lenet5", "--weights", "none", "--image-size", "32", "--data", out,
+                           "--out", tmp_path / f"run-{how}", "--epochs-head", "1", "--epochs-finetune", "1")
+        assert code != 0 and "Traceback" not in err, err
+        assert f"shard '{path}' is corrupt at record 2 (" in err.strip().splitlines()[-1]
 
 
 def test_a_folder_without_an_index_is_not_a_pack(tmp_path):
@@ -128,3 +161,75 @@ def test_training_from_a_pack_of_the_sample_photos_gives_the_folder_runs_metrics
     numbers = [[v for v in json.dumps(m, sort_keys=True).replace(",", " ").split() if v[0].isdigit()] for m in metrics]
     assert numbers[0] and len(numbers[0]) == len(numbers[1])
     assert all(abs(float(a.strip("}]")) - float(b.strip("}]"))) <= 1e-6 for a, b in zip(*numbers))
+
+
+def test_each_of_two_workers_reads_only_its_own_shard_files(tiny_images, tmp_path, monkeypatch):
+    from tlkit.data.pipeline import make_dataset
+    from tlkit.data.splits import split
+    from tlkit.engine.strategy import per_worker_input
+
+    out = str(tmp_path / "packed")
+    index = shards.pack(tiny_images, out, shard_bytes=15000)
+    train, _ = split(shards.image_set(out), 0.25, 1)
+    files = [f"{out}/{shard['file']}" for shard in index["shards"]]
+    assert len(files) % 2 == 1  # an odd share out, so the shares differ before padding
+    opened = []
+    reader = tf.data.TFRecordDataset
+    monkeypatch.setattr(tf.data, "TFRecordDataset", lambda path, *a, **k: opened.append(str(path)) or reader(path, *a, **k))
+    dataset_fn = per_worker_input(train, 6, lambda share, batch: make_dataset(share, (24, 24), batch))
+    shares = []
+    for worker in (0, 1):
+        opened.clear()
+        batches = list(dataset_fn(tf.distribute.InputContext(2, worker, 2)).as_numpy_iterator())
+        assert sorted(set(opened)) == files[worker::2]  # its own files, and only they
+        assert {len(y) for _, y in batches[:-1]} == {3}  # half of each global batch of 6
+        share = shards.worker_share(train, 2, worker)
+        assert sum(len(y) for _, y in batches) == len(share)
+        assert {str(f).rsplit("#", 1)[0] for f in share.files} == set(files[worker::2])
+        shares.append(share)
+    assert len(shares[0]) == len(shares[1])  # as many steps on each worker
+    assert not set(shares[0].files) & set(shares[1].files)
+    assert set(shares[0].files) | set(shares[1].files) == set(train.files)
+
+
+def test_more_workers_than_shards_is_one_line(tiny_images):
+    shards.pack(tiny_images, "ram://packs/one", shard_bytes=1 << 20)
+    with pytest.raises(TlkitError, match="in 1 shard\\(s\\), fewer than the 2 workers"):
+        shards.worker_share(shards.image_set("ram://packs/one"), 2, 0)
+
+
+@pytest.mark.integration
+def test_audit_of_a_pack_finds_what_the_audit_of_its_folder_finds(cli, tmp_path):
+    import csv
+    import hashlib
+    import json
+    import shutil
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    shutil.copytree(Path(__file__).parents[2] / "data_samples" / "photos", root, ignore=shutil.ignore_patterns("*.csv"))
+    for k, original in enumerate(sorted(root.glob("*/*.jpg"))[::80]):  # near-copies for the perceptual hash
+        Image.open(original).convert("RGB").resize((48, 48)).save(root / "cat" / f"copy_{k}.jpg", quality=60)
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(root / "cat" / "blank.png")  # an outlier
+    shutil.copy(sorted((root / "coffee").iterdir())[0], root / "coffee" / "exact.jpg")  # left out by the scan
+    index = shards.pack(root, str(tmp_path / "packed"), shard_bytes=1 << 20)
+    digest_of = {f"{tmp_path / 'packed'}/{shard['file']}#{n}": digest
+                 for shard in index["shards"] for n, digest in enumerate(shard["digests"], start=1)}
+
+    found = []
+    for name, data in (("folder", root), ("pack", tmp_path / "packed")):
+        code, _, err = cli("audit", "--base", "efficientnet_lite0", "--data", data, "--out", tmp_path / name,
+                           "--image-size", "64", "--cache", tmp_path / f"cache-{name}")  # each decodes its own
+        assert code == 0, err
+        with open(tmp_path / name / "issues.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:  # an image by its content: a file's path, a record's shard#number
+            path = row.pop("path")
+            row["image"] = digest_of.get(path) or hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            row.pop("detail")  # names the files of a group
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        found.append((sorted(map(json.dumps, rows)), summary["counts"], summary["images"]))
+    assert found[0] == found[1]
+    assert found[0][1]["duplicate"] >= 4 and found[0][1]["blank"] == 1

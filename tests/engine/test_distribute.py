@@ -300,3 +300,23 @@ def test_jit_compiles_the_train_step_and_trains_the_same(tiny_images, tmp_path):
     losses = [runs[jit].results[-1].history["loss"] for jit in (False, True)]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)  # XLA fuses ops: float rounding differs
     assert losses[0][1] < losses[0][0]
+
+
+@pytest.mark.multiprocess
+def test_multiworker_from_a_pack_gives_each_worker_its_own_shard_files(tiny_images, tmp_path):
+    from tlkit.data import shards
+
+    packed = tmp_path / "packed"
+    index = shards.pack(tiny_images, str(packed), shard_bytes=15000)
+    out = tmp_path / "multi"
+    results = run_workers(lambda _: tlkit("--data", str(packed), "--out", str(out), "--distribute", "multiworker",
+                                          *TRAINING), tmp_path)
+    for code, said in results:
+        assert code == 0, said[-3000:]
+    files = [shard["file"] for shard in index["shards"]]
+    for worker, (_, said) in enumerate(results):
+        lines = [line for line in said.splitlines() if f"input pipeline {worker} of 2:" in line]
+        # once a stage, each naming its own files: every other shard of the pack, from its own index
+        assert len(lines) == 2 and all(line.endswith(f"({', '.join(files[worker::2])})") for line in lines), said[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["stages"]) == 2 and metrics["train_images"] == 18

@@ -66,7 +66,7 @@ def built_from_shapes(model: keras.Model, dataset) -> Iterator[None]:
     other batches than a single-device one, and it fails when that batch does not split evenly
     over the replicas (it averages the replicas' batches). Without a strategy Keras builds
     nothing there, and this changes nothing."""
-    x_spec, y_spec = dataset.element_spec
+    x_spec, y_spec, *_ = dataset.element_spec  # sample weights, if any, build nothing
     batch = (tf_zeros(x_spec), tf_zeros(y_spec), None)
     build = type(model)._maybe_symbolic_build
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: build(model, data_batch=batch)

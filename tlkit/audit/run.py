@@ -26,7 +26,7 @@ from tlkit._util.io import write_atomic, write_json_atomic
 from tlkit.audit import gallery
 from tlkit.audit.phash import SIZE, close_pairs, phash
 from tlkit.bases import load_base
-from tlkit.data import folders, splits
+from tlkit.data import folders, shards, splits
 from tlkit.data.checks import Progress, printable
 from tlkit.data.pipeline import load_images
 from tlkit.engine import frozen
@@ -83,9 +83,9 @@ def audit(data, *, base: str | None = None, model: str | None = None, out="audit
     size = tuple(the_base.model.input_shape[1:3])
     if None in size:
         size = the_base.input_size
-    images = folders.scan(data, skip_bad=skip_bad, progress=progress)
+    images = shards.scan_or_read(data, skip_bad=skip_bad, progress=progress)
     if val_data:
-        val = folders.scan(val_data, skip_bad=skip_bad, classes=images.classes, progress=progress)
+        val = shards.scan_or_read(val_data, skip_bad=skip_bad, classes=images.classes, progress=progress)
         sides = ["train"] * len(images) + ["val"] * len(val)
         files, labels = images.files + val.files, images.labels + val.labels
         copies = images.duplicates + val.duplicates

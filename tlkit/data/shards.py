@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -58,11 +59,13 @@ def pack(data, out: str, *, skip_bad: bool = False, seed: int = 0, shard_bytes: 
         shards[-1]["digests"].append(images.digests[i])
         shards[-1]["positions"].append(int(i))  # the scan's order, so that a split of the pack is the folder's
     writer.close()
+    position = {path: i for i, path in enumerate(images.files)}
     index = {
         "classes": images.classes, "shards": shards,
         "report": {"source": printable(images.root), "counts": images.counts(),
                    "skipped": [[printable(p), why] for p, why in images.skipped],
-                   "duplicates": [[printable(copy), printable(kept)] for copy, kept in images.duplicates]},
+                   # with the kept file's place in the scan's order, so that image_set names its record
+                   "duplicates": [[printable(copy), printable(kept), position[kept]] for copy, kept in images.duplicates]},
     }
     verify(out, index)
     with tf.io.gfile.GFile(f"{out}/{INDEX}", "w") as f:
@@ -105,10 +108,37 @@ def image_set(folder: str, classes: list[str] | None = None) -> ImageSet:
                   for n, (position, label, digest) in enumerate(
                       zip(shard["positions"], shard["labels"], shard["digests"]), start=1))
     report = index["report"]
+    # a copy's kept file as its record (a pack written before the place was kept names the file)
+    duplicates = [(Path(copy), Path(rows[kept[1]][1] if len(kept) > 1 else kept[0]))
+                  for copy, *kept in report["duplicates"]]
     return ImageSet(root=Path(folder), classes=list(classes), files=[Path(row[1]) for row in rows],
                     labels=[row[2] for row in rows], digests=[row[3] for row in rows],
-                    skipped=[(Path(p), why) for p, why in report["skipped"]],
-                    duplicates=[(Path(copy), Path(kept)) for copy, kept in report["duplicates"]])
+                    skipped=[(Path(p), why) for p, why in report["skipped"]], duplicates=duplicates)
+
+
+def worker_share(images: ImageSet, num_workers: int, index: int) -> ImageSet:
+    """What worker `index` of `num_workers` trains on of `images` (records of one pack, as
+    `image_set` names them): the images in its own shard files, every `num_workers`-th of the
+    files holding any of them from the `index`-th (as `Dataset.shard` of the file list, and
+    tf.data's AutoShardPolicy.FILE, deal them out), so it reads no other worker's files. Every
+    share is cycled to the largest one's length, as torch's DistributedSampler pads: the workers'
+    steps meet in collectives, so each must run as many steps an epoch."""
+    shard_of = [str(f).rsplit("#", 1)[0] for f in images.files]
+    counts = Counter(shard_of)
+    files = sorted(counts)
+    if len(files) < num_workers:
+        raise TlkitError(f"these {len(images)} images lie in {len(files)} shard(s), fewer than the {num_workers} "
+                         "workers, each of which reads its own: pack the data again with a smaller --shard-mb")
+    mine = set(files[index::num_workers])
+    longest = max(sum(counts[f] for f in files[w::num_workers]) for w in range(num_workers))
+    own = [i for i, shard in enumerate(shard_of) if shard in mine]
+    return images.subset([own[i % len(own)] for i in range(longest)])
+
+
+def scan_or_read(data, *, classes: list[str] | None = None, **options) -> ImageSet:
+    """The ImageSet of `data`: a pack's (`image_set`), else the scan of its folder (`folders.scan`,
+    with `options`), so a command reads `--data shards/` as the folder packed into it."""
+    return image_set(data, classes) if is_pack(data) else scan(data, classes=classes, **options)
 
 
 def is_record(path) -> bool:
@@ -116,18 +146,25 @@ def is_record(path) -> bool:
     return _RECORD.fullmatch(Path(path).name) is not None
 
 
-def record_bytes(files) -> list[bytes]:
+def record_bytes(files) -> np.ndarray:
     """The encoded image of each record `image_set` named, in the order of `files`; each shard is
-    read once, whatever the order."""
-    wanted: dict[str, dict[int, int]] = {}
+    read once, whatever the order. A path among them that is not a record is read as a file: the
+    copy the scan left out of a pack, which an audit shows beside its kept record. An array of
+    objects: as a list, `from_tensor_slices` would pad every image to the longest (a fixed-width
+    NumPy array on the way), several times the bytes."""
+    wanted: dict[str, dict[int, list[int]]] = {}
+    found = np.full(len(files), b"", object)
     for at, ref in enumerate(files):
+        if not is_record(ref):
+            with tf.io.gfile.GFile(str(ref), "rb") as f:
+                found[at] = f.read()
+            continue
         shard, n = str(ref).rsplit("#", 1)
-        wanted.setdefault(shard, {})[int(n)] = at
-    found: list[bytes] = [b""] * len(files)
+        wanted.setdefault(shard, {}).setdefault(int(n), []).append(at)  # a record may come twice (worker_share)
     for shard, numbers in wanted.items():
-        for n, record in enumerate(tf.data.TFRecordDataset(shard).as_numpy_iterator(), start=1):
-            if n in numbers:
-                found[numbers[n]] = tf.io.parse_single_example(record, _FEATURES)["image"].numpy()
+        for n, encoded, _ in _records(shard):
+            for at in numbers.get(n, ()):
+                found[at] = encoded
     return found
 
 
@@ -161,17 +198,26 @@ def verify(folder: str, index: dict | None = None) -> None:
     for shard in index["shards"]:
         path = f"{folder}/{shard['file']}"
         n = 0
-        try:
-            for n, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator(), start=1):
-                example = tf.io.parse_single_example(record, _FEATURES)
-                digest = hashlib.sha256(example["image"].numpy()).hexdigest()
-                if n > len(shard["digests"]) or digest != shard["digests"][n - 1] \
-                        or int(example["label"]) != shard["labels"][n - 1]:
-                    raise TlkitError(f"shard '{path}', record {n}: not the image the index lists "
-                                     f"(its bytes or label differ): pack the data again")
-        except tf.errors.OpError as error:  # DataLossError: a bad checksum or length; a bad Example
-            raise TlkitError(f"shard '{path}' is corrupt at record {n + 1} "
-                             f"({error.message.splitlines()[0]}): pack the data again") from None
+        for n, encoded, label in _records(path):
+            if n > len(shard["digests"]) or hashlib.sha256(encoded).hexdigest() != shard["digests"][n - 1] \
+                    or label != shard["labels"][n - 1]:
+                raise TlkitError(f"shard '{path}', record {n}: not the image the index lists "
+                                 f"(its bytes or label differ): pack the data again")
         if n != len(shard["digests"]):
             raise TlkitError(f"shard '{path}' holds {n} records, its index {len(shard['digests'])}: "
                              "pack the data again")
+
+
+def _records(path: str):
+    """(1-based number, encoded image, label) of each record of the shard `path`; a record that
+    cannot be read (TFRecord's length or data checksum wrong, the file cut short, not an Example
+    of an image and a label) a TlkitError naming the shard and the record."""
+    n = 0
+    try:
+        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            example = tf.io.parse_single_example(record, _FEATURES)
+            n += 1
+            yield n, example["image"].numpy(), int(example["label"])
+    except tf.errors.OpError as error:  # DataLossError: a bad checksum or length; InvalidArgumentError: a bad Example
+        raise TlkitError(f"shard '{path}' is corrupt at record {n + 1} "
+                         f"({error.message.splitlines()[0]}): pack the data again") from None

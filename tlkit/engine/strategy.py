@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -14,6 +15,8 @@ import tensorflow as tf
 
 from tlkit._util.io import cache_root
 from tlkit._util.keras_internals import mean_logs_over_workers, set_op_determinism
+from tlkit.data import shards
+from tlkit.data.folders import ImageSet
 from tlkit.engine.resume import ResumeState
 from tlkit.errors import TlkitError
 from tlkit.recipe.schema import Recipe
@@ -82,6 +85,35 @@ def check_replica_batches(strategy: tf.distribute.Strategy, batch_size: int, cou
                 "TensorFlow's oneDNN CPU kernels get an empty batch wrong: start the process with "
                 "TF_ENABLE_ONEDNN_OPTS=0 (the tlkit command does this for --distribute), or a batch size whose "
                 f"last batch of the {count} images has at least {replicas}")
+
+
+def reads_own_files(strategy: tf.distribute.Strategy, images: ImageSet) -> bool:
+    """Whether each worker of `strategy` trains on its own files of `images`: a pack's records
+    under multiworker. A folder's images, or a pack's on one machine, are split batch by batch."""
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(images.files)
+            and shards.is_record(images.files[0]))
+
+
+def per_worker_input(images: ImageSet, batch_size: int,
+                     make: Callable[[ImageSet, int], tf.data.Dataset]) -> Callable[[tf.distribute.InputContext],
+                                                                          tf.data.Dataset]:
+    """The dataset function (`strategy.distribute_datasets_from_function`) of training on a
+    pack's records with `batch_size` images a global batch: each input pipeline (worker) gets
+    `make(its share, batch per replica)`, its share being the records of its own shard files
+    (`shards.worker_share`), so a worker reads only those files."""
+    def dataset(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        try:
+            batch = context.get_per_replica_batch_size(batch_size)
+        except ValueError:
+            raise TlkitError(f"the batch size {batch_size} does not divide over the {context.num_replicas_in_sync} "
+                             "replicas: give a multiple of their number") from None
+        share = shards.worker_share(images, context.num_input_pipelines, context.input_pipeline_id)
+        files = sorted({Path(str(f).rsplit("#", 1)[0]).name for f in share.files})
+        log.info("input pipeline %d of %d: %d training images from its own %d shard file(s) (%s)",
+                 context.input_pipeline_id, context.num_input_pipelines, len(share), len(files), ", ".join(files))
+        return make(share, batch)
+
+    return dataset
 
 
 def _multiworker() -> tf.distribute.Strategy:

@@ -25,7 +25,7 @@ from tlkit.engine.classifier import BASE_LAYER, build_classifier, head_pooling
 from tlkit.engine.curves import TrainingCurves
 from tlkit.engine.results import StageResult
 from tlkit.engine.resume import ResumableEarlyStopping, ResumeState, Snapshot, variables
-from tlkit.engine.strategy import check_replica_batches, configure
+from tlkit.engine.strategy import check_replica_batches, configure, per_worker_input, reads_own_files
 from tlkit.errors import TlkitError
 from tlkit.models import optimization as optimization
 from tlkit.recipe.kinds import STAGES, StageKind, StageParams, check_unfreeze, needs_base, stage_params
@@ -103,6 +103,30 @@ class RunContext:
             augment=self.augmentation if training else False, seed=r.seed, cache=self.decoded[key],
         )
 
+    def _worker_train(self, weighted: bool) -> tuple[tf.distribute.DistributedDataset, tf.data.Dataset]:
+        """The training images of a pack under multiworker, each worker reading its own shard files
+        (`per_worker_input`), and this worker's dataset (whose element_spec is a batch's, where the
+        distributed one's is per replica); with `weighted`, the class weights as sample weights,
+        since fit's class_weight maps a tf.data.Dataset and a distributed dataset has no map."""
+        r = self.recipe
+        weights = tf.constant([self.class_weight[i] for i in range(len(self.classes))], tf.float32) if weighted else None
+
+        def make(share: folders.ImageSet, batch: int) -> tf.data.Dataset:
+            key = ("worker", self.image_size, self.base.channels)
+            if key not in self.decoded:
+                self.decoded[key] = tldata.decode_once(share, self.image_size, self.base.channels, r.cache_images)
+            ds = tldata.make_dataset(share, self.image_size, batch, channels=self.base.channels, shuffle=True,
+                                     augment=self.augmentation, seed=r.seed, cache=self.decoded[key])
+            if weights is not None:
+                # soft labels (MixUp, CutMix) weigh as their largest class, as fit's class_weight does
+                ds = ds.map(lambda x, y: (x, y, tf.gather(weights, y if y.shape.rank == 1 else tf.argmax(y, -1))))
+            made.append(ds)
+            return ds
+
+        made: list[tf.data.Dataset] = []
+        distributed = self.strategy.distribute_datasets_from_function(per_worker_input(self.train, r.batch_size, make))
+        return distributed, made[0]
+
     def compile(self, model: keras.Model, params: StageParams, learning_rate, loss=None,
                 metrics=("accuracy",)) -> keras.optimizers.Optimizer:
         """Compile `model` for a stage, inside the run's strategy scope, with a fresh Adam (every
@@ -168,12 +192,18 @@ class RunContext:
                  f"{detail}, " if detail else "", params.epochs, "" if params.epochs == 1 else "s",
                  params.learning_rate, schedule)
         model = model or self.classifier
-        train, val = (_by_element(ds) for ds in (data or (self.dataset("train"), self.dataset("val"))))
-        steps = int(train.cardinality())
+        classifying = loss is None
+        weighted = classifying and not self.multilabel and self.class_weight is not None
+        own_files = data is None and reads_own_files(self.strategy, self.train)
+        if own_files:
+            (train, shapes), val = self._worker_train(weighted), _by_element(self.dataset("val"))
+        else:
+            train, val = (_by_element(ds) for ds in (data or (self.dataset("train"), self.dataset("val"))))
+            shapes = train
+        steps = int(train.cardinality if own_files else train.cardinality())
         if steps < 1:  # unknown or infinite: count the batches of the training images
             steps = -(-len(self.train) // self.recipe.batch_size)
         rate = optimization.schedule(params.schedule, params.learning_rate, steps, params.epochs, params.warmup_epochs)
-        classifying = loss is None
         optimizer = self.compile(model, params, rate, loss, metrics)
         if sharing is not None:
             with self.strategy.scope():
@@ -193,11 +223,11 @@ class RunContext:
         snapshot = Snapshot(self, index, model, optimizer, stopping, earlier, best)
         callbacks.append(snapshot)
         start = time.perf_counter()
-        with built_from_shapes(model, train):
+        with built_from_shapes(model, shapes):
             if params.epochs > done:
                 model.fit(train, validation_data=val, epochs=params.epochs, initial_epoch=done, callbacks=callbacks,
                           verbose=self.verbose,
-                          class_weight=self.class_weight if classifying and not self.multilabel else None,
+                          class_weight=self.class_weight if weighted and not own_files else None,
                           shuffle=False)  # the dataset shuffles
             scores = model.evaluate(val, verbose=0, return_dict=True)
         if checkpoint:
