@@ -3,12 +3,14 @@
 N distinct 320x240 JPEGs (noise over a gradient, one seed each) in 4 class folders of a temporary
 folder; then, side by side in this process:
 
-  bare:    Pillow decode + SHA-256 of every file, in a process pool of every core (the floor the
-           scan's checks cannot beat: it also decodes with TensorFlow);
-  scan:    `tlkit.data.folders.scan` of the folder, a cold scan cache;
+  bare:    read, Pillow decode (full size) + SHA-256 of every file, in a process pool of every
+           core, run before and after the scans (their mean is the reference);
+  scan:    `tlkit.data.folders.scan` of the folder, with the command line's progress bar, the
+           scan cache empty (cold);
   re-scan: the same scan again, the folder unchanged (the scan cache warm).
 
-Prints images/s of each, scan / bare and re-scan seconds / scan seconds.
+Every file is read once before any of them, so that all four read from the page cache. Prints
+images/s of each, scan / bare and re-scan seconds / scan seconds.
 
     PYTHONPATH=. python bench/scan_rate.py --images 5000 [--keep DIR]
 """
@@ -71,26 +73,32 @@ def main() -> None:
     root = args.keep or work / "data"
     os.environ["TLKIT_CACHE"] = str(work / "cache")
     generate(root, args.images)
-    files = sorted(str(p) for p in root.rglob("*.jpg"))[: args.images]
+    files = sorted(str(p) for p in root.rglob("*.jpg"))
+    if len(files) != args.images:
+        raise SystemExit(f"{root} holds {len(files)} JPEGs, not {args.images}: use another --keep folder")
+    for path in files:
+        Path(path).read_bytes()
     print(f"{len(files)} JPEGs of 320x240 in {root}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}")
 
-    from tlkit.data.folders import scan  # TensorFlow is imported here, after the bare pool ran once
+    from tlkit.data.folders import scan
+    from tlkit.data.report import console_progress
 
     bare = bare_rate(files)
     start = time.perf_counter()
-    images = scan(root)
+    scan(root, progress=console_progress())
     first = time.perf_counter() - start
     start = time.perf_counter()
-    scan(root)
+    scan(root, progress=console_progress())
     again = time.perf_counter() - start
     bare_after = bare_rate(files)
-    n = len(images)
+    n = len(files)
     print(f"bare decode+hash, {os.cpu_count()} processes: {bare:,.0f} images/s (again after the scans: "
           f"{bare_after:,.0f})")
     print(f"scan, cold cache: {n / first:,.0f} images/s ({first:.1f} s); "
           f"scan / bare = {n / first / ((bare + bare_after) / 2):.2f}")
-    print(f"re-scan, unchanged: {again:.2f} s, {again / first:.3f} of the first")
+    print(f"re-scan, unchanged: {again:.2f} s, {again / first:.3f} of the first; "
+          f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
