@@ -20,7 +20,7 @@ import tensorflow as tf
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from tlkit.data import scan_cache
-from tlkit.data.decode import decoded_shape
+from tlkit.data.decode import decode_eighth_jpeg, decoded_shape
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +132,16 @@ def _inspect(path: Path) -> tuple[str | None, str | None]:
     try:
         with _pillow_open(data) as image:
             size = image.size
+            # the scale Pillow's draft chose, by the rule `decoded_shape` follows too: 8 unless the
+            # JPEG is under 8 pixels on a side
+            eighth = jpeg and image.decoderconfig[:1] == (8,)
         if size[0] * size[1] > MAX_PIXELS:
             return digest, _too_large(size)
         with _large_decodes if size[0] * size[1] > _LARGE_DECODE else contextlib.nullcontext():
             if not jpeg:
                 _pillow_load(data)
             try:
-                decoded_shape(tf.constant(data))
+                decode_eighth_jpeg(data) if eighth else decoded_shape(tf.constant(data))
             except tf.errors.OpError:
                 if jpeg:
                     _pillow_load(data)  # Pillow's words for the damage, where it sees it too
