@@ -93,9 +93,10 @@ def inspect_all(paths: Sequence[Path], progress: Progress | None) -> list[tuple[
 
 
 # Threads per core. The check's native work (reading, hashing, libjpeg in TensorFlow, Pillow's
-# decoders) runs without the GIL, but each file also holds it a while (Pillow's header parsing, a
-# tf.function call); with more threads than cores one thread's native work overlaps another's
-# Python. 4 a core measured fastest on 2 cores (bench/scan_rate.py); each thread holds one file.
+# decoders) runs without the GIL, but each file also holds it a while (Pillow's header parsing,
+# TensorFlow's call); with more threads than cores one thread's native work overlaps another's
+# Python. On the shared 2 cores 1, 2, 4 and 8 a core were within the noise, 4 never the slowest;
+# worker processes were slower (BENCHMARKS.md, issue 27). Each thread holds one file.
 _THREADS_PER_CORE = 4
 
 
