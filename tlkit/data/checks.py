@@ -96,12 +96,14 @@ def inspect_all(paths: Sequence[Path], progress: Progress | None) -> list[tuple[
 # decoders) runs without the GIL, but each file also holds it a while (Pillow's header parsing,
 # TensorFlow's call); with more threads than cores one thread's native work overlaps another's
 # Python. On the shared 2 cores 1, 2, 4 and 8 a core were within the noise, 4 never the slowest;
-# worker processes were slower (BENCHMARKS.md, issue 27). Each thread holds one file.
+# worker processes were slower (BENCHMARKS.md, issue 27). Each thread holds one file, so at most
+# 16 decodes of up to _LARGE_DECODE pixels (and one larger) are in memory at once.
 _THREADS_PER_CORE = 4
+_MAX_THREADS = 16
 
 
 def _in_threads(paths: Sequence[Path]):
-    with ThreadPoolExecutor(max_workers=min(32, _THREADS_PER_CORE * (os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, _THREADS_PER_CORE * (os.cpu_count() or 1))) as pool:
         yield from pool.map(_inspect, paths)
 
 
