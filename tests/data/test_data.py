@@ -109,11 +109,13 @@ def test_scan_names_every_bad_file_by_path_and_problem(bad_images):
 
 def _damaged_jpegs(count: int) -> list[bytes]:
     """`count` seeded damages of small JPEGs (baseline and progressive, RGB and gray, with and
-    without restart markers): cut short, bytes changed, runs zeroed, bytes inserted or deleted."""
+    without restart markers, and one under 8 pixels a side, which the check decodes another way):
+    cut short, bytes changed, runs zeroed, bytes inserted or deleted."""
     rng = np.random.default_rng(0)
     sources = [encoded(Image.fromarray(rng.integers(0, 256, (48, 64, 3), np.uint8)).convert(mode), "JPEG",
                        quality=85, progressive=progressive, **({"restart_marker_blocks": 2} if restart else {}))
                for mode in ("RGB", "L") for progressive in (False, True) for restart in (False, True)]
+    sources.append(encoded(Image.fromarray(rng.integers(0, 256, (5, 7, 3), np.uint8)), "JPEG"))
     damaged = []
     while len(damaged) < count:
         data = bytearray(sources[rng.integers(len(sources))])
