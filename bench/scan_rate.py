@@ -85,7 +85,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--keep", type=Path, help="generate into (and reuse) this folder")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="scan_rate."))
+    with tempfile.TemporaryDirectory(prefix="scan_rate.") as work:  # the scan cache, and the images unless --keep
+        measure(args, Path(work))
+
+
+def measure(args, work: Path) -> None:
     root = args.keep or work / "data"
     os.environ["TLKIT_CACHE"] = str(work / "cache")
     generate(root, args.images)
