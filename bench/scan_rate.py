@@ -11,7 +11,10 @@ distinct); then, side by side in this process:
   re-scan: the same scan again, the folder unchanged (the scan cache warm).
 
 Every file is read once before any of them, so that all four read from the page cache. Prints
-images/s of each, scan / bare and re-scan seconds / scan seconds.
+images/s of each, scan / bare and re-scan seconds / scan seconds; and images a CPU second of the
+bare work and the scan, which other jobs on a shared machine change less than they change the
+rates (the scan's 4 threads a core take a larger share of a busy machine than the bare pool's
+process a core).
 
     PYTHONPATH=. python bench/scan_rate.py --images 5000 [--keep DIR]
 """
@@ -73,11 +76,18 @@ def _bare(path: str) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def bare_rate(files: list[str]) -> float:
-    start = time.perf_counter()
+def bare_rate(files: list[str]) -> tuple[float, float]:
+    """(images/s, images per CPU second) of the bare work in a pool of every core."""
+    start, cpu = time.perf_counter(), _cpu(children=True)
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(_bare, files, chunksize=32))
-    return len(files) / (time.perf_counter() - start)
+    return len(files) / (time.perf_counter() - start), len(files) / (_cpu(children=True) - cpu)
+
+
+def _cpu(children: bool = False) -> float:
+    """CPU seconds (user and system) of this process, or of its finished child processes."""
+    t = os.times()
+    return t.children_user + t.children_system if children else t.user + t.system
 
 
 def main() -> None:
@@ -104,22 +114,22 @@ def measure(args, work: Path) -> None:
     from tlkit.data.folders import scan
     from tlkit.data.report import console_progress
 
-    bare = bare_rate(files)
-    start = time.perf_counter()
+    bare, bare_cpu = bare_rate(files)
+    start, cpu = time.perf_counter(), _cpu()
     scan(root, progress=console_progress())
-    first = time.perf_counter() - start
+    first, first_cpu = time.perf_counter() - start, _cpu() - cpu
     start = time.perf_counter()
     scan(root, progress=console_progress())
     again = time.perf_counter() - start
-    bare_after = bare_rate(files)
+    bare_after, bare_cpu_after = bare_rate(files)
     n = len(files)
     print(f"bare decode+hash, {os.cpu_count()} processes: {bare:,.0f} images/s (again after the scans: "
-          f"{bare_after:,.0f})")
-    print(f"scan, cold cache: {n / first:,.0f} images/s ({first:.1f} s); "
-          f"scan / bare = {n / first / ((bare + bare_after) / 2):.2f}")
+          f"{bare_after:,.0f}); {bare_cpu:,.0f} and {bare_cpu_after:,.0f} images a CPU second")
+    print(f"scan, cold cache: {n / first:,.0f} images/s ({first:.1f} s), {n / first_cpu:,.0f} images a CPU second; "
+          f"scan / bare = {n / first / ((bare + bare_after) / 2):.2f}, "
+          f"a CPU second: {n / first_cpu / ((bare_cpu + bare_cpu_after) / 2):.2f}")
     print(f"re-scan, unchanged: {again:.2f} s, {again / first:.3f} of the first; "
           f"load average {os.getloadavg()[0]:.1f}")
-
 
 if __name__ == "__main__":
     main()
