@@ -107,6 +107,65 @@ def test_scan_names_every_bad_file_by_path_and_problem(bad_images):
         assert problem in line, line
 
 
+def _damaged_jpegs(count: int) -> list[bytes]:
+    """`count` seeded damages of small JPEGs (baseline and progressive, RGB and gray, with and
+    without restart markers, and one under 8 pixels a side, which the check decodes another way):
+    cut short, bytes changed, runs zeroed, bytes inserted or deleted."""
+    rng = np.random.default_rng(0)
+    sources = [encoded(Image.fromarray(rng.integers(0, 256, (48, 64, 3), np.uint8)).convert(mode), "JPEG",
+                       quality=85, progressive=progressive, **({"restart_marker_blocks": 2} if restart else {}))
+               for mode in ("RGB", "L") for progressive in (False, True) for restart in (False, True)]
+    sources.append(encoded(Image.fromarray(rng.integers(0, 256, (5, 7, 3), np.uint8)), "JPEG"))
+    damaged = []
+    while len(damaged) < count:
+        data = bytearray(sources[rng.integers(len(sources))])
+        at = int(rng.integers(3, len(data)))
+        kind = rng.integers(5)
+        if kind == 0:
+            del data[at:]
+        elif kind == 1:
+            for i in rng.integers(3, len(data), rng.integers(1, 20)):
+                data[i] = rng.integers(256)
+        elif kind == 2:
+            run = min(int(rng.integers(1, 300)), len(data) - at)
+            data[at:at + run] = bytes(run)
+        elif kind == 3:
+            data[at:at] = rng.integers(0, 256, rng.integers(1, 50), np.uint8).tobytes()
+        else:
+            del data[at:at + rng.integers(1, 200)]
+        damaged.append(bytes(data))
+    return damaged
+
+
+def test_the_check_refuses_every_jpeg_either_decoder_refuses(tmp_path):
+    """The check decodes a JPEG with TensorFlow alone (tlkit.data.checks._inspect): it must refuse
+    every damaged JPEG that Pillow's decode or TensorFlow's refuses, as a check by both would."""
+    from tlkit.data import checks
+
+    paths, refused, verdicts = [], set(), Counter()  # verdicts: (Pillow reads it, TensorFlow decodes it)
+    for i, jpeg in enumerate(_damaged_jpegs(400)):
+        path = write(tmp_path / f"{i}.jpg", jpeg)
+        paths.append(path)
+        try:
+            with checks._pillow_open(jpeg) as image:
+                image.load()
+            pillow = True
+        except Exception:
+            pillow = False
+        try:
+            decode.decoded_shape(tf.constant(jpeg))
+            tensorflow = True
+        except tf.errors.OpError:
+            tensorflow = False
+        verdicts[pillow, tensorflow] += 1
+        if not (pillow and tensorflow):
+            refused.add(path)
+    assert verdicts[True, False] > 0 and verdicts[False, False] > 50, verdicts  # the damage is varied
+    assert verdicts[False, True] == 0, "Pillow refuses a damaged JPEG that TensorFlow decodes"
+    bad = {path for path, _ in checks.check_images(paths)}  # in the scan's threads
+    assert bad == refused
+
+
 def test_skip_bad_leaves_bad_files_out_and_records_them(bad_images):
     images = folders.scan(bad_images.root, skip_bad=True)
     assert len(images) == 24 and Counter(images.labels) == {0: 8, 1: 8, 2: 8}

@@ -20,7 +20,7 @@ import tensorflow as tf
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from tlkit.data import scan_cache
-from tlkit.data.decode import decoded_shape
+from tlkit.data.decode import decode_eighth_jpeg, decoded_shape
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,8 @@ def inspect_all(paths: Sequence[Path], progress: Progress | None) -> list[tuple[
     """(digest, problem) of each file, in order; `progress` hears of each as it is done.
 
     A file the scan cache holds for its current size, times and inode is not read
-    (tlkit.data.scan_cache). The others are checked in threads (one file each at a time, so memory
-    stays bounded however many files there are). Measured in bench/scan_rate.py against worker
-    processes, slower on 2,000 files on two cores (each spawned worker imports TensorFlow, seconds;
-    forked ones hung, a fork copying TensorFlow's thread pools without their threads), and against
-    TensorFlow's decodes in a tf.data map over chunks of 256 files' bytes, slower too."""
+    (tlkit.data.scan_cache). The others are checked in threads (`_in_threads`), one file each at a
+    time, so memory stays bounded however many files there are."""
     total = len(paths)
     if progress:
         progress(0, total)
@@ -95,17 +92,32 @@ def inspect_all(paths: Sequence[Path], progress: Progress | None) -> list[tuple[
     return results
 
 
+# Threads per core. The check's native work (reading, hashing, libjpeg in TensorFlow, Pillow's
+# decoders) runs without the GIL, but each file also holds it a while (Pillow's header parsing,
+# TensorFlow's call); with more threads than cores one thread's native work overlaps another's
+# Python. On the shared 2 cores 1, 2, 4 and 8 a core were within the noise, 4 never the slowest;
+# worker processes were slower (BENCHMARKS.md, issue 27). Each thread holds one file, so at most
+# 16 decodes of up to _LARGE_DECODE pixels (and one larger) are in memory at once.
+_THREADS_PER_CORE = 4
+_MAX_THREADS = 16
+
+
 def _in_threads(paths: Sequence[Path]):
-    # threads: reading, hashing and both decoders release the GIL
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(_MAX_THREADS, _THREADS_PER_CORE * (os.cpu_count() or 1))) as pool:
         yield from pool.map(_inspect, paths)
 
 
 def _inspect(path: Path) -> tuple[str | None, str | None]:
     """(SHA-256 of the bytes, None if the file decodes in full, by Pillow and the way training
-    decodes it, else what is wrong with it). Both decoders, because each accepts some damage the
-    other refuses: TensorFlow decodes a JPEG cut short (greying the missing rows), Pillow a PNG
-    missing its last bytes. The file is read once, for the hash and both decoders.
+    decodes it, else what is wrong with it). The file is read once, for the hash and the decoders.
+
+    Both decoders decode every format but JPEG: one may read damage the other refuses (Pillow
+    reads a PNG missing its last bytes, TensorFlow refuses it). A JPEG is decoded by TensorFlow
+    alone (Pillow reads only its header, for its size): TensorFlow refuses every damaged JPEG that
+    Pillow refuses (cut short, bytes changed, zeroed, inserted or deleted: hundreds are tried in
+    tests/data/test_data.py) and some that Pillow reads, so Pillow's decode would find nothing
+    more, and cost as much as TensorFlow's. A JPEG TensorFlow refuses is then decoded by Pillow
+    too, to say what is wrong in its words where it sees the damage.
 
     A file that is not a regular file (a named pipe, a socket, a device) is never opened: reading
     a pipe would wait for a writer for ever. A JPEG is decoded at 1/8 of its size, an image over
@@ -119,15 +131,24 @@ def _inspect(path: Path) -> tuple[str | None, str | None]:
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return digest, "empty file"
+    jpeg = data[:3] == _JPEG
     try:
         with _pillow_open(data) as image:
             size = image.size
+            # the scale Pillow's draft chose, by the rule `decoded_shape` follows too: 8 unless the
+            # JPEG is under 8 pixels on a side
+            eighth = jpeg and image.decoderconfig[:1] == (8,)
         if size[0] * size[1] > MAX_PIXELS:
             return digest, _too_large(size)
         with _large_decodes if size[0] * size[1] > _LARGE_DECODE else contextlib.nullcontext():
-            with _pillow_open(data) as image:
-                image.load()
-            decoded_shape(tf.constant(data))
+            if not jpeg:
+                _pillow_load(data)
+            try:
+                decode_eighth_jpeg(data) if eighth else decoded_shape(tf.constant(data))
+            except tf.errors.OpError:
+                if jpeg:
+                    _pillow_load(data)  # Pillow's words for the damage, where it sees it too
+                raise
     except Image.DecompressionBombError:  # over twice MAX_PIXELS: Pillow refuses to open it
         return digest, _too_large(None)
     except UnidentifiedImageError:
@@ -147,11 +168,19 @@ def _inspect(path: Path) -> tuple[str | None, str | None]:
     return digest, None
 
 
+_JPEG = b"\xff\xd8\xff"
+
+
+def _pillow_load(data: bytes) -> None:
+    with _pillow_open(data) as image:
+        image.load()
+
+
 def _pillow_open(data: bytes) -> Image.Image:
     """The image in `data`, a JPEG set to decode at 1/8 of its size (its `size` is then that
     size). A JPEG is opened without `Image.open`, whose decompression-bomb check counts it at full
     size."""
-    opener = JpegImagePlugin.JpegImageFile if data[:3] == b"\xff\xd8\xff" else Image.open
+    opener = JpegImagePlugin.JpegImageFile if data[:3] == _JPEG else Image.open
     image = opener(io.BytesIO(data))
     image.draft(image.mode, (1, 1))
     return image
