@@ -19,6 +19,8 @@ from pathlib import Path
 import tensorflow as tf
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
+from tlkit._util import buckets
+from tlkit._util.urls import is_url
 from tlkit.data import scan_cache
 from tlkit.data.decode import decode_eighth_jpeg, decoded_shape
 
@@ -51,7 +53,7 @@ def check_images(paths: Sequence[Path], progress: Progress | None = None) -> lis
 def file_digest(path: str | Path) -> str:
     """The SHA-256 of a file's bytes, in hex."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with tf.io.gfile.GFile(path, "rb") if is_url(path) else open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -72,7 +74,7 @@ def inspect_all(paths: Sequence[Path], progress: Progress | None) -> list[tuple[
     total = len(paths)
     if progress:
         progress(0, total)
-    absolute = [os.path.abspath(p) for p in paths]  # str: a Path each costs a re-scan half its time
+    absolute = [p if is_url(p) else os.path.abspath(p) for p in paths]  # str: a Path each costs a re-scan half its time
     keys = [scan_cache.file_key(p) for p in absolute]
     store = scan_cache.ScanCache()
     results: list = [None] * total
@@ -123,9 +125,12 @@ def _inspect(path: Path) -> tuple[str | None, str | None]:
     a pipe would wait for a writer for ever. A JPEG is decoded at 1/8 of its size, an image over
     MAX_PIXELS not at all, and large decodes one at a time, so the scan's memory stays bounded."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        if is_url(path):
+            data = buckets.read_bytes(path)
+        elif not stat.S_ISREG(os.stat(path).st_mode):
             return None, "not an image (not a regular file: a named pipe, socket or device)"
-        data = path.read_bytes()
+        else:
+            data = path.read_bytes()
     except OSError as error:
         return None, unreadable(path, error)
     digest = hashlib.sha256(data).hexdigest()

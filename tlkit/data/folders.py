@@ -4,7 +4,11 @@ what is wrong with a bad one. A data folder holds one sub-folder per class: `DIR
 
 Every scanned file is also hashed (SHA-256 of its bytes, from the same read that checks it), so
 that copies of one content are found: within a class they count once, across two classes they
-are an error (the label is ambiguous), and a split never puts one content on both sides."""
+are an error (the label is ambiguous), and a split never puts one content on both sides.
+
+The folder may be on a bucket (`gs://...`, any scheme `tf.io.gfile` serves): it is listed in one
+walk, its files are held as `Url`s (a Path would fold `gs://` into `gs:/`) and read by
+`tf.io.gfile` and `tf.io.read_file`."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tlkit._util import buckets
+from tlkit._util.urls import Url, is_url
 from tlkit.data.checks import Progress, inspect_all, printable
 from tlkit.errors import TlkitError
 
@@ -33,7 +39,7 @@ _MAX_LISTED = 50  # bad files listed in one error; the rest are counted
 class ImageSet:
     """The images of a class-folder dataset, in scan order, with their integer labels."""
 
-    root: Path
+    root: Path | Url
     classes: list[str]
     files: list[Path] = field(repr=False)
     labels: list[int] = field(repr=False)
@@ -96,9 +102,9 @@ def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, 
     `multilabel` set they are one image with the labels of all their folders (`label_sets`).
     """
     root = _folder(root, "give a folder with one sub-folder per class")
-    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders, beside, list_images = _children(root)
     if not folders:
-        loose = any(_is_image_name(p) for p in root.iterdir() if p.is_file())
+        loose = any(_is_image_name(p) for p in beside)
         raise TlkitError(
             f"no class sub-folders in '{printable(root)}': put each class's images in '{printable(root)}/<class>/'"
             + (" (the images directly inside it have no class)" if loose else "")
@@ -121,12 +127,11 @@ def scan(root, *, skip_bad: bool = False, classes: Sequence[str] | None = None, 
                 )
 
     files, labels = [], []
-    ignored = [(p, "beside the class folders, so it has no class: move it into a class folder")
-               for p in sorted(root.iterdir()) if not p.name.startswith(".") and not p.is_dir()]
+    ignored = [(p, "beside the class folders, so it has no class: move it into a class folder") for p in beside]
     for label, name in enumerate(classes):
         if name not in folders:
             continue
-        found = _list_images(root / name, ignored)
+        found = list_images(root / name, ignored)
         if not found:
             raise TlkitError(
                 f"class '{name}' has no images in '{printable(root / name)}'; add some or remove the folder"
@@ -161,7 +166,7 @@ def scan_unlabeled(root, *, skip_bad: bool = False, progress: Progress | None = 
     """
     root = _folder(root, "give a folder of images (sub-folders are searched too)")
     ignored = []
-    files = _list_images(root, ignored)
+    files = _list_images(root, ignored, buckets.tree(root) if is_url(root) else None)
     if not files:
         raise TlkitError(f"no images in '{printable(root)}' or its sub-folders")
     digests, problems = _check_all(files, root, skip_bad, progress)
@@ -232,7 +237,14 @@ def _check_all(files: list[Path], root: Path, skip_bad: bool, progress: Progress
     return [digest for digest, _ in results], problems
 
 
-def _folder(root, advice: str) -> Path:
+def _folder(root, advice: str) -> Path | Url:
+    if is_url(root):
+        root = Url(root)
+        if not buckets.exists(root):
+            raise TlkitError(f"data folder '{printable(root)}' does not exist: check the bucket and the path")
+        if not buckets.isdir(root):
+            raise TlkitError(f"data path '{printable(root)}' is not a folder; {advice}")
+        return root
     root = Path(root)
     if not root.exists():
         raise TlkitError(f"data folder '{printable(root)}' does not exist")
@@ -259,14 +271,41 @@ def _is_image_name(path: Path) -> bool:
     return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _list_images(folder: Path, ignored: list[tuple[Path, str]]) -> list[Path]:
-    """The image files under `folder`, at any depth; the other files (not hidden) are added to
-    `ignored` with the reason."""
+def _children(root: Path | Url):
+    """The class folders of `root` (names, sorted), the other entries beside them (sorted), hidden
+    ones left out, and what lists the images of a folder (`_list_images`): of a bucket, from the
+    one walk made here."""
+    if is_url(root):
+        tree = buckets.tree(root)
+        dirs, files = tree[root]
+        return (sorted(d for d in dirs if not d.startswith(".")),
+                [root / f for f in sorted(files) if not f.startswith(".")],
+                lambda folder, ignored: _list_images(folder, ignored, tree))
+    children = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    return [p.name for p in children if p.is_dir()], [p for p in children if not p.is_dir()], _list_images
+
+
+def _walk(folder, tree: dict | None):
+    """(folder, its file names) of `folder` and the folders under it, depth first, sub-folders in
+    name order, hidden ones left out: by `os.walk`, or over a bucket's `tree` (buckets.tree)."""
+    if tree is None:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            yield Path(dirpath), filenames
+        return
+    dirs, files = tree[folder]
+    yield folder, files
+    for name in sorted(d for d in dirs if not d.startswith(".")):
+        yield from _walk(folder / name, tree)
+
+
+def _list_images(folder: Path | Url, ignored: list[tuple[Path, str]], tree: dict | None = None) -> list[Path]:
+    """The image files under `folder`, at any depth (of a bucket: in its `tree`); the other files
+    (not hidden) are added to `ignored` with the reason."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, filenames in _walk(folder, tree):
         for name in sorted(filenames):
-            path = Path(dirpath, name)
+            path = dirpath / name
             if _is_image_name(path):
                 found.append(path)
             elif not name.startswith("."):
@@ -284,7 +323,9 @@ def _not_an_image_name(path: Path) -> str:
     looked at, to say when it is an image all the same."""
     head = b""
     try:
-        if stat.S_ISREG(os.stat(path).st_mode):  # never open a pipe: reading it could wait for ever
+        if is_url(path):
+            head = buckets.read_bytes(path, 16)
+        elif stat.S_ISREG(os.stat(path).st_mode):  # never open a pipe: reading it could wait for ever
             with open(path, "rb") as f:
                 head = f.read(16)
     except OSError:

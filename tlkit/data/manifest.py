@@ -2,7 +2,7 @@
 
 A manifest is a CSV, TSV or JSON Lines file, or in Python anything shaped like a pandas DataFrame
 (it has `columns` and `to_dict("records")`; pandas is not needed). Paths are relative to the
-manifest's folder, or to `image_root`. Every row is checked before any training, and each problem
+manifest's folder, or to `image_root`; either may be on a bucket (`gs://...`, tlkit.data.folders). Every row is checked before any training, and each problem
 is one line naming the file and the line (`labels.csv:12: ...`): a missing or unreadable image,
 an empty path or label, an unknown split, a path listed twice, a path outside the image root, the
 same content under two labels. The images become the same ImageSet a folder scan makes (one class
@@ -18,7 +18,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from tlkit._util import buckets
 from tlkit._util.io import cache_root, write_text_atomic
+from tlkit._util.urls import Url, as_path, is_url
 from tlkit.data.checks import Progress, inspect_all, printable
 from tlkit.data.folders import ImageSet, scan
 from tlkit.errors import TlkitError
@@ -74,7 +76,9 @@ def is_manifest(data) -> bool:
     """Whether `data` is a manifest (a table file, or a DataFrame) rather than a folder."""
     if is_frame(data):
         return True
-    return isinstance(data, str | os.PathLike) and Path(data).suffix.lower() in MANIFEST_SUFFIXES and not Path(data).is_dir()
+    if not isinstance(data, str | os.PathLike) or as_path(data).suffix.lower() not in MANIFEST_SUFFIXES:
+        return False
+    return not (buckets.isdir(data) if is_url(data) else Path(data).is_dir())
 
 
 def read(source, *, image_root=None, columns: Columns = DEFAULT_COLUMNS, classes=None, skip_bad: bool = False,
@@ -88,9 +92,9 @@ def read(source, *, image_root=None, columns: Columns = DEFAULT_COLUMNS, classes
     it (none: an image without a label), and the ImageSet has `label_sets`."""
     name, found_columns, rows = _rows(source)
     _check_columns(name, found_columns, columns)
-    root = (Path(image_root) if image_root is not None else (
-        Path(source).parent if not is_frame(source) else Path.cwd())).absolute()
-    if not root.is_dir():
+    root = _absolute(as_path(image_root) if image_root is not None else (
+        as_path(source).parent if not is_frame(source) else Path.cwd()))
+    if not (buckets.isdir(root) if is_url(root) else root.is_dir()):
         raise TlkitError(f"image root '{printable(root)}' of manifest '{name}' is not a folder; pass --image-root DIR")
     problems: list[str] = []  # "where: what", one a line
     entries = []  # (where, path, label, split)
@@ -107,8 +111,8 @@ def read(source, *, image_root=None, columns: Columns = DEFAULT_COLUMNS, classes
             problems.append(f"{where}: empty label (column '{columns.label}') for '{path}'")
         if split not in SPLITS + ("",):
             problems.append(f"{where}: unknown split '{split}' for '{path}'; use train, val or test (or leave it empty)")
-        full = Path(os.path.normpath(root / path))
-        if not full.is_relative_to(Path(os.path.normpath(root))):
+        full = root / path if is_url(root) else Path(os.path.normpath(root / path))
+        if not full.is_relative_to(root if is_url(root) else Path(os.path.normpath(root))):
             problems.append(f"{where}: '{path}' is outside the image root '{printable(root)}'; "
                             "list images under it, or pass --image-root")
             continue
@@ -196,6 +200,10 @@ def _one_per_content(good, root: Path, skip_bad: bool, skipped: list, problems: 
     return keep, duplicates
 
 
+def _absolute(path: Path | Url) -> Path | Url:
+    return path if is_url(path) else path.absolute()
+
+
 def _labels(label: str, delimiter: str | None) -> list[str]:
     """The labels of a row's (normalised) label cell."""
     if delimiter is None:
@@ -232,12 +240,14 @@ def _rows(source) -> tuple[str, list[str], list[tuple[str, dict]]]:
     if is_frame(source):
         records = source.to_dict("records")
         return "DataFrame", [str(c) for c in source.columns], [(f"DataFrame row {i}", row) for i, row in zip(source.index, records)]
-    path = Path(source)
+    path = as_path(source)
     name = printable(path)
-    if not path.is_file():
-        raise TlkitError(f"manifest '{name}' does not exist" if not path.exists() else f"manifest '{name}' is not a file")
+    if is_url(path) and not buckets.exists(path) or not is_url(path) and not path.exists():
+        raise TlkitError(f"manifest '{name}' does not exist")
+    if buckets.isdir(path) if is_url(path) else not path.is_file():
+        raise TlkitError(f"manifest '{name}' is not a file")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = (buckets.read_bytes(path) if is_url(path) else path.read_bytes()).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise TlkitError(f"cannot read manifest '{name}' ({error})") from None
     if path.suffix.lower() == ".jsonl":

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tlkit._util.urls import as_path
 from tlkit.data import augment as augmentation
 from tlkit.data import imagecache, shards
 from tlkit.data.checks import check_images, file_digests
@@ -18,7 +19,7 @@ from tlkit.errors import TlkitError
 
 def load_images(paths: Sequence, image_size: tuple[int, int], channels: int = 3) -> np.ndarray:
     """Images from files as float32 (N, height, width, channels), exactly as `make_dataset` feeds them."""
-    paths = [Path(p) for p in paths]
+    paths = [as_path(p) for p in paths]
     if not paths:
         return np.zeros((0, *image_size, channels), np.float32)
     problems = [] if shards.is_record(paths[0]) else check_images(paths)  # a pack's records were verified by pack

@@ -19,7 +19,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tlkit._util import buckets
 from tlkit._util.io import cache_root
+from tlkit._util.urls import is_url
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,9 @@ def cache_file() -> Path:
 
 def file_key(path: str | Path) -> Key | None:
     """What a cached check of `path` is valid for; None for what is never cached (no such file,
-    not a regular file)."""
+    not a regular file; a bucket's: buckets.file_key)."""
+    if is_url(path):
+        return buckets.file_key(path)
     try:
         st = os.stat(path)
     except OSError:
