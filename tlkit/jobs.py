@@ -17,6 +17,7 @@ import keras
 import tlkit.stages  # noqa: F401  (registers the stage kinds)
 from tlkit._util.io import save_model_atomic
 from tlkit._util.track import tracker_name
+from tlkit._util.urls import is_url
 from tlkit.bases import Base
 from tlkit.bases.zoo import zoo_input
 from tlkit.data import manifest
@@ -38,6 +39,7 @@ from tlkit.models import ZOO
 from tlkit.models.blocks import build_block_map
 from tlkit.recipe.kinds import STAGES, StageKind, StageOverrides, resolve, stage_params  # noqa: F401  (tlkit.resolve)
 from tlkit.recipe.schema import Recipe
+from tlkit.rundir import bucket
 from tlkit.rundir import guard as runguard
 from tlkit.rundir.files import RunDir
 from tlkit.rundir.load import Run, with_calibration, write_labels
@@ -124,7 +126,17 @@ def pretrain(data: str | None = None, out: str | Path | None = None, recipe="aut
 
 def resume(path: str | Path, *, verbose: str | int = "auto") -> Run:
     """Go on with the run in `run` that stopped (a crash, Ctrl-C, a killed machine) from the end
-    of its last saved epoch, with the recipe it resolved; it ends as it would have."""
+    of its last saved epoch, with the recipe it resolved; it ends as it would have. A run on a
+    bucket is copied down into its staging folder first (tlkit.rundir.bucket)."""
+    if is_url(path):
+        local = bucket.staging(path)
+        runguard.check_out(local, resume=True)  # a run on this machine writing it now
+        state = ResumeState.read(bucket.pull(path, local))
+        if state is None:
+            raise TlkitError(f"{path} has nothing to resume from (no {RunDir.RESUME_STATE}): "
+                             + ("it finished" if RunDir(local).model.is_file() else "it stopped before its first "
+                                "epoch ended, or is not a run directory") + "; run it again")
+        return run(Recipe.load(RunDir(local).recipe), path, job=state.job, verbose=verbose, resume=True)
     path = Path(path)
     # A worker other than the chief of a multi-worker run resumes from its own copy of the run, on
     # its own machine; the chief, or a run on one machine, from `run`. If this worker has nothing
@@ -150,10 +162,15 @@ def run(recipe: Recipe, out: str | Path | None = None, *, job: str = "finetune",
     or by the CLI, which checks it before TensorFlow loads) as `job` into `out` (default
     runs/<base>-<time>); the finished run. `track`: "mlflow" logs the run there (default
     $TLKIT_TRACK; tlkit.engine.tracking); a resumed run that was tracked goes on being tracked.
-    `hooks` make more callbacks for every stage (RunContext.hooks)."""
+    `hooks` make more callbacks for every stage (RunContext.hooks). An `out` on a bucket
+    (`gs://...`) is written locally and mirrored there (tlkit.rundir.bucket); the run returned
+    is the local copy's."""
     if job == "pretrain" and [s.kind for s in recipe.stages] != ["autoencoder"]:
         raise TlkitError(f"recipe {recipe.name} is not one autoencoder stage: run recipes with more stages "
                          "through `tlkit finetune --recipe`")
+    if is_url(out):
+        return _run_to_bucket(recipe, str(out), job=job, verbose=verbose, overwrite=overwrite, resume=resume,
+                              track=track, hooks=hooks)
     out = Path(out) if out else default_out("autoencoder" if job == "pretrain" else recipe.base or "run")
     build = _zoo_builder(recipe.base, recipe) if job == "train" else None
     track = tracker_name(track) or ("mlflow" if resume and RunDir(out).tracking.is_file() else None)
@@ -162,6 +179,26 @@ def run(recipe: Recipe, out: str | Path | None = None, *, job: str = "finetune",
     # a pretrain run has no classifier: its model is the encoder, a base
     model, file = (ctx.served, RunDir(out).model) if ctx.classes else (ctx.base.model, RunDir(out).base)
     return with_calibration(Run(out, model, ctx.classes, ctx.recipe, file, results=ctx.results, base=ctx.base))
+
+
+def _run_to_bucket(recipe: Recipe, url: str, *, overwrite: bool, resume: bool, hooks, **options) -> Run:
+    """`run` into the staging folder of `url`, mirrored to it after every epoch and at the end,
+    whether the run ends, fails or is interrupted. With `resume`, `resume` has pulled it down."""
+    if not resume:
+        bucket.check_out(url, overwrite=overwrite)
+    local = bucket.staging(url)
+    mirror = bucket.mirror(local, url)
+    log.info("run directory %s, written in %s and mirrored there after every epoch", url, local)
+
+    def push_every_epoch(ctx, index, kind):
+        return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: mirror.push())
+
+    try:
+        # overwrite: what an earlier run left in the staging folder; a live run's lock still refuses it
+        return run(recipe, local, overwrite=not resume, resume=resume, hooks=[*hooks, push_every_epoch], **options)
+    finally:
+        if local.is_dir():
+            mirror.push()
 
 
 def run_recipe(recipe: Recipe, base: Base | None, out: str | Path, *, model: keras.Model | None = None,

@@ -49,6 +49,11 @@ def isdir(url: str) -> bool:
         return tf.io.gfile.isdir(url)
 
 
+def listdir(url: str) -> list[str]:
+    with served(url):
+        return tf.io.gfile.listdir(url)
+
+
 def read_bytes(url: str, size: int = -1) -> bytes:
     """The file's bytes (its first `size` of them); FileNotFoundError, as a local file's, when it is missing."""
     try:

@@ -9,6 +9,7 @@ import typing
 
 import click
 
+from tlkit._util.urls import is_url
 from tlkit.errors import TlkitError
 from tlkit.recipe.kinds import StageParams
 from tlkit.recipe.schema import AUGMENT_PRESETS, MANIFEST_SUFFIXES, POOLINGS, Distribute, Recipe, tomllib
@@ -163,7 +164,7 @@ def check_folders(settings: dict) -> None:
     same words, imports TensorFlow (seconds) first."""
     for name in ("data", "val_data"):
         path = settings.get(name)
-        if path is not None and not os.path.exists(path):
+        if path is not None and not is_url(path) and not os.path.exists(path):  # a bucket: when TensorFlow is in
             raise TlkitError(f"data {'manifest' if path.lower().endswith(MANIFEST_SUFFIXES) else 'folder'} '{path}' "
                              "does not exist")
     for name in ("exclude", "relabel"):
@@ -174,7 +175,7 @@ def check_folders(settings: dict) -> None:
 
 def check_model(model: str) -> None:
     """Refuse a missing --model at once, before TensorFlow loads (tlkit.rundir.load says the same after)."""
-    if not os.path.exists(model):
+    if not is_url(model) and not os.path.exists(model):
         raise TlkitError(f"no model at {model}: pass a run directory made by `tlkit finetune` or `tlkit train`")
 
 

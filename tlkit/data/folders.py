@@ -237,6 +237,20 @@ def _check_all(files: list[Path], root: Path, skip_bad: bool, progress: Progress
     return [digest for digest, _ in results], problems
 
 
+def images_at(url: str) -> list[Url]:
+    """The images a bucket's `url` names (as `tlkit predict` takes its paths): the file itself, or
+    the image files under the folder, at any depth (hidden ones and other files left out)."""
+    url = Url(url)
+    if not buckets.exists(url):
+        raise TlkitError(f"'{printable(url)}' does not exist: pass image files or folders of images")
+    if not buckets.isdir(url):
+        return [url]
+    found = _list_images(url, [], buckets.tree(url))
+    if not found:
+        raise TlkitError(f"no images in folder '{printable(url)}' or its sub-folders")
+    return found
+
+
 def _folder(root, advice: str) -> Path | Url:
     if is_url(root):
         root = Url(root)

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit._util.io import write_csv_atomic, write_json_atomic
+from tlkit._util.urls import as_path, is_url
 from tlkit.data import checks, folders, manifest, shards
 from tlkit.data import pipeline as tldata
 from tlkit.data.report import training_overlap_warning
@@ -56,8 +57,10 @@ def image_files(paths) -> list[Path]:
     if isinstance(paths, (str, os.PathLike)):  # a str is iterable too: by its characters
         paths = [paths]
     found = []
-    for p in map(Path, paths):
-        if p.is_dir():
+    for p in map(as_path, paths):
+        if is_url(p):
+            found += folders.images_at(p)
+        elif p.is_dir():
             inside = _walk_images(p)
             if not inside:
                 raise TlkitError(f"no images in folder '{p}' or its sub-folders")

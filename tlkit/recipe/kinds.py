@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tlkit._util.registry import Registry
+from tlkit._util.urls import is_url
 from tlkit.errors import TlkitError, unknown_name
 from tlkit.recipe.base_names import base_source, load_catalog
 from tlkit.recipe.schema import Recipe, Stage, checked_fields, get_recipe, is_recipe_file
@@ -120,7 +121,8 @@ def resolve(recipe: Recipe | str | Path | None, *, stages: StageOverrides | None
         raise TlkitError(f"{where} has no stages: add at least one [[stages]] table (see `tlkit recipes`)")
     staged = [Stage(s.kind, **dataclasses.asdict(stage_params(s, f"{where}, stage {i}").resolved()))
               for i, s in enumerate(staged, start=1)]
-    paths = {key: str(Path(getattr(r, key)).resolve()) for key in ("data", "val_data", "image_root", "cache") if getattr(r, key)}
+    paths = {key: str(Path(getattr(r, key)).resolve()) for key in ("data", "val_data", "image_root", "cache")
+             if getattr(r, key) and not is_url(getattr(r, key))}  # a bucket's URL is absolute already
     if r.class_weight not in ("none", "balanced"):
         paths["class_weight"] = str(Path(r.class_weight).resolve())
     resolved = dataclasses.replace(r, stages=staged, **paths)

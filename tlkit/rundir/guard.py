@@ -5,7 +5,7 @@ runs, imports Keras).
 
 - `check_out`: `--out` must be a new or empty folder, or an existing run given with `overwrite`
   (or `resume`); a regular file, a folder of other files, or a folder that cannot be written is
-  refused in one line.
+  refused in one line. A bucket's `--out` is checked as its run starts (tlkit.rundir.bucket).
 - `RunLock`: RUN/.lock, made with O_CREAT|O_EXCL and holding the PID and host of the run that
   writes RUN, so a second run with the same `--out` is refused while the first is alive. A lock
   whose process is gone (a killed run, on this host) is cleared with a warning.
@@ -28,6 +28,7 @@ import socket
 import threading
 from pathlib import Path
 
+from tlkit._util.urls import is_url
 from tlkit.errors import TlkitError
 from tlkit.rundir.files import RunDir
 
@@ -48,6 +49,8 @@ def _terminate(signum, frame):
 def check_out(out: str | Path, *, overwrite: bool = False, resume: bool = False, locked: bool = False) -> None:
     """Refuse an `--out` that a run cannot use as it is (see the module), or that another run
     holds (unless `locked`: this process holds it); touches nothing."""
+    if is_url(out):  # needs TensorFlow's file systems: tlkit.rundir.bucket.stage checks it
+        return
     out = Path(out)
     option = "RUN" if resume else "--out"
     if out.is_symlink() and not out.exists():

@@ -20,8 +20,10 @@ import tlkit.models.layers  # noqa: F401  (registers tlkit's layers, which a run
 import tlkit.models.optimization  # noqa: F401  (likewise: the optimizer, schedule and loss a run's model is compiled with)
 import tlkit.models.preprocessing  # noqa: F401  (likewise: the preprocessing of runs saved by tlkit 0.1)
 from tlkit._util.io import write_text_atomic
+from tlkit._util.urls import is_url
 from tlkit.errors import TlkitError
 from tlkit.recipe.schema import Recipe
+from tlkit.rundir import bucket
 from tlkit.rundir.files import RunDir
 
 log = logging.getLogger(__name__)
@@ -99,10 +101,11 @@ def load_run(path: str | Path, checkpoint: str = "final") -> Run:
     """Load a run directory (or a bare `.keras` file with a labels.txt beside it).
 
     `checkpoint` chooses the weights of a run directory (see the module docstring): "final",
-    RUN/model.keras, or "best", RUN/checkpoints/best.keras. A `.keras` file is used as it is."""
+    RUN/model.keras, or "best", RUN/checkpoints/best.keras. A `.keras` file is used as it is.
+    A run on a bucket (`gs://...`) is copied to the tlkit cache and loaded from there."""
     if checkpoint not in CHECKPOINTS:
         raise TlkitError(f"unknown checkpoint '{checkpoint}': choose one of {', '.join(CHECKPOINTS)}")
-    path = Path(path)
+    path = bucket.load(path) if is_url(path) else Path(path)
     model_file = path / CHECKPOINTS[checkpoint][0] if path.is_dir() else path
     folder = path if path.is_dir() else path.parent
     if folder.name == RunDir.CHECKPOINTS and not RunDir(folder).labels.is_file():
