@@ -11,7 +11,6 @@ import tensorflow as tf
 
 from tlkit._util.urls import Url
 from tlkit.data import folders, manifest, scan_cache
-from tlkit.errors import TlkitError
 
 # the smallest whole run: lenet5 from random weights, one head stage on the tiny images
 RUN = ("--base", "lenet5", "--weights", "none", "--recipe", "head_only", "--pooling", "flatten", "--image-size", "32",

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tlkit._util import buckets
 from tlkit.data.checks import Progress, printable
 from tlkit.data.decode import decode_image
 from tlkit.data.folders import ImageSet, scan
@@ -76,7 +77,8 @@ def pack(data, out: str, *, skip_bad: bool = False, seed: int = 0, shard_bytes: 
 
 
 def is_pack(folder) -> bool:
-    return tf.io.gfile.exists(f"{str(folder).rstrip('/')}/{INDEX}")
+    with buckets.served(str(folder)):  # the first look at a --data URL: a scheme TensorFlow lacks, in one line
+        return tf.io.gfile.exists(f"{str(folder).rstrip('/')}/{INDEX}")
 
 
 def read_index(folder: str) -> dict:
