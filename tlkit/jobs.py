@@ -191,11 +191,15 @@ def _run_to_bucket(recipe: Recipe, url: str, *, overwrite: bool, resume: bool, h
     log.info("run directory %s, written in %s and mirrored there after every epoch", url, local)
 
     def push_every_epoch(ctx, index, kind):
-        return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: mirror.push())
+        # at the next epoch's start and the stage's end: the resume snapshot is the last callback of an epoch's end
+        return keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: mirror.push(),
+                                              on_train_end=lambda logs: mirror.push())
 
     try:
         # overwrite: what an earlier run left in the staging folder; a live run's lock still refuses it
         return run(recipe, local, overwrite=not resume, resume=resume, hooks=[*hooks, push_every_epoch], **options)
+    except RunInterrupted:  # the command that goes on names the bucket, not the staging folder
+        raise RunInterrupted(url, options["job"], ResumeState.read(local)) from None
     finally:
         if local.is_dir():
             mirror.push()

@@ -120,3 +120,34 @@ def test_finetune_from_and_to_a_bucket_evaluates_and_predicts_as_from_local_fold
     code, _, err = cli("evaluate", "--model", out, "--data", data, "--out", str(tmp_path / "again"))
     assert code == 0, err
     assert json.loads((tmp_path / "again" / "report.json").read_text())["accuracy"] == reports[0]["accuracy"]
+
+
+@pytest.mark.integration
+def test_a_bucket_run_stopped_after_an_epoch_resumes_from_the_bucket_alone(tiny_images, tmp_path, cli, monkeypatch):
+    import tlkit.engine.resume as resume
+
+    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path / "cache"))
+    data, out = upload(tiny_images, "ram://resume/tiny"), "ram://resume/runs/tiny"
+    save_state = resume.save_state
+
+    def save_then_stop(ctx, stage, epoch, *args, **kwargs):
+        name = save_state(ctx, stage, epoch, *args, **kwargs)
+        if (stage, epoch) == (1, 1):
+            raise KeyboardInterrupt
+        return name
+
+    monkeypatch.setattr(resume, "save_state", save_then_stop)
+    code, _, err = cli("finetune", *RUN, "--data", data, "--out", out)
+    assert code == 130 and err.strip().splitlines()[-1].endswith(f"go on with: tlkit finetune --resume {out}")
+    monkeypatch.setattr(resume, "save_state", save_state)
+    assert tf.io.gfile.exists(f"{out}/checkpoints/resume/state.json") and tf.io.gfile.exists(f"{out}/.unfinished")
+    assert not tf.io.gfile.exists(f"{out}/model.keras")
+    shutil.rmtree(tmp_path / "cache")  # another machine: the bucket is all there is
+    code, text, err = cli("finetune", "--resume", out)
+    assert code == 0, err
+    assert cli("finetune", *RUN, "--data", str(tiny_images), "--out", str(tmp_path / "whole"))[0] == 0
+    with tf.io.gfile.GFile(f"{out}/metrics.json") as f:
+        resumed = json.loads(f.read())["stages"][-1]
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["stages"][-1]
+    assert resumed["val_loss"] == pytest.approx(whole["val_loss"], abs=1e-6)
+    assert not tf.io.gfile.exists(f"{out}/.unfinished") and not tf.io.gfile.exists(f"{out}/checkpoints/resume")

@@ -119,7 +119,7 @@ class Mirror:
                     st = path.stat()
                     here[relative] = (st.st_size, st.st_mtime_ns)
         with served(self.url):
-            there = self._remote()
+            there, folders = self._remote()
             for relative in sorted(here, key=lambda r: r not in self.first):
                 if self._pushed.get(relative) != here[relative] or relative not in there:
                     target = self.url / relative
@@ -129,10 +129,15 @@ class Mirror:
             for relative in sorted(set(there) - set(here), key=lambda r: r in self.first):
                 tf.io.gfile.remove(self.url / relative)
                 self._pushed.pop(relative, None)
+            for relative in sorted(folders, reverse=True):  # a file system with folders keeps them when emptied
+                if relative and not (self.local / relative).is_dir() and tf.io.gfile.exists(self.url / relative):
+                    tf.io.gfile.rmtree(self.url / relative)
         log.debug("mirrored %s to %s", self.local, self.url)
 
-    def _remote(self) -> set[str]:
+    def _remote(self) -> tuple[set[str], set[str]]:
+        """The files and the folders under `url`, relative to it."""
         if not tf.io.gfile.exists(self.url):
-            return set()
-        return {(folder / name)[len(self.url):].lstrip("/") for folder, (_, files) in tree(self.url).items()
-                for name in files}
+            return set(), set()
+        listed = tree(self.url)
+        files = {(folder / name)[len(self.url):].lstrip("/") for folder, (_, names) in listed.items() for name in names}
+        return files, {folder[len(self.url):].lstrip("/") for folder in listed}
