@@ -37,7 +37,7 @@ from tlkit.errors import TlkitError
 log = logging.getLogger(__name__)
 
 DUPLICATE_BITS = 10  # of 64: re-saved, resized, brightened copies are within; different photos ~32 apart
-HEAD_C = 1.0  # inverse L2 penalty of the out-of-fold heads (on unit-length features)
+HEAD_C = 10.0  # inverse L2 penalty of the out-of-fold heads (on unit-length features)
 K_NEIGHBOURS = 5
 OUTLIER_Z = 6.0  # robust z-score (median, 1.4826 MAD) of the neighbour distance above which an image is an outlier
 BLANK_STD = 0.02  # an image whose grey levels vary less than this (of the full range) is blank
