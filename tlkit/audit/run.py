@@ -124,8 +124,7 @@ def audit(data, *, base: str | None = None, model: str | None = None, out="audit
     log.info("auditing %d images in %d classes with %s (%d folds)", len(files), len(classes), the_base.name, folds)
     features = frozen.extract(the_base, files, size, cache=cache, batch_size=batch_size,
                               verbose=verbose)
-    grey = _grey(files, progress)
-    colour = colourfulness(files)
+    grey, colour = thumbnails(files, progress)
     probs = out_of_fold(features, labels, folds, seed)
     out = Path(out)
     rows = ((_multilabel_issues(files, labels, probs, classes, given, label_delimiter) if multilabel else
@@ -170,16 +169,22 @@ def out_of_fold(features: np.ndarray, labels: np.ndarray, folds: int, seed: int)
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import Normalizer
 
-    head = make_pipeline(Normalizer(), LogisticRegression(max_iter=2000, C=HEAD_C))
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    if len(unit) < unit.shape[1]:
+        # The images' coordinates in the span of all of them: an isometry of the images, and an
+        # L2-penalised head's weights lie in its training images' span, so the probabilities are
+        # the same (to 1e-5), from N columns instead of D (the 240 sample photos' 1280 features:
+        # 3.0 s of CPU for the 5 heads instead of 5.0 s).
+        u, s, _ = np.linalg.svd(unit, full_matrices=False)
+        unit = u * s
+    head = LogisticRegression(max_iter=2000, C=HEAD_C)
     strata = labels
     if labels.ndim == 2:
         head = OneVsRestClassifier(head)
         strata = np.unique(labels, axis=0, return_inverse=True)[1].ravel()
-    cv = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, strata))
-    return cross_val_predict(head, features, labels, cv=cv, method="predict_proba")
+    cv = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(unit, strata))
+    return cross_val_predict(head, unit, labels, cv=cv, method="predict_proba")
 
 
 def _label_issues(files, labels, probs, classes) -> list[dict]:
@@ -259,29 +264,25 @@ def _duplicates(files, given, sides, hashes, copies) -> list[dict]:
     return rows
 
 
-def _grey(files, progress: Progress | None) -> np.ndarray:
-    """The images as grey (N, SIZE, SIZE) in [0, 1], decoded as training decodes them."""
-    out = []
+def thumbnails(files, progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+    """The images as grey (N, SIZE, SIZE) in [0, 1] and their colourfulness (Hasler and
+    Suesstrunk, 0 for a grey image), from one decoding at SIZE px as training decodes them (the
+    grey by ITU-R 601 luma, as a decoder's own grey conversion)."""
+    grey, colour = [], []
     if progress:
         progress(0, len(files))
-    for first in range(0, len(files), 256):
-        batch = load_images(files[first:first + 256], (SIZE, SIZE), 1)[..., 0] / 255.0
-        out.append(batch)
-        if progress:
-            progress(first + len(batch), len(files))
-    return np.concatenate(out) if out else np.zeros((0, SIZE, SIZE))
-
-
-def colourfulness(files) -> np.ndarray:
-    """Hasler and Suesstrunk's colourfulness of each image (0 for a grey one), on SIZE-px thumbnails."""
-    values = []
-    for first in range(0, len(files), 256):
-        rgb = load_images(files[first:first + 256], (SIZE, SIZE), 3).astype(np.float64)
+    for first in range(0, len(files), 1024):
+        rgb = load_images(files[first:first + 1024], (SIZE, SIZE), 3).astype(np.float64)
+        grey.append(rgb @ np.array([0.299, 0.587, 0.114]) / 255.0)
         rgb = rgb.reshape(len(rgb), -1, 3)
         rg = rgb[..., 0] - rgb[..., 1]
         yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
-        values.append(np.hypot(rg.std(1), yb.std(1)) + 0.3 * np.hypot(rg.mean(1), yb.mean(1)))
-    return np.concatenate(values) if values else np.zeros(0)
+        colour.append(np.hypot(rg.std(1), yb.std(1)) + 0.3 * np.hypot(rg.mean(1), yb.mean(1)))
+        if progress:
+            progress(first + len(rgb), len(files))
+    if not grey:
+        return np.zeros((0, SIZE, SIZE)), np.zeros(0)
+    return np.concatenate(grey), np.concatenate(colour)
 
 
 def neighbour_distance(features: np.ndarray, k: int = K_NEIGHBOURS) -> np.ndarray:
