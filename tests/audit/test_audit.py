@@ -119,8 +119,10 @@ def test_too_few_images_for_the_folds(cli, tiny_images, tmp_path):
 @pytest.mark.parametrize("args, message", [
     ((), "pass --base NAME (see `tlkit bases`) or --model RUN (a trained run's base), one of them"),
     (("--base", "efficientnet_lite9"), "unknown base 'efficientnet_lite9': did you mean"),
+    (("--base", "efficientnet_lite0", "--task", "multilabel", "--val-data", "."),
+     "a multi-label audit takes its validation images from the manifest's split column"),
 ])
-def test_bad_base(cli, tiny_images, args, message):
+def test_bad_options(cli, tiny_images, args, message):
     code, _, err = cli("audit", "--data", tiny_images, *args)
     assert code == 2 and err.startswith("error: " + message), err
 
