@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from tlkit.data.checks import printable
-from tlkit.data.folders import ImageSet
+from tlkit.data.folders import ImageSet, n_images
 from tlkit.errors import TlkitError, unknown_name
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def exclude(images: ImageSet, csv_path: str | Path) -> tuple[ImageSet, list[Path
             raise TlkitError(f"--exclude {printable(csv_path)} leaves class '{name}' with no images (all {n} listed); "
                              "remove some of its rows")
     left_out = [images.files[i] for i in sorted(drop)]
-    log.info("%d images left out (--exclude %s)", len(left_out), printable(csv_path))
+    log.info("%s left out (--exclude %s)", n_images(len(left_out)), printable(csv_path))
     return kept, left_out
 
 
@@ -91,5 +91,5 @@ def relabel(images: ImageSet, csv_path: str | Path) -> tuple[ImageSet, list[tupl
     if missing:
         log.warning("%d of the %d paths in %s are not images of '%s': not relabelled", missing, len(rows),
                     printable(csv_path), printable(images.root))
-    log.info("%d images relabelled (--relabel %s)", len(changes), printable(csv_path))
+    log.info("%s relabelled (--relabel %s)", n_images(len(changes)), printable(csv_path))
     return replace(images, labels=labels), changes
