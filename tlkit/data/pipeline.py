@@ -63,7 +63,7 @@ def make_dataset(
     labels = targets(images)
     buffer = len(images)
     if cache is None and shuffle and _is_pack(images.files):
-        # training reads a pack's records as it goes, shuffled by a buffer (shards.records)
+        # training reads a pack's records as it goes, shuffled by a buffer: the pack is shuffled already
         ds, buffer = shards.records(images.files, labels, shuffle=True, seed=seed), shards.SHUFFLE_BUFFER
         load = _decoder(image_size, channels)
     elif cache is None:

@@ -31,7 +31,9 @@ SHARD_BYTES = 150 << 20  # 100-200 MB: large reads for a bucket, enough shards t
 _RECORD = re.compile(r"shard-\d{5}\.tfrecord#\d+")
 # Shard files read at once when streaming a pack's records: enough to overlap reads from a bucket
 READERS = 8
-SHUFFLE_BUFFER = 1024  # records (encoded images) shuffled at a time when training streams a pack
+# Records (encoded images) shuffled at a time when training streams a pack: `pack` shuffled the
+# images once, so a buffer, not the whole set, is enough to vary the batches between epochs
+SHUFFLE_BUFFER = 1024
 _SHARD_KEY = 1 << 32  # a record's key in `records`: shard * _SHARD_KEY + its number
 _FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 
@@ -157,10 +159,9 @@ def records(files, values, *, shuffle: bool = False, seed: int = 0) -> tf.data.D
     they go from the shards holding them, READERS files at a time (interleaved, in parallel): a
     static table of (shard, record number) keeps this set's records (a split keeps a part of each
     shard) and gives what the set says of each (its label, its place), whatever the record holds;
-    a record named twice (a worker's share, padded) comes twice. Without `shuffle`, in the shards'
-    order; with it, the shards' order and a buffer of SHUFFLE_BUFFER records are shuffled afresh
-    every epoch, seeded by `seed`, as the folder pipeline's shuffle is: `pack` shuffled the
-    images once, so a buffer, not the whole set, is enough to vary the batches between epochs."""
+    a record named twice (a worker's share, padded) comes twice. In the shards' order; with
+    `shuffle`, the shards are read in an order drawn afresh every epoch, seeded by `seed` (then
+    shuffle a buffer of SHUFFLE_BUFFER records, as `make_dataset` does)."""
     refs = [str(f).rsplit("#", 1) for f in files]
     paths = sorted({shard for shard, _ in refs})
     shard_of = {path: i for i, path in enumerate(paths)}
@@ -185,8 +186,7 @@ def records(files, values, *, shuffle: bool = False, seed: int = 0) -> tf.data.D
     ds = ds.interleave(read, cycle_length=min(READERS, len(paths)), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True)
     ds = ds.map(lambda key, record: (table.lookup(key), record)).filter(lambda group, _: group >= 0)
-    ds = ds.map(named, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
-    return ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True) if shuffle else ds
+    return ds.map(named, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
 
 
 def read_records(ds: tf.data.Dataset, files):
