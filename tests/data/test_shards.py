@@ -271,3 +271,12 @@ def test_audit_of_a_pack_finds_what_the_audit_of_its_folder_finds(cli, tmp_path)
         found.append((sorted(map(json.dumps, rows)), summary["counts"], summary["images"]))
     assert found[0] == found[1]
     assert found[0][1]["duplicate"] >= 4 and found[0][1]["blank"] == 1
+
+
+def test_a_records_digest_comes_from_the_index_and_is_its_bytes(tiny_images, tmp_path):
+    import hashlib
+
+    out = str(tmp_path / "packed")
+    shards.pack(tiny_images, out, shard_bytes=4000)
+    files = shards.image_set(out).files[::-3]
+    assert shards.record_digests(files) == [hashlib.sha256(b).hexdigest() for b in shards.record_bytes(files)]
