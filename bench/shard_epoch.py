@@ -5,13 +5,17 @@ packed by `tlkit pack` in a child process (its time, and its peak RSS: pack stre
 flat as N grows); then, side by side, each pipeline is iterated to its end at 96x96, batch 64,
 --repeats times in turn, and the best of each is kept:
 
-  folder:  `tlkit.data.pipeline.make_dataset` (file names -> read -> decode), no image cache;
+  folder:  `tlkit.data.pipeline.make_dataset` (file names -> read -> decode), no image cache,
+           shuffled as training shuffles;
   shards:  `tlkit.data.shards.dataset` (interleaved TFRecord reads -> decode), batched and prefetched;
-  pack:    `make_dataset` over `shards.image_set`, what `--data shards/` trains on (the records'
-           bytes read into memory first, so the split's order and the image cache are the folder's).
+  pack:    `make_dataset` over `shards.image_set`, shuffled: what `--data shards/` trains on without
+           an image cache (records streamed from the shards, `shards.records`);
+  ordered: the same, not shuffled: a pass that keeps the set's order (predict, evaluate, extract),
+           which holds the set's encoded records.
 
-The peak RSS of this process is printed after each first epoch. The shards are deleted at the end
-(and the generated folder, unless --keep names it).
+The peak RSS of this process is printed after each first epoch (in this order, so each figure
+includes the pipelines before it). The shards are deleted at the end (and the generated folder,
+unless --keep names it).
 
     PYTHONPATH=. python bench/shard_epoch.py --images 10000 [--keep DIR]
 """
@@ -65,9 +69,10 @@ def main() -> None:
               f"tlkit pack: {len(index['shards'])} shards in {took:.1f} s, peak RSS {rss} MB")
         images = folders.scan(root)
         pipelines = {
-            "folder": lambda: make_dataset(images, SIZE, BATCH, cache="none"),
+            "folder": lambda: make_dataset(images, SIZE, BATCH, shuffle=True, cache="none"),
             "shards": lambda: shards.dataset(packed, SIZE).batch(BATCH).prefetch(tf.data.AUTOTUNE),
-            "pack": lambda: make_dataset(shards.image_set(packed), SIZE, BATCH, cache="none"),
+            "pack": lambda: make_dataset(shards.image_set(packed), SIZE, BATCH, shuffle=True, cache="none"),
+            "ordered": lambda: make_dataset(shards.image_set(packed), SIZE, BATCH, cache="none"),
         }
         best = {name: 0.0 for name in pipelines}
         for repeat in range(args.repeats):

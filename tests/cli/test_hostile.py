@@ -356,7 +356,7 @@ def test_image_cache_that_is_a_file_or_an_entry_that_does_not_match(tiny_images,
     digests = [f"d{i}" for i in range(4)]
 
     def decode(files, size, channels):
-        return (np.full((*size, channels), i, np.float32) for i, _ in enumerate(files))
+        return ((i, np.full((*size, channels), i, np.float32)) for i, _ in enumerate(files))
 
     (tmp_path / "file").write_text("x")
     assert imagecache.decoded(files, digests, (8, 8), 3, "disk", decode, cache=tmp_path / "file") is None

@@ -2,6 +2,7 @@
 corrupt shard is named by file and record."""
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import pytest
@@ -105,9 +106,6 @@ def test_shards_feed_the_images_and_labels_the_folder_feeds(tiny_images):
     from_folder = [(x, y) for xs, ys in make_dataset(images, (24, 24), 8).as_numpy_iterator() for x, y in zip(xs, ys)]
     assert len(from_shards) == len(from_folder) == 24
 
-    def key(pair):
-        return pair[0].tobytes(), int(pair[1])
-
     assert sorted(map(key, from_shards)) == sorted(map(key, from_folder))  # bit for bit
     halves = [list(shards.dataset(out, (24, 24), num_workers=2, worker_index=i).as_numpy_iterator()) for i in (0, 1)]
     assert sorted(map(key, halves[0] + halves[1])) == sorted(map(key, from_shards)) and all(halves)
@@ -134,10 +132,48 @@ def test_the_data_report_path_and_pipeline_read_a_pack_as_its_folder(tiny_images
     shards.pack(tiny_images, out, shard_bytes=4000)
     (ptrain, pval, _), (ftrain, fval, _) = (prepare(d, val_split=0.25, seed=1) for d in (out, tiny_images))
     assert (ptrain.digests, pval.digests) == (ftrain.digests, fval.digests)
-    for cache in ("none", "memory"):
-        batches = [list(make_dataset(s, (24, 24), 4, shuffle=True, seed=2, cache=cache).as_numpy_iterator())
-                   for s in (ptrain, ftrain)]
-        assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(*batches))
+    # with the image cache (the default), the folder's batches, image for image
+    batches = [list(make_dataset(s, (24, 24), 4, shuffle=True, seed=2, cache="memory").as_numpy_iterator())
+               for s in (ptrain, ftrain)]
+    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(*batches))
+    # without, an order of its own (streamed from the shards), of the same images and labels
+    batches = [list(make_dataset(s, (24, 24), 4, shuffle=True, seed=2, cache="none").as_numpy_iterator())
+               for s in (ptrain, ftrain)]
+    assert sorted(map(key, unbatched(batches[0]))) == sorted(map(key, unbatched(batches[1])))
+    # a pass in the set's order (prediction, extraction) keeps it
+    ordered = [unbatched(make_dataset(s, (24, 24), 4, cache="none").as_numpy_iterator()) for s in (pval, fval)]
+    assert list(map(key, ordered[0])) == list(map(key, ordered[1]))
+
+
+def unbatched(batches) -> list:
+    return [(x, y) for xs, ys in batches for x, y in zip(xs, ys)]
+
+
+def key(pair):
+    return pair[0].tobytes(), int(pair[1])
+
+
+def test_training_from_a_pack_streams_its_records_shuffled_and_seeded(tiny_images, tmp_path, monkeypatch):
+    from tlkit.data.pipeline import decode_once, make_dataset
+    from tlkit.data.splits import split
+
+    out = str(tmp_path / "packed")
+    shards.pack(tiny_images, out, shard_bytes=4000)
+    (train, _), (ftrain, _) = (split(s, 0.25, 1) for s in (shards.image_set(out), folders.scan(tiny_images)))
+    folder = sorted(map(key, unbatched(make_dataset(ftrain, (24, 24), 4).as_numpy_iterator())))
+
+    def held(files):
+        raise AssertionError("a training pipeline held every record's bytes")
+
+    monkeypatch.setattr(shards, "record_bytes", held)
+    streamed = make_dataset(train, (24, 24), 4, shuffle=True, seed=2, cache="none")
+    epochs = [unbatched(streamed.as_numpy_iterator()) for _ in range(2)]
+    assert sorted(map(key, epochs[0])) == sorted(map(key, epochs[1])) == folder  # each label the set's
+    assert list(map(key, epochs[0])) != list(map(key, epochs[1]))  # shuffled afresh every epoch
+    again = unbatched(make_dataset(train, (24, 24), 4, shuffle=True, seed=2, cache="none").as_numpy_iterator())
+    assert list(map(key, again)) == list(map(key, epochs[0]))  # and as the seed says
+    cached = make_dataset(train, (24, 24), 4, cache=decode_once(train, (24, 24), 3, "memory"))
+    assert sorted(map(key, unbatched(cached.as_numpy_iterator()))) == folder
 
 
 @pytest.mark.integration
@@ -163,7 +199,7 @@ def test_training_from_a_pack_of_the_sample_photos_gives_the_folder_runs_metrics
     assert all(abs(float(a.strip("}]")) - float(b.strip("}]"))) <= 1e-6 for a, b in zip(*numbers))
 
 
-def test_each_of_two_workers_reads_only_its_own_shard_files(tiny_images, tmp_path, monkeypatch):
+def test_each_of_two_workers_reads_only_its_own_shard_files(tiny_images, tmp_path):
     from tlkit.data.pipeline import make_dataset
     from tlkit.data.splits import split
     from tlkit.engine.strategy import per_worker_input
@@ -173,15 +209,17 @@ def test_each_of_two_workers_reads_only_its_own_shard_files(tiny_images, tmp_pat
     train, _ = split(shards.image_set(out), 0.25, 1)
     files = [f"{out}/{shard['file']}" for shard in index["shards"]]
     assert len(files) % 2 == 1  # an odd share out, so the shares differ before padding
-    opened = []
-    reader = tf.data.TFRecordDataset
-    monkeypatch.setattr(tf.data, "TFRecordDataset", lambda path, *a, **k: opened.append(str(path)) or reader(path, *a, **k))
-    dataset_fn = per_worker_input(train, 6, lambda share, batch: make_dataset(share, (24, 24), batch))
+    dataset_fn = per_worker_input(train, 6, lambda share, batch: make_dataset(share, (24, 24), batch, shuffle=True))
     shares = []
     for worker in (0, 1):
-        opened.clear()
-        batches = list(dataset_fn(tf.distribute.InputContext(2, worker, 2)).as_numpy_iterator())
-        assert sorted(set(opened)) == files[worker::2]  # its own files, and only they
+        others = [f for f in files if f not in files[worker::2]]
+        for f in others:  # another worker's files, out of reach: reading one fails
+            os.rename(f, f + ".away")
+        try:
+            batches = list(dataset_fn(tf.distribute.InputContext(2, worker, 2)).as_numpy_iterator())
+        finally:
+            for f in others:
+                os.rename(f + ".away", f)
         assert {len(y) for _, y in batches[:-1]} == {3}  # half of each global batch of 6
         share = shards.worker_share(train, 2, worker)
         assert sum(len(y) for _, y in batches) == len(share)
@@ -233,3 +271,12 @@ def test_audit_of_a_pack_finds_what_the_audit_of_its_folder_finds(cli, tmp_path)
         found.append((sorted(map(json.dumps, rows)), summary["counts"], summary["images"]))
     assert found[0] == found[1]
     assert found[0][1]["duplicate"] >= 4 and found[0][1]["blank"] == 1
+
+
+def test_a_records_digest_comes_from_the_index_and_is_its_bytes(tiny_images, tmp_path):
+    import hashlib
+
+    out = str(tmp_path / "packed")
+    shards.pack(tiny_images, out, shard_bytes=4000)
+    files = shards.image_set(out).files[::-3]
+    assert shards.record_digests(files) == [hashlib.sha256(b).hexdigest() for b in shards.record_bytes(files)]

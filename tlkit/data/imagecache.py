@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 MODES = ("auto", "memory", "disk", "none")
 # Bump when tlkit.data.pipeline's decoding or resizing change, so entries made the old way are not reused.
 FORMAT = 2  # 2: JPEGs turned upright by their EXIF orientation
-# decode(files, image_size, channels): each file's float32 (height, width, channels) image, in order
-Decoder = Callable[[list[Path], tuple[int, int], int], Iterable[np.ndarray]]
+# decode(files, image_size, channels): (place in files, float32 (height, width, channels) image) of
+# each file, in any order (a pack's records come in the order of their shards)
+Decoder = Callable[[list[Path], tuple[int, int], int], Iterable[tuple[int, np.ndarray]]]
 MEMORY_BUDGET = 2 << 30  # bytes of decoded images "auto" keeps in memory, at most a quarter of free RAM
 # Cache folders reported unusable and not usable since: a run's training and validation sets
 # each try the cache, and the user is told once.
@@ -109,7 +110,7 @@ def decoded(files: list[Path], digests: list[str], image_size: tuple[int, int], 
     if mode == "memory":
         start = time.perf_counter()
         array = np.empty((len(distinct), *shape), np.float32)
-        for i, image in enumerate(decode(files, image_size, channels)):
+        for i, image in decode(files, image_size, channels):
             array[i] = image
         log.info("decoded %d images once into memory (%.0f MB) in %.1f s", len(files), size / 2**20,
                  time.perf_counter() - start)
@@ -149,7 +150,7 @@ def _matches(entry: Path, digests: list[str], shape) -> bool:
     return False
 
 
-def _write(entry: Path, images: Iterable[np.ndarray], digests: list[str], shape) -> None:
+def _write(entry: Path, images: Iterable[tuple[int, np.ndarray]], digests: list[str], shape) -> None:
     """The entry's description first, then its rows: a reader that finds the rows finds them whole
     (written to a temporary name and renamed) and described."""
     start = time.perf_counter()
@@ -157,7 +158,9 @@ def _write(entry: Path, images: Iterable[np.ndarray], digests: list[str], shape)
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            for image in images:
+            f.truncate(len(digests) * int(np.prod(shape)) * 4)
+            for row, image in images:
+                f.seek(row * int(np.prod(shape)) * 4)
                 f.write(np.ascontiguousarray(image, np.float32).tobytes())
 
     try:

@@ -25,7 +25,10 @@ def load_images(paths: Sequence, image_size: tuple[int, int], channels: int = 3)
     problems = [] if shards.is_record(paths[0]) else check_images(paths)  # a pack's records were verified by pack
     if problems:
         raise TlkitError(bad_files_message(problems, ""))
-    return np.stack(list(_decode_files(paths, image_size, channels)))
+    images = np.empty((len(paths), *image_size, channels), np.float32)
+    for at, image in _decode_files(paths, image_size, channels):
+        images[at] = image
+    return images
 
 
 def load_image(path, image_size: tuple[int, int], channels: int = 3) -> np.ndarray:
@@ -58,7 +61,12 @@ def make_dataset(
     if isinstance(cache, str):
         cache = decode_once(images, image_size, channels, cache)
     labels = targets(images)
-    if cache is None:
+    buffer = len(images)
+    if cache is None and shuffle and _is_pack(images.files):
+        # training reads a pack's records as it goes, shuffled by a buffer: the pack is shuffled already
+        ds, buffer = shards.records(images.files, labels, shuffle=True, seed=seed), shards.SHUFFLE_BUFFER
+        load = _decoder(image_size, channels)
+    elif cache is None:
         sources, load = _sources(images.files, image_size, channels)
         ds = tf.data.Dataset.from_tensor_slices((sources, labels))
     else:
@@ -69,7 +77,7 @@ def make_dataset(
         ds = tf.data.Dataset.from_tensor_slices((np.arange(len(images), dtype=np.int64), labels))
         load = cache.lookup
     if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda item, label: (load(item), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return augmentation.apply(ds.batch(batch_size), augment, seed, len(images.classes)).prefetch(tf.data.AUTOTUNE)
 
@@ -92,15 +100,40 @@ def decode_once(images: ImageSet, image_size: tuple[int, int], channels: int = 3
 
 
 def _decode_files(files: list[Path], image_size, channels: int):
-    sources, load = _sources(files, image_size, channels)
-    ds = tf.data.Dataset.from_tensor_slices(sources).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    for batch in ds.batch(64):
-        yield from batch.numpy()
+    """(place in `files`, decoded image) of each of `files`, in no set order: a pack's records
+    streamed from their shards in the shards' order (none held), other files read in order."""
+    record = np.array([shards.is_record(f) for f in files], bool)
+    if record.any():
+        named = [f for f, r in zip(files, record) if r]
+        decode = _decoder(image_size, channels)
+        ds = shards.records(named, np.flatnonzero(record)).map(lambda encoded, at: (at, decode(encoded)),
+                                                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        for places, images in shards.read_records(ds.batch(64), named):
+            yield from zip(places, images)
+    rest = np.flatnonzero(~record)
+    if rest.size:
+        ds = tf.data.Dataset.from_tensor_slices((rest, tf_paths([files[i] for i in rest]))).map(
+            lambda at, path: (at, load_file(path, image_size, channels)), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True)
+        for places, images in ds.batch(64):
+            yield from zip(places.numpy(), images.numpy())
+
+
+def _is_pack(files) -> bool:
+    return bool(files) and shards.is_record(files[0])
+
+
+def _decoder(image_size, channels: int):
+    return lambda encoded: decode_image(encoded, image_size, channels)
 
 
 def _sources(files: list[Path], image_size, channels: int):
-    """What a pipeline of `files` starts from, and what decodes one: the files' paths, or of a
-    pack's records (shards.image_set) their encoded bytes, decoded by the same decoder."""
-    if files and shards.is_record(files[0]):
-        return shards.record_bytes(files), lambda encoded: decode_image(encoded, image_size, channels)
+    """What a pipeline of `files` in their order starts from, and what decodes one: the files'
+    paths; or for a pack's records (shards.image_set), their places in `files`, each looked up in
+    the records' encoded bytes, held (a pass that keeps the set's order: training streams them)."""
+    if _is_pack(files):
+        encoded, decode = shards.record_bytes(files), _decoder(image_size, channels)
+        # looked up, not a constant in the graph: tf.data copied a constant of them several times over
+        return np.arange(len(files)), lambda at: decode(tf.ensure_shape(tf.numpy_function(
+            lambda i: np.array(encoded[i], object), [at], tf.string, stateful=False), []))
     return tf_paths(files), lambda path: load_file(path, image_size, channels)

@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 INDEX = "index.json"
 SHARD_BYTES = 150 << 20  # 100-200 MB: large reads for a bucket, enough shards to interleave and share out
 _RECORD = re.compile(r"shard-\d{5}\.tfrecord#\d+")
+# Shard files read at once when streaming a pack's records: enough to overlap reads from a bucket
+READERS = 8
+# Records (encoded images) shuffled at a time when training streams a pack: `pack` shuffled the
+# images once, so a buffer, not the whole set, is enough to vary the batches between epochs
+SHUFFLE_BUFFER = 1024
+_SHARD_KEY = 1 << 32  # a record's key in `records`: shard * _SHARD_KEY + its number
 _FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 
 
@@ -148,25 +154,78 @@ def is_record(path) -> bool:
     return _RECORD.fullmatch(Path(path).name) is not None
 
 
+def records(files, values, *, shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
+    """(encoded image, values[i]) of each record `files[i]` (as `image_set` names them), read as
+    they go from the shards holding them, READERS files at a time (interleaved, in parallel): a
+    static table of (shard, record number) keeps this set's records (a split keeps a part of each
+    shard) and gives what the set says of each (its label, its place), whatever the record holds;
+    a record named twice (a worker's share, padded) comes twice. In the shards' order; with
+    `shuffle`, the shards are read in an order drawn afresh every epoch, seeded by `seed` (then
+    shuffle a buffer of SHUFFLE_BUFFER records, as `make_dataset` does)."""
+    refs = [str(f).rsplit("#", 1) for f in files]
+    paths = sorted({shard for shard, _ in refs})
+    shard_of = {path: i for i, path in enumerate(paths)}
+    keys = np.array([shard_of[shard] * _SHARD_KEY + int(n) for shard, n in refs], np.int64)
+    order = np.argsort(keys, kind="stable")  # the set's places, grouped by record
+    unique, first, count = np.unique(keys[order], return_index=True, return_counts=True)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(unique, np.arange(len(unique), dtype=np.int64)), -1)
+    first, count, order, values = (tf.constant(a) for a in (first, count, order, np.asarray(values)))
+
+    def read(shard, path):
+        return tf.data.TFRecordDataset(path).enumerate(start=1).map(lambda n, record: (shard * _SHARD_KEY + n, record))
+
+    def named(group, record):
+        image = tf.io.parse_single_example(record, {"image": _FEATURES["image"]})["image"]
+        places = tf.gather(order, tf.range(first[group], first[group] + count[group]))
+        return tf.repeat(image[None], count[group], axis=0), tf.gather(values, places)
+
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), paths))
+    if shuffle:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(read, cycle_length=min(READERS, len(paths)), num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
+    ds = ds.map(lambda key, record: (table.lookup(key), record)).filter(lambda group, _: group >= 0)
+    return ds.map(named, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+
+def read_records(ds: tf.data.Dataset, files):
+    """Iterate `ds`, a pipeline of the records `files` (`records`), as NumPy; a shard that cannot be
+    read there is named by file and record (a TlkitError), as `verify` names it."""
+    try:
+        yield from ds.as_numpy_iterator()
+    except tf.errors.OpError:
+        for shard in sorted({str(f).rsplit("#", 1)[0] for f in files}):
+            for _ in _records(shard):  # raises the TlkitError naming the record
+                pass
+        raise
+
+
+def record_digests(files) -> list[str]:
+    """The SHA-256 of each record's image (as `image_set` names them), from its pack's index,
+    which `pack` compared with the bytes it wrote: no image is read."""
+    digest_of = {}
+    for folder in {str(f).rsplit("/", 1)[0] for f in files}:
+        for shard in read_index(folder)["shards"]:
+            digest_of.update((f"{folder}/{shard['file']}#{n}", digest) for n, digest in enumerate(shard["digests"], 1))
+    return [digest_of[str(f)] for f in files]
+
+
 def record_bytes(files) -> np.ndarray:
-    """The encoded image of each record `image_set` named, in the order of `files`; each shard is
-    read once, whatever the order. A path among them that is not a record is read as a file: the
-    copy the scan left out of a pack, which an audit shows beside its kept record. An array of
-    objects: as a list, `from_tensor_slices` would pad every image to the longest (a fixed-width
-    NumPy array on the way), several times the bytes."""
-    wanted: dict[str, dict[int, list[int]]] = {}
+    """The encoded image of each record `image_set` named, in the order of `files` (held: for a
+    pass that must keep the set's order); each shard is read once. A path among them that is not
+    a record is read as a file: the copy the scan left out of a pack, which an audit shows beside
+    its kept record. An array of objects: as a list, `from_tensor_slices` would pad every image to
+    the longest (a fixed-width NumPy array on the way), several times the bytes."""
     found = np.full(len(files), b"", object)
-    for at, ref in enumerate(files):
-        if not is_record(ref):
-            with tf.io.gfile.GFile(str(ref), "rb") as f:
-                found[at] = f.read()
-            continue
-        shard, n = str(ref).rsplit("#", 1)
-        wanted.setdefault(shard, {}).setdefault(int(n), []).append(at)  # a record may come twice (worker_share)
-    for shard, numbers in wanted.items():
-        for n, encoded, _ in _records(shard):
-            for at in numbers.get(n, ()):
-                found[at] = encoded
+    at = [i for i, ref in enumerate(files) if is_record(ref)]
+    for i in sorted(set(range(len(files))) - set(at)):
+        with tf.io.gfile.GFile(str(files[i]), "rb") as f:
+            found[i] = f.read()
+    if at:
+        named = [files[i] for i in at]
+        for encoded, i in read_records(records(named, np.array(at, np.int64)), named):
+            found[i] = encoded
     return found
 
 

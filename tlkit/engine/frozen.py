@@ -177,8 +177,7 @@ def cached(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, po
 def _entry(base: Base, files: list[Path], image_size, pooling: str, cache) -> tuple[Path, list[str], list[str]]:
     """The cache entry of the features of `files` (its key: see the module), the SHA-256 of each
     file's content, and the distinct ones sorted (the entry's rows)."""
-    digests = ([hashlib.sha256(encoded).hexdigest() for encoded in shards.record_bytes(files)]
-               if files and shards.is_record(files[0]) else file_digests(files))
+    digests = shards.record_digests(files) if files and shards.is_record(files[0]) else file_digests(files)
     distinct = sorted(set(digests))
     key = hashlib.sha256(json.dumps({
         "format": FORMAT,
