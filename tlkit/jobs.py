@@ -184,6 +184,9 @@ def run(recipe: Recipe, out: str | Path | None = None, *, job: str = "finetune",
 def _run_to_bucket(recipe: Recipe, url: str, *, overwrite: bool, resume: bool, hooks, **options) -> Run:
     """`run` into the staging folder of `url`, mirrored to it after every epoch and at the end,
     whether the run ends, fails or is interrupted. With `resume`, `resume` has pulled it down."""
+    if recipe.distribute == "multiworker":  # a worker's mirror of its own (empty) folder would empty the bucket's run
+        raise TlkitError(f"--out {url}: a multi-worker run writes its run directory on the chief's disk, not to a "
+                         "bucket yet; give a local --out and copy it up when it ends")
     if not resume:
         bucket.check_out(url, overwrite=overwrite)
     local = bucket.staging(url)

@@ -151,3 +151,59 @@ def test_a_bucket_run_stopped_after_an_epoch_resumes_from_the_bucket_alone(tiny_
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["stages"][-1]
     assert resumed["val_loss"] == pytest.approx(whole["val_loss"], abs=1e-6)
     assert not tf.io.gfile.exists(f"{out}/.unfinished") and not tf.io.gfile.exists(f"{out}/checkpoints/resume")
+
+
+def test_a_file_mirrored_again_holds_only_its_new_bytes(tmp_path):
+    from tlkit._util.buckets import Mirror
+
+    url = "ram://again/run"
+    mirror = Mirror(tmp_path, url)
+    (tmp_path / "state.json").write_text('{"epoch": 10, "padding": "a longer first version"}')
+    mirror.push()
+    (tmp_path / "state.json").write_text('{"epoch": 11}')
+    mirror.push()
+    with tf.io.gfile.GFile(f"{url}/state.json") as f:
+        assert json.loads(f.read()) == {"epoch": 11}  # ram:// would append to the first bytes
+
+
+def test_a_multiworker_run_to_a_bucket_is_refused_before_any_worker_starts(tiny_images):
+    from tlkit import jobs
+    from tlkit.errors import TlkitError
+    from tlkit.recipe.kinds import resolve
+
+    recipe = resolve("head_only", base="lenet5", weights="none", data=str(tiny_images), distribute="multiworker")
+    with pytest.raises(TlkitError, match=r"^--out ram://workers/run: a multi-worker run writes its run directory"):
+        jobs.run(recipe, "ram://workers/run")
+    assert not tf.io.gfile.exists("ram://workers/run")
+
+
+@pytest.mark.integration
+def test_a_pack_on_a_bucket_trains_extract_and_export_read_bucket_data_and_evaluate_reports_beside_the_run(
+        tiny_images, tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("TLKIT_CACHE", str(tmp_path / "cache"))
+    data, pack, out = upload(tiny_images, "ram://packed/tiny"), "ram://packed/shards", "ram://packed/runs/tiny"
+    for url in (pack, out):
+        if tf.io.gfile.exists(url):
+            tf.io.gfile.rmtree(url)
+    assert cli("pack", "--data", data, "--out", pack)[0] == 0
+    code, _, err = cli("finetune", *RUN, "--data", pack, "--out", out)
+    assert code == 0, err
+    assert cli("finetune", *RUN, "--data", str(tiny_images), "--out", str(tmp_path / "local"))[0] == 0
+    with tf.io.gfile.GFile(f"{out}/metrics.json") as f:
+        packed = json.loads(f.read())["stages"][-1]
+    local = json.loads((tmp_path / "local" / "metrics.json").read_text())["stages"][-1]
+    assert packed["val_loss"] == pytest.approx(local["val_loss"], abs=1e-6)
+
+    # without --out, a bucket run's evaluation goes beside it, in the bucket
+    code, text, err = cli("evaluate", "--model", out, "--data", pack)
+    assert code == 0, err
+    assert text.splitlines()[-1].endswith(f"to {out}/eval-shards")
+    with tf.io.gfile.GFile(f"{out}/eval-shards/report.json") as f:
+        assert json.loads(f.read())["images"] == 24
+
+    # the export's check reads the run's data from the bucket
+    code, _, err = cli("export", "--model", out, "--out", str(tmp_path / "exported"))
+    assert code == 0, err
+    code, _, err = cli("extract", "--base", "lenet5", "--weights", "none", "--image-size", "32", "--batch-size", "8",
+                       "--data", data, "--out", str(tmp_path / "extracted"))
+    assert code == 0, err

@@ -124,7 +124,9 @@ class Mirror:
                 if self._pushed.get(relative) != here[relative] or relative not in there:
                     target = self.url / relative
                     tf.io.gfile.makedirs(target.parent)
-                    tf.io.gfile.copy(str(self.local / relative), target, overwrite=True)
+                    if relative in there:  # ram:// appends to a file written again (it opens it without truncating)
+                        tf.io.gfile.remove(target)
+                    tf.io.gfile.copy(str(self.local / relative), target)
                     self._pushed[relative] = here[relative]
             for relative in sorted(set(there) - set(here), key=lambda r: r in self.first):
                 tf.io.gfile.remove(self.url / relative)

@@ -75,7 +75,7 @@ def inspect_all(paths: Sequence[Path], progress: Progress | None) -> list[tuple[
     if progress:
         progress(0, total)
     absolute = [p if is_url(p) else os.path.abspath(p) for p in paths]  # str: a Path each costs a re-scan half its time
-    keys = [scan_cache.file_key(p) for p in absolute]
+    keys = scan_cache.file_keys(absolute)
     store = scan_cache.ScanCache()
     results: list = [None] * total
     for i, result in store.lookup(absolute, keys).items():

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit._util.io import write_json_atomic
+from tlkit._util.urls import as_path
 from tlkit.data import curation, manifest, shards
 from tlkit.data.checks import Progress, file_digests, printable
 from tlkit.data.folders import ImageSet, scan
@@ -271,7 +272,7 @@ def seen_in_training(run, images: ImageSet | Sequence[Path]) -> list[Path] | Non
     if isinstance(images, ImageSet):
         files, digests = images.files, images.digests or file_digests(images.files)
     else:
-        files = [Path(p) for p in images]
+        files = [as_path(p) for p in images]
         digests = file_digests(files)
     return [f for f, d in zip(files, digests) if d in trained]
 

@@ -17,6 +17,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tlkit._util import buckets
@@ -57,6 +58,14 @@ def file_key(path: str | Path) -> Key | None:
     if not stat.S_ISREG(st.st_mode):
         return None
     return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
+def file_keys(paths: Sequence[str]) -> list[Key | None]:
+    """`file_key` of each path; a bucket's in threads: each is a request to it."""
+    if not any(is_url(p) for p in paths):
+        return [file_key(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(file_key, paths))
 
 
 class ScanCache:

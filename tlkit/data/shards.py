@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit._util import buckets
+from tlkit._util.urls import as_path
 from tlkit.data.checks import Progress, printable
 from tlkit.data.decode import decode_image
 from tlkit.data.folders import ImageSet, scan
@@ -117,11 +118,12 @@ def image_set(folder: str, classes: list[str] | None = None) -> ImageSet:
                       zip(shard["positions"], shard["labels"], shard["digests"]), start=1))
     report = index["report"]
     # a copy's kept file as its record (a pack written before the place was kept names the file)
-    duplicates = [(Path(copy), Path(rows[kept[1]][1] if len(kept) > 1 else kept[0]))
+    # as_path: a pack on a bucket keeps its URLs whole (a Path folds gs:// into gs:/)
+    duplicates = [(as_path(copy), as_path(rows[kept[1]][1] if len(kept) > 1 else kept[0]))
                   for copy, *kept in report["duplicates"]]
-    return ImageSet(root=Path(folder), classes=list(classes), files=[Path(row[1]) for row in rows],
+    return ImageSet(root=as_path(folder), classes=list(classes), files=[as_path(row[1]) for row in rows],
                     labels=[row[2] for row in rows], digests=[row[3] for row in rows],
-                    skipped=[(Path(p), why) for p, why in report["skipped"]], duplicates=duplicates)
+                    skipped=[(as_path(p), why) for p, why in report["skipped"]], duplicates=duplicates)
 
 
 def worker_share(images: ImageSet, num_workers: int, index: int) -> ImageSet:

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit._util.io import cache_root, write_atomic, write_json_atomic
+from tlkit._util.urls import as_path
 from tlkit.bases import Base
 from tlkit.data import folders, imagecache, shards
 from tlkit.data import pipeline as tldata
@@ -137,7 +138,7 @@ def extract(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, p
             batch_size: int = 32, cache: str | Path | None = None, verbose: str | int = 0) -> np.ndarray:
     """Pooled features (len(files), D) of `files`, in their order: from the cache when an entry for
     this base, pooling and these contents exists, else by running the base once and storing them."""
-    files = [Path(f) for f in files]
+    files = [as_path(f) for f in files]  # a bucket's URL stays whole
     entry, digests, distinct = _entry(base, files, image_size, pooling, cache)
     features = _read(entry, distinct)
     if features is None:
@@ -168,7 +169,7 @@ def cached(base: Base, files: Sequence[Path], image_size: tuple[int, int], *, po
            cache: str | Path | None = None) -> np.ndarray | None:
     """What `extract` gives for these arguments when the cache holds it, else None (nothing is run
     or written)."""
-    files = [Path(f) for f in files]
+    files = [as_path(f) for f in files]  # a bucket's URL stays whole
     entry, digests, distinct = _entry(base, files, image_size, pooling, cache)
     features = _read(entry, distinct)
     return None if features is None else np.stack([features[d] for d in digests])

@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tlkit._util.io import write_atomic
+from tlkit._util.urls import as_path
 from tlkit.bases.inspect import walk
 from tlkit.data.pipeline import load_images
 from tlkit.errors import TlkitError
@@ -98,7 +99,7 @@ def plot_gradcam(run, image_paths, out_dir: str | os.PathLike, class_name: str |
     if class_name is not None and class_name not in run.labels:
         raise TlkitError(f"class '{class_name}' is not one of the model's: {', '.join(run.labels)}")
     layer = gradcam_layer(run.model, RunDir(run.path).read_blocks())
-    paths = [Path(p) for p in image_paths]
+    paths = [as_path(p) for p in image_paths]  # a bucket's URL stays whole
     images = load_images(paths, run.image_size, run.channels)
     wanted = None if class_name is None else run.labels.index(class_name)
     files = []

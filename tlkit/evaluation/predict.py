@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tlkit._util import buckets
 from tlkit._util.io import write_csv_atomic, write_json_atomic
-from tlkit._util.urls import as_path, is_url
+from tlkit._util.urls import Url, as_path, is_url
 from tlkit.data import checks, folders, manifest, shards
 from tlkit.data import pipeline as tldata
 from tlkit.data.report import training_overlap_warning
@@ -256,9 +257,21 @@ def evaluate(model: str | Path | Run, data: str | Path, out: str | Path | None =
     if overlap:
         log.warning("%s", overlap)
     probs, single, scores = probabilities(run, images, batch_size, tta, progress)
-    out = Path(out) if out else run.path / f"eval-{Path(data).resolve().name}"
+    out = Path(out) if out else run.path / f"eval-{Url(data).name if is_url(data) else Path(data).resolve().name}"
+    # a report in a bucket run's local copy is copied up beside the run (the next copy down replaces the local one)
+    there = f"{run.url}/{out.name}" if run.url is not None and out.parent == run.path else None
     extra = {"model": str(run.model_file), "checkpoint": run.checkpoint, "data": str(data),
-             "skipped": [[str(p), why] for p, why in images.skipped], "out": str(out)}
+             "skipped": [[str(p), why] for p, why in images.skipped], "out": there or str(out)}
+    report = _evaluation(run, images, probs, single, scores, out, extra, multi=multi, tta=tta, top_losses=top_losses,
+                         unknown_data=unknown_data, batch_size=batch_size, progress=progress)
+    if there is not None:
+        buckets.Mirror(out, there).push()
+    return report
+
+
+def _evaluation(run: Run, images, probs, single, scores, out: Path, extra: dict, *, multi: bool, tta: int,
+                top_losses: int, unknown_data, batch_size: int, progress: bool) -> dict:
+    """`evaluate`'s report of the predictions made, written into `out`."""
     if multi:
         truth, thresholds = images.multi_hot(), read_thresholds(run)
         multilabel_plots.plot_pr_curves(run.labels, truth, probs, thresholds, out / "pr_curves.png")

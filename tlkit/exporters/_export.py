@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit._util.io import write_atomic
+from tlkit._util.urls import is_url
 from tlkit.errors import TlkitError
 from tlkit.exporters._registry import FORMATS
 from tlkit.rundir.files import RunDir
@@ -139,7 +140,7 @@ def _split(run, needed_for: str | None):
     from tlkit.data import manifest, report  # TensorFlow: see the module docstring
 
     recipe = run.recipe
-    if not recipe.data or not Path(recipe.data).exists():
+    if not recipe.data or not (is_url(recipe.data) or Path(recipe.data).exists()):  # a bucket's: checked as it is read
         raise TlkitError(f"the run's data '{recipe.data}' (in its recipe.toml) is not here; "
                          f"it holds the images to {needed_for}")
     train, val, _ = report.prepare(recipe.data, val_data=recipe.val_data, val_split=recipe.val_split, seed=recipe.seed,

@@ -20,7 +20,7 @@ import tlkit.models.layers  # noqa: F401  (registers tlkit's layers, which a run
 import tlkit.models.optimization  # noqa: F401  (likewise: the optimizer, schedule and loss a run's model is compiled with)
 import tlkit.models.preprocessing  # noqa: F401  (likewise: the preprocessing of runs saved by tlkit 0.1)
 from tlkit._util.io import write_text_atomic
-from tlkit._util.urls import is_url
+from tlkit._util.urls import Url, is_url
 from tlkit.errors import TlkitError
 from tlkit.recipe.schema import Recipe
 from tlkit.rundir import bucket
@@ -72,6 +72,7 @@ class Run:
     # score's training features), for the weights of model.keras; None for runs made before them
     calibration: dict | None = None
     reference: np.ndarray | None = None
+    url: str | None = None  # the bucket run `path` is a local copy of (tlkit.rundir.bucket)
 
     @property
     def unknown_threshold(self) -> float | None:
@@ -105,7 +106,7 @@ def load_run(path: str | Path, checkpoint: str = "final") -> Run:
     A run on a bucket (`gs://...`) is copied to the tlkit cache and loaded from there."""
     if checkpoint not in CHECKPOINTS:
         raise TlkitError(f"unknown checkpoint '{checkpoint}': choose one of {', '.join(CHECKPOINTS)}")
-    path = bucket.load(path) if is_url(path) else Path(path)
+    given, path = path, bucket.load(path) if is_url(path) else Path(path)
     model_file = path / CHECKPOINTS[checkpoint][0] if path.is_dir() else path
     folder = path if path.is_dir() else path.parent
     if folder.name == RunDir.CHECKPOINTS and not RunDir(folder).labels.is_file():
@@ -134,7 +135,8 @@ def load_run(path: str | Path, checkpoint: str = "final") -> Run:
                          "name a line, in the order of the model's outputs")
     recipe_file = RunDir(folder).recipe
     recipe = Recipe.load(recipe_file) if recipe_file.is_file() else Recipe()
-    return with_calibration(Run(folder, model, labels, recipe, model_file, checkpoint))
+    return with_calibration(Run(folder, model, labels, recipe, model_file, checkpoint,
+                                url=str(Url(given)) if is_url(given) and Url(given).suffix != ".keras" else None))
 
 
 def with_calibration(run: Run) -> Run:
