@@ -78,7 +78,7 @@ def pack(data, out: str, *, skip_bad: bool = False, seed: int = 0, shard_bytes: 
     verify(out, index)
     with tf.io.gfile.GFile(f"{out}/{INDEX}", "w") as f:
         f.write(json.dumps(index, indent=1) + "\n")
-    log.info("packed %d images of %d classes into %d shards in %s", len(images), len(images.classes),
+    log.debug("packed %d images of %d classes into %d shards in %s", len(images), len(images.classes),
              len(shards), out)
     return index
 
