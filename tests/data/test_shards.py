@@ -153,11 +153,12 @@ def key(pair):
     return pair[0].tobytes(), int(pair[1])
 
 
-def test_training_from_a_pack_streams_its_records_shuffled_and_seeded(tiny_images, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["folder", "bucket"])
+def test_training_from_a_pack_streams_its_records_shuffled_and_seeded(tiny_images, tmp_path, monkeypatch, where):
     from tlkit.data.pipeline import decode_once, make_dataset
     from tlkit.data.splits import split
 
-    out = str(tmp_path / "packed")
+    out = str(tmp_path / "packed") if where == "folder" else "ram://packs/stream"
     shards.pack(tiny_images, out, shard_bytes=4000)
     (train, _), (ftrain, _) = (split(s, 0.25, 1) for s in (shards.image_set(out), folders.scan(tiny_images)))
     folder = sorted(map(key, unbatched(make_dataset(ftrain, (24, 24), 4).as_numpy_iterator())))
