@@ -42,6 +42,10 @@ def calibrate_run(out: str | Path, model: keras.Model, train, val, recipe, batch
         return None
     truth = np.asarray(val.labels, int)
     before, features, reference = _outputs(model, train, val, recipe, base, batch_size or recipe.batch_size)
+    if not np.isfinite(before).all():  # a run whose loss went to nan still ends with its files, uncalibrated
+        log.warning("not calibrated: the model's probabilities on the validation split are not finite numbers "
+                    "(its training diverged: see val_loss in history.json; try a lower learning rate)")
+        return None
     temperature = cal.fit_temperature(before, truth)
     calibrated = cal.with_temperature(model, temperature) if recipe.calibrate else None
     if recipe.calibrate and calibrated is None:
