@@ -133,7 +133,7 @@ def worker_share(images: ImageSet, num_workers: int, index: int) -> ImageSet:
     tf.data's AutoShardPolicy.FILE, deal them out), so it reads no other worker's files. Every
     share is cycled to the largest one's length, as torch's DistributedSampler pads: the workers'
     steps meet in collectives, so each must run as many steps an epoch."""
-    shard_of = [str(f).rsplit("#", 1)[0] for f in images.files]
+    shard_of = [record_ref(f)[0] for f in images.files]
     counts = Counter(shard_of)
     files = sorted(counts)
     if len(files) < num_workers:
@@ -156,6 +156,12 @@ def is_record(path) -> bool:
     return _RECORD.fullmatch(Path(path).name) is not None
 
 
+def record_ref(name) -> tuple[str, int]:
+    """(the shard file, the record's 1-based number) of a record as `image_set` names it."""
+    shard, number = str(name).rsplit("#", 1)
+    return shard, int(number)
+
+
 def records(files, values, *, shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
     """(encoded image, values[i]) of each record `files[i]` (as `image_set` names them), read as
     they go from the shards holding them, READERS files at a time (interleaved, in parallel): a
@@ -164,10 +170,10 @@ def records(files, values, *, shuffle: bool = False, seed: int = 0) -> tf.data.D
     a record named twice (a worker's share, padded) comes twice. In the shards' order; with
     `shuffle`, the shards are read in an order drawn afresh every epoch, seeded by `seed` (then
     shuffle a buffer of SHUFFLE_BUFFER records, as `make_dataset` does)."""
-    refs = [str(f).rsplit("#", 1) for f in files]
+    refs = [record_ref(f) for f in files]
     paths = sorted({shard for shard, _ in refs})
     shard_of = {path: i for i, path in enumerate(paths)}
-    keys = np.array([shard_of[shard] * _SHARD_KEY + int(n) for shard, n in refs], np.int64)
+    keys = np.array([shard_of[shard] * _SHARD_KEY + n for shard, n in refs], np.int64)
     order = np.argsort(keys, kind="stable")  # the set's places, grouped by record
     unique, first, count = np.unique(keys[order], return_index=True, return_counts=True)
     table = tf.lookup.StaticHashTable(
@@ -197,7 +203,7 @@ def read_records(ds: tf.data.Dataset, files):
     try:
         yield from ds.as_numpy_iterator()
     except tf.errors.OpError:
-        for shard in sorted({str(f).rsplit("#", 1)[0] for f in files}):
+        for shard in sorted({record_ref(f)[0] for f in files}):
             for _ in _records(shard):  # raises the TlkitError naming the record
                 pass
         raise

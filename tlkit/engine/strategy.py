@@ -108,7 +108,7 @@ def per_worker_input(images: ImageSet, batch_size: int,
             raise TlkitError(f"the batch size {batch_size} does not divide over the {context.num_replicas_in_sync} "
                              "replicas: give a multiple of their number") from None
         share = shards.worker_share(images, context.num_input_pipelines, context.input_pipeline_id)
-        files = sorted({Path(str(f).rsplit("#", 1)[0]).name for f in share.files})
+        files = sorted({Path(shards.record_ref(f)[0]).name for f in share.files})
         log.info("input pipeline %d of %d: %d training images from its own %d shard file(s) (%s)",
                  context.input_pipeline_id, context.num_input_pipelines, len(share), len(files), ", ".join(files))
         return make(share, batch)
